@@ -1,0 +1,99 @@
+"""The data pipeline: source -> index -> decoded uint8 tensor (cached) -> split -> sampler -> batched augment.
+
+`load_dataset` is the one call the training engine and predict.py make to get pixels and labels; splits,
+samplers and augmentation live in their own modules and work on the tensors it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imgcls.data.cache import decode_images
+from imgcls.data.sources import Index, demo_set, load_index
+from imgcls.errors import UserError
+
+__all__ = ["Dataset", "Index", "load_dataset", "load_index", "write_skipped"]
+
+
+@dataclass
+class Dataset:
+    """Decoded, usable images with their labels; everything left out is in `skipped` with a reason."""
+
+    images: torch.Tensor  # uint8 N x 3 x H x W
+    labels: torch.Tensor  # int64 N, indexes class_names
+    class_names: list[str]
+    paths: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_dataset(data: str | None = None, label_col: str = "subCategory", size: tuple[int, int] | None = None,
+                 cache_dir: str | None = None, workers: int = 2, log=print) -> Dataset:
+    """Index `data`, decode it (or read the cache), drop undecodable files, and check it is trainable.
+
+    Classes whose every image is undecodable disappear from class_names (labels are renumbered), so the
+    model never gets an output for a class it cannot see. Raises UserError when fewer than 2 classes remain.
+    """
+    if data is None:
+        index, images = demo_set()
+        if size is not None and tuple(size) != tuple(images.shape[-2:]):
+            images = torch.nn.functional.interpolate(images.float(), size=tuple(size), mode="bilinear",
+                                                     antialias=True, align_corners=False)
+            images = images.round().clamp(0, 255).to(torch.uint8)
+        ok, reasons = np.ones(len(index.paths), dtype=bool), [""] * len(index.paths)
+    else:
+        index = load_index(data, label_col, log)
+        if not index.paths:
+            raise UserError(f"--data {data}: no usable images found ({len(index.skipped)} skipped); "
+                            "check the path and the layout")
+        images, ok, reasons = decode_images(index.paths, size, cache_dir, workers, log)
+
+    skipped = list(index.skipped)
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        skipped += [(index.paths[i], reasons[i]) for i in bad]
+        log(f"skipped {len(bad)} undecodable image(s), e.g. "
+            + ", ".join(os.path.basename(index.paths[i]) for i in bad[:5]))
+        keep = np.flatnonzero(ok)
+        images = _compact(images, keep)
+        paths = [index.paths[i] for i in keep]
+        labels, class_names = _renumber(index.labels[keep], index.class_names)
+    else:
+        paths, labels, class_names = list(index.paths), index.labels, list(index.class_names)
+
+    if len(paths) == 0:
+        raise UserError(f"--data {data}: none of the images could be decoded; see the skipped list")
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise UserError(f"--data {data}: only {len(present)} class with usable images "
+                        f"({', '.join(class_names)}); a classifier needs at least 2")
+    return Dataset(images=images, labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+                   class_names=class_names, paths=paths, skipped=skipped)
+
+
+def write_skipped(skipped: list[tuple[str, str]], path: str) -> None:
+    """Write every skipped item (file or row, reason) to a JSON file, e.g. runs/<name>/skipped.json."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"count": len(skipped), "skipped": [{"item": item, "reason": why} for item, why in skipped]},
+                  f, indent=1)
+
+
+def _compact(images: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
+    """Move the kept rows to the front in place (no second N x 3 x H x W buffer) and return that view."""
+    for new, old in enumerate(keep.tolist()):
+        if new != old:  # old >= new always, so a row is read before it can be overwritten
+            images[new] = images[old]
+    return images[: len(keep)]
+
+
+def _renumber(labels: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Drop classes with no remaining image and renumber labels to 0..C-1 in the same (sorted) order."""
+    present = np.unique(labels)
+    remap = np.full(len(class_names), -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    return remap[labels], [class_names[i] for i in present]
