@@ -1,0 +1,143 @@
+"""Batched augmentation on the batch's device: uint8 B x 3 x h x w in, normalised float32 B x 3 x H x W out.
+
+Every sample gets its own random parameters, but the work is a handful of tensor ops per batch (one
+grid_sample for flip + rotation together), never a Python loop over images. Parameters are drawn from the
+caller's torch.Generator (a CPU one is fine), so the same seed gives the same batch on any device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def _resize(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize, antialiased when shrinking in any direction (float input in [0, 1])."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(out_size):
+        return x
+    antialias = out_size[0] < h or out_size[1] < w
+    return F.interpolate(x, size=tuple(out_size), mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def eval_transform(x_uint8: torch.Tensor, out_size: tuple[int, int], mean, std) -> torch.Tensor:
+    """Deterministic preprocessing: resize to out_size (bilinear, antialiased when shrinking), normalise.
+
+    It is exactly TrainAugment with no flip, no rotation and no brightness change, so train and eval see
+    the same resize.
+    """
+    return _normalise(_resize(x_uint8.float() / 255.0, out_size), mean, std)
+
+
+class TrainAugment:
+    """Resize, random horizontal flip, random rotation, random brightness, normalise; per sample, batched.
+
+    Matches torchvision's RandomHorizontalFlip(hflip), RandomRotation(rotation) (bilinear, black fill) and
+    ColorJitter(brightness=brightness) (factor uniform in [1-b, 1+b], result clamped to [0, 1]).
+    """
+
+    def __init__(self, out_size: tuple[int, int], mean, std, hflip: float = 0.5, rotation: float = 10.0,
+                 brightness: float = 0.2):
+        self.out_size = (int(out_size[0]), int(out_size[1]))
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.hflip, self.rotation, self.brightness = float(hflip), float(rotation), float(brightness)
+
+    def __call__(self, x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        batch = x_uint8.shape[0]
+        u = torch.rand((3, batch), generator=generator, device=generator.device).to(x_uint8.device)
+        flip = u[0] < self.hflip
+        angle = (2.0 * u[1] - 1.0) * math.radians(self.rotation)
+        factor = 1.0 + (2.0 * u[2] - 1.0) * self.brightness
+
+        # Resize first (as eval does), then one grid_sample at the output size for flip + rotation: sampling
+        # the storage-size image directly would blend black padding into the border pixels when enlarging.
+        x = _resize(x_uint8.float() / 255.0, self.out_size)
+        height, width = self.out_size
+        if self.hflip > 0 or self.rotation > 0:
+            x = F.grid_sample(x, self._grid(flip, angle, width / height), mode="bilinear",
+                              padding_mode="zeros", align_corners=False)
+        if self.brightness > 0:
+            x = (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+        return _normalise(x, self.mean, self.std)
+
+    def _grid(self, flip: torch.Tensor, angle: torch.Tensor, aspect: float) -> torch.Tensor:
+        """Sampling grid for out_size: output pixel -> rotated (and mirrored) input position.
+
+        affine_grid works in coordinates normalised to [-1, 1] on each axis; a rotation in pixels becomes
+        [[cos, -sin * H/W], [sin * W/H, cos]] there, so non-square images rotate without shearing.
+        """
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        sign = 1.0 - 2.0 * flip.to(angle.dtype)  # -1 mirrors the output x axis
+        theta = torch.stack([
+            torch.stack([cos * sign, -sin / aspect, torch.zeros_like(cos)], dim=1),
+            torch.stack([sin * aspect * sign, cos, torch.zeros_like(cos)], dim=1),
+        ], dim=1)
+        size = (len(angle), 3, *self.out_size)
+        return F.affine_grid(theta, list(size), align_corners=False)
+
+
+class MixupCutmix:
+    """Batch-level Mixup / CutMix with soft targets (label smoothing folded in).
+
+    With probability `prob` the batch is mixed with itself reversed: CutMix with probability switch_prob
+    (lambda ~ Beta(cutmix_alpha, cutmix_alpha), then corrected to the real pasted area after clipping the
+    box to the image), otherwise Mixup (lambda ~ Beta(mixup_alpha, mixup_alpha)). An alpha of 0 disables
+    that kind. Unmixed batches get (smoothed) one-hot targets, so the loss always sees B x C targets.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0, prob: float = 0.5,
+                 switch_prob: float = 0.5, label_smoothing: float = 0.0):
+        self.num_classes = int(num_classes)
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.prob, self.switch_prob, self.label_smoothing = float(prob), float(switch_prob), float(label_smoothing)
+
+    def soft_targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Smoothed one-hot: 1 - s + s/C on the true class, s/C elsewhere (rows sum to 1)."""
+        off = self.label_smoothing / self.num_classes
+        targets = torch.full((len(y), self.num_classes), off, device=y.device)
+        return targets.scatter_(1, y.view(-1, 1), 1.0 - self.label_smoothing + off)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        """Returns (x_mixed, soft targets B x C) and sets self.last = (kind, lambda) for inspection."""
+        u = torch.rand(2, generator=generator, device=generator.device).tolist()
+        targets = self.soft_targets(y)
+        use_cutmix = self.cutmix_alpha > 0 and (u[1] < self.switch_prob or self.mixup_alpha <= 0)
+        use_mixup = not use_cutmix and self.mixup_alpha > 0
+        if u[0] >= self.prob or not (use_cutmix or use_mixup):
+            self.last = ("none", 1.0)
+            return x, targets
+        # torch's Beta sampler takes no generator; a numpy Generator seeded from ours keeps it reproducible.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+        partner = x.flip(0)
+        if use_cutmix:
+            y0, y1, x0, x1 = self._box(x.shape[-2], x.shape[-1], lam, generator)
+            x = x.clone()
+            x[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / (x.shape[-2] * x.shape[-1])
+            self.last = ("cutmix", lam)
+        else:
+            x = x * lam + partner * (1.0 - lam)
+            self.last = ("mixup", lam)
+        return x, targets * lam + targets.flip(0) * (1.0 - lam)
+
+    @staticmethod
+    def _box(height: int, width: int, lam: float, generator: torch.Generator):
+        """A box of about (1 - lam) of the image area, centred uniformly, clipped to the image."""
+        ratio = math.sqrt(1.0 - lam)
+        cut_h, cut_w = int(height * ratio), int(width * ratio)
+        cy = int(torch.randint(0, height, (1,), generator=generator, device=generator.device))
+        cx = int(torch.randint(0, width, (1,), generator=generator, device=generator.device))
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, height)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, width)
+        return y0, y1, x0, x1
