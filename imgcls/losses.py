@@ -1,0 +1,200 @@
+"""Classification losses for imbalanced data, all built on one module.
+
+Every loss here is a special case of
+
+    loss = sum_i sum_c w_c * t_ic * m_ic * (-log softmax(z_i + shift)_c)  /  sum_i sum_c w_c * t_ic
+
+with targets ``t`` (one-hot or soft, optionally label-smoothed), class weights ``w`` (1 when unweighted),
+a focal modulating factor ``m = (1 - p)^gamma`` (1 when gamma is 0) and a per-class logit ``shift``
+(0 unless logit adjusted). The denominator is the sum of per-sample weights ``sum_c w_c t_ic`` for hard
+labels and soft targets alike, so a one-hot soft target gives exactly the hard-label value and weighted CE
+with hard labels matches ``F.cross_entropy(weight=...)``.
+
+The log-probabilities always come from ``F.cross_entropy`` on float32 logits (probability targets may be
+any non-negative vector, so the weights and the focal factor ride along in the target): a hand-written
+``log(softmax(z))`` underflows to ``log(0) = -inf`` under fp16.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.errors import UserError
+
+LOSS_NAMES = ("ce", "weighted_ce", "focal", "cb_focal", "logit_adjusted", "balanced_softmax")
+
+
+def _counts_tensor(class_counts: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
+    """Class counts as float64 (beta**n at beta 0.9999 needs the precision); every class needs >= 1 image."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
+    if counts.numel() == 0:
+        raise UserError(f"class_counts: empty; {what} needs the number of training images per class")
+    if bool((counts < 1).any()):
+        empty = [i for i, n in enumerate(counts.tolist()) if n < 1]
+        raise UserError(
+            f"class_counts: class index(es) {empty} have no training images; {what} needs every class "
+            "present in the training split (drop the class or add images)"
+        )
+    return counts
+
+
+def _normalise_to_num_classes(weights: torch.Tensor) -> torch.Tensor:
+    """Scale so the weights sum to the number of classes (mean 1): the loss scale stays comparable to CE."""
+    return (weights * (weights.numel() / weights.sum())).to(torch.float32)
+
+
+def inverse_frequency_weights(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Per-class weights 1 / count, normalised to sum to the number of classes (float32, shape [C])."""
+    counts = _counts_tensor(class_counts, "inverse-frequency weights")
+    return _normalise_to_num_classes(1.0 / counts)
+
+
+def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float) -> torch.Tensor:
+    """Class-balanced weights of Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of Samples".
+
+    weight_c = (1 - beta) / (1 - beta^n_c), i.e. one over the effective number of samples, normalised to sum
+    to the number of classes. beta = 0 gives equal weights; beta -> 1 approaches inverse frequency.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise UserError(f"--cb-beta {beta}: must be in [0, 1); 0.9999 is the paper's value for long tails")
+    counts = _counts_tensor(class_counts, "class-balanced weights")
+    # 1 - beta^n computed as -expm1(n * log(beta)) keeps precision when beta is close to 1.
+    effective_num = -torch.expm1(counts * math.log(beta)) / (1.0 - beta) if beta > 0 else torch.ones_like(counts)
+    return _normalise_to_num_classes(1.0 / effective_num)
+
+
+def _log_prior(class_counts: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
+    counts = _counts_tensor(class_counts, what)
+    return torch.log(counts / counts.sum()).to(torch.float32)
+
+
+def soft_targets(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hard labels [B] or soft targets [B, C] -> float32 [B, C], smoothed as (1 - eps) * t + eps / C.
+
+    Smoothing is applied to hard labels only: soft targets (mixup/cutmix) arrive already smoothed by the
+    code that made them, and smoothing them twice would silently change the recipe.
+    """
+    if target.dim() == 1:
+        if target.dtype.is_floating_point:
+            raise UserError("loss target: 1-D targets must be int64 class indices; use [B, C] for soft targets")
+        onehot = F.one_hot(target.long(), num_classes).to(torch.float32)
+        return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+    if target.dim() == 2 and target.shape[1] == num_classes:
+        return target.to(torch.float32)
+    raise UserError(
+        f"loss target: shape {tuple(target.shape)} does not fit {num_classes} classes; "
+        "pass int64 labels [B] or soft targets [B, C]"
+    )
+
+
+class ImbalancedLoss(nn.Module):
+    """Weighted / focal / logit-adjusted cross entropy with one normalisation for hard and soft targets.
+
+    The number of classes C is taken from the logits.
+
+    Args:
+        class_weights: per-class weights w [C] (alpha for focal), or None for 1.
+        focal_gamma: gamma of the focal factor (1 - p_c)^gamma; 0 turns focal off.
+        logit_shift: per-class additive shift [C] applied to the logits during training (logit adjustment,
+            balanced softmax), or None.
+        label_smoothing: eps for hard labels.
+    """
+
+    def __init__(
+        self,
+        class_weights: torch.Tensor | None = None,
+        focal_gamma: float = 0.0,
+        logit_shift: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing {label_smoothing}: must be in [0, 1)")
+        if focal_gamma < 0:
+            raise UserError(f"--focal-gamma {focal_gamma}: must be >= 0")
+        self.focal_gamma = float(focal_gamma)
+        self.label_smoothing = float(label_smoothing)
+        # Buffers move with .to(device) and are saved in the state dict; None stays None.
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
+        self.register_buffer("logit_shift", None if logit_shift is None else logit_shift.float())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss (a float32 scalar) for logits [B, C] of any float dtype and labels [B] or targets [B, C]."""
+        # float32 even under autocast: cross_entropy is autocast to fp32 anyway, and the focal factor and
+        # the shift must not be computed in fp16.
+        logits = logits.float()
+        num_classes = logits.shape[1]
+        for name, vec in (("class_weights", self.class_weights), ("logit_shift", self.logit_shift)):
+            if vec is not None and vec.numel() != num_classes:
+                raise UserError(
+                    f"loss {name}: {vec.numel()} classes but the model outputs {num_classes}; "
+                    "build the loss from the same class list as the model"
+                )
+        if self.logit_shift is not None:
+            logits = logits + self.logit_shift
+        t = soft_targets(target, num_classes, self.label_smoothing).to(logits.device)
+        w = self.class_weights
+        weighted_t = t if w is None else t * w
+        sample_weight = weighted_t.sum()
+        if self.focal_gamma > 0:
+            # The focal factor is part of the loss (its gradient counts), not a constant re-weighting.
+            # Clamping keeps the gradient of x^gamma finite at p == 1 for gamma < 1.
+            p = torch.softmax(logits, dim=1)
+            weighted_t = weighted_t * (1.0 - p).clamp_min(1e-12).pow(self.focal_gamma)
+        per_sample = F.cross_entropy(logits, weighted_t, reduction="none")
+        return per_sample.sum() / sample_weight
+
+    def extra_repr(self) -> str:
+        return (
+            f"focal_gamma={self.focal_gamma}, "
+            f"label_smoothing={self.label_smoothing}, weighted={self.class_weights is not None}, "
+            f"logit_adjusted={self.logit_shift is not None}"
+        )
+
+
+def build_loss(
+    name: str,
+    class_counts: Sequence[int] | torch.Tensor | None,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+    cb_beta: float = 0.9999,
+    tau: float = 1.0,
+    focal_alpha: Sequence[float] | torch.Tensor | None = None,
+) -> ImbalancedLoss:
+    """The loss called ``name`` (one of LOSS_NAMES) for a training split with ``class_counts`` per class.
+
+    ce: cross entropy (label smoothing; soft targets). weighted_ce: CE with inverse_frequency_weights.
+    focal: focal loss (Lin et al. 2017) with ``focal_gamma`` and optional per-class ``focal_alpha``.
+    cb_focal: focal loss weighted by class_balanced_weights(class_counts, cb_beta) (V3).
+    logit_adjusted: CE on logits + tau * log(prior) (Menon et al. 2021).
+    balanced_softmax: Ren et al. 2020, the same as logit_adjusted with tau = 1.
+    ``class_counts`` may be None for ce and focal, which do not use them.
+    Label smoothing applies to every loss (hard labels only). The result exposes ``.class_weights``.
+    """
+    if name not in LOSS_NAMES:
+        raise UserError(f"--loss {name!r}: unknown; choose one of {', '.join(LOSS_NAMES)}")
+    if class_counts is None and name not in ("ce", "focal"):
+        raise UserError(f"--loss {name}: needs the per-class training counts (class_counts)")
+    weights = shift = None
+    gamma = 0.0
+    if name == "weighted_ce":
+        weights = inverse_frequency_weights(class_counts)
+    elif name == "focal":
+        gamma = focal_gamma
+        if focal_alpha is not None:
+            weights = torch.as_tensor(focal_alpha, dtype=torch.float32)
+            if bool((weights < 0).any()):
+                raise UserError("--focal-alpha: per-class alpha must be >= 0")
+    elif name == "cb_focal":
+        gamma = focal_gamma
+        weights = class_balanced_weights(class_counts, cb_beta)
+    elif name == "logit_adjusted":
+        shift = tau * _log_prior(class_counts, "logit adjustment")
+    elif name == "balanced_softmax":
+        shift = _log_prior(class_counts, "balanced softmax")
+    return ImbalancedLoss(weights, gamma, shift, label_smoothing)

@@ -1,0 +1,79 @@
+"""Model registry: `create_model`, `list_models`, `pretrained_cfg`.
+
+A name is an architecture, optionally with a checkpoint tag after a dot, as in timm:
+`convnext_base` (torchvision's ImageNet-1K weights), `convnext_base.fb_in22k` (official ImageNet-22K),
+`convnext_base.fb_in22k_ft_in1k`. The tag only chooses which checkpoint `pretrained="default"` loads.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from imgcls.errors import UserError
+
+from . import convnext as _convnext
+from . import efficientnet as _efficientnet
+from .weights import IMAGENET_MEAN, IMAGENET_STD, RECORDS, WeightRecord, fetch_state_dict, load_pretrained, \
+    read_checkpoint
+
+__all__ = ["create_model", "list_models", "pretrained_cfg"]
+
+# architecture -> (family, builder, classifier keys)
+_ARCHS = {name: ("convnext", _convnext.convnext, ("classifier.2.weight", "classifier.2.bias"))
+          for name in _convnext.CONFIGS}
+_ARCHS.update({name: ("efficientnet", _efficientnet.efficientnet, ("classifier.1.weight", "classifier.1.bias"))
+               for name in _efficientnet.CONFIGS})
+
+# The tiny test models have no checkpoint; their cfg describes how the engine's tests feed them.
+_TEST_RECORD = WeightRecord("torchvision", None, None, 32, 32, "bilinear", 1000, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def list_models() -> list[str]:
+    """Every accepted name, sorted: each architecture and each `architecture.tag`."""
+    names = set(_ARCHS)
+    names.update(f"{arch}.{tag}" for arch, tags in RECORDS.items() for tag in tags)
+    return sorted(names)
+
+
+def _resolve(name: str) -> tuple[str, WeightRecord | None]:
+    """Split `name` into its architecture and the checkpoint record it refers to (None: no checkpoint)."""
+    arch, _, tag = name.partition(".")
+    if arch not in _ARCHS:
+        raise UserError(f"--model {name}: unknown model; choose one of: {', '.join(list_models())}")
+    tags = RECORDS.get(arch, {})
+    if tag and tag not in tags:
+        raise UserError(f"--model {name}: unknown checkpoint tag {tag!r}; known: "
+                        f"{', '.join(tags) or 'none (this model has no checkpoint)'}")
+    if not tags:
+        return arch, None
+    return arch, tags[tag or next(iter(tags))]
+
+
+def pretrained_cfg(name: str) -> dict:
+    """Preprocessing and source of the checkpoint that `name` refers to (see WeightRecord.as_cfg)."""
+    _, record = _resolve(name)
+    return (record or _TEST_RECORD).as_cfg()
+
+
+def create_model(name: str, num_classes: int, pretrained: str | None = None, drop_path_rate: float = 0.0,
+                 log=print) -> nn.Module:
+    """Build model `name` with a `num_classes` head.
+
+    pretrained: None or "none" -> random init; "default" -> the checkpoint of `name`'s record (torch.hub cache,
+    else download, else a UserError saying where to put the file); anything else -> path of a checkpoint in
+    torchvision, timm or official layout. A head of another size is replaced; every other key must match.
+    """
+    arch, record = _resolve(name)
+    family, build, head_keys = _ARCHS[arch]
+    model = build(arch, num_classes, drop_path_rate)
+    if pretrained is None or pretrained == "none":
+        log(f"{name}: random init")
+        return model
+    if pretrained == "default":
+        if record is None:
+            raise UserError(f"{name}: no known checkpoint; use --pretrained none or a file path")
+        sd, source = fetch_state_dict(record, name, log), record.file_name
+    else:
+        sd, source = read_checkpoint(pretrained), pretrained
+    load_pretrained(model, sd, family, head_keys, source, log)
+    log(f"{name}: loaded {source}")
+    return model
