@@ -178,6 +178,8 @@ def build_loss(
     """
     if name not in LOSS_NAMES:
         raise UserError(f"--loss {name!r}: unknown; choose one of {', '.join(LOSS_NAMES)}")
+    if focal_alpha is not None and name != "focal":
+        raise UserError(f"--focal-alpha: only used by --loss focal, not {name}; drop it or change the loss")
     if class_counts is None and name not in ("ce", "focal"):
         raise UserError(f"--loss {name}: needs the per-class training counts (class_counts)")
     weights = shift = None

@@ -204,6 +204,8 @@ def test_user_errors():
         build_loss("nope", COUNTS)
     with pytest.raises(UserError, match="class_counts"):
         build_loss("weighted_ce", None)
+    with pytest.raises(UserError, match="--focal-alpha"):
+        build_loss("cb_focal", COUNTS, focal_alpha=[1.0] * 4)
     with pytest.raises(UserError, match="class_counts"):
         build_loss("logit_adjusted", [5, 0, 1])
     logits, labels = _batch()

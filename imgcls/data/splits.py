@@ -43,7 +43,7 @@ def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: flo
     notes: list[str] = []
 
     everything = np.arange(len(labels))
-    test, rest, no_test = _stratified_holdout(everything, labels, test_frac, rng)
+    rest, test, no_test = _stratified_holdout(everything, labels, test_frac, rng)
     if test_frac > 0 and no_test:
         notes.append("too small for the test split (kept for train/val): "
                      + ", ".join(f"class {c} (n={n})" for c, n in sorted(no_test.items())))

@@ -6,6 +6,7 @@ official ConvNeXt release are renamed by one pure function each, chosen by looki
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -221,8 +222,11 @@ def read_checkpoint(path: str) -> dict:
         raise UserError(f"{path}: checkpoint file not found; pass an existing file to --pretrained")
     try:
         return unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, ValueError, EOFError, OSError) as err:  # torch raises these for corrupt/foreign files
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({err}); re-download it") from err
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as err:
+        # Corrupt or truncated files, and pickles holding objects other than tensors (refused by weights_only).
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first_line}); re-download it or pass a "
+                        "state_dict saved with torch.save") from err
 
 
 def fetch_state_dict(record: WeightRecord, name: str, log=print) -> dict:

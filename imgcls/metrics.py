@@ -1,0 +1,101 @@
+"""Classification metrics for imbalanced data: numpy in, plain JSON-able Python out (scikit-learn inside).
+
+Conventions, chosen so that a class missing from an evaluation split never crashes or distorts a run:
+- per-class precision/recall/F1 use zero_division=0 and are reported for every class name;
+- macro F1 averages over the classes that occur in y_true or y_pred (scikit-learn's default): a class
+  that is absent and never predicted says nothing about the model, one that is predicted but absent
+  counts as F1 0 (its false positives are real mistakes);
+- balanced accuracy, smallest_class_f1 and per_class_f1_std use the classes present in y_true only;
+- the confusion matrix is always C x C over all class names, rows = true class.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+from imgcls.errors import UserError
+
+
+def _labels(values, name: str, num_classes: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise UserError(f"{name}: expected a 1-D array of integer class indices, got shape {arr.shape} {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+        raise UserError(f"{name}: class index {int(arr.max())} out of range for {num_classes} class names")
+    return arr.astype(np.int64)
+
+
+def classification_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict:
+    """Accuracy, macro/weighted F1, balanced accuracy, per-class P/R/F1/support and the confusion matrix.
+
+    Returns a dict with keys accuracy, macro_f1, weighted_f1, balanced_accuracy, per_class
+    ({name: {precision, recall, f1, support}}), confusion_matrix (list of lists, rows = true),
+    smallest_class_f1, per_class_f1_std, num_samples; every value is a Python float/int/list/dict.
+    """
+    num_classes = len(class_names)
+    y_true = _labels(y_true, "y_true", num_classes)
+    y_pred = _labels(y_pred, "y_pred", num_classes)
+    if y_true.size == 0 or y_true.shape != y_pred.shape:
+        raise UserError(
+            f"metrics: y_true ({y_true.size}) and y_pred ({y_pred.size}) must be non-empty and of equal length"
+        )
+    all_labels = np.arange(num_classes)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=all_labels, zero_division=0
+    )
+    present = support > 0
+    with warnings.catch_warnings():
+        # balanced_accuracy_score warns when y_pred holds classes absent from y_true; that case is expected.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+    smallest = int(np.flatnonzero(present)[np.argmin(support[present])])
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "balanced_accuracy": float(balanced),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=all_labels).tolist(),
+        "smallest_class_f1": float(f1[smallest]),
+        "per_class_f1_std": float(np.std(f1[present])),
+        "num_samples": int(y_true.size),
+    }
+
+
+def per_class_report(metrics: dict, class_names: Sequence[str]) -> str:
+    """A fixed-width text table (like sklearn's classification_report) from classification_metrics()."""
+    width = max([len(n) for n in class_names] + [len("weighted avg")])
+    header = f"{'':>{width}}  {'precision':>9}  {'recall':>9}  {'f1-score':>9}  {'support':>9}"
+    lines = [header, ""]
+    for name in class_names:
+        row = metrics["per_class"][name]
+        lines.append(
+            f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:9.4f}  {row['f1']:9.4f}  {row['support']:9d}"
+        )
+    n = metrics["num_samples"]
+    lines += [
+        "",
+        f"{'accuracy':>{width}}  {'':>9}  {'':>9}  {metrics['accuracy']:9.4f}  {n:9d}",
+        f"{'macro avg':>{width}}  {'':>9}  {'':>9}  {metrics['macro_f1']:9.4f}  {n:9d}",
+        f"{'weighted avg':>{width}}  {'':>9}  {'':>9}  {metrics['weighted_f1']:9.4f}  {n:9d}",
+        f"{'balanced acc':>{width}}  {'':>9}  {'':>9}  {metrics['balanced_accuracy']:9.4f}  {n:9d}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,126 @@
+"""Decoding: odd image modes, broken files, storage size, and the on-disk cache (reuse + invalidation)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcls.data import cache
+from imgcls.data.cache import decode_images
+
+QUIET = dict(log=lambda *_: None)
+
+
+def _save(img, path):
+    img.save(path)
+    return str(path)
+
+
+def test_odd_modes_become_rgb_at_storage_size(tmp_path):
+    # Storage size 8x6 (H x W); every image below has another mode and most another size.
+    rgba = Image.new("RGBA", (6, 8), (10, 20, 30, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent -> white
+    gray = Image.new("L", (6, 8), 77)
+    cmyk_white = Image.new("CMYK", (12, 16), (0, 0, 0, 0))
+    cmyk_black = Image.new("CMYK", (3, 4), (0, 0, 0, 255))
+    deep = np.full((8, 6), 65535, dtype=np.uint16)
+    deep[:, 2:4] = 128 * 257  # mid-grey: Pillow's own convert("RGB") would clip this to 255
+    deep[:, 4:] = 0
+    sixteen = Image.fromarray(deep)  # 16-bit grayscale ("I;16"): full range must map to 0..255
+    paths = [
+        _save(rgba, tmp_path / "alpha.png"),
+        _save(gray, tmp_path / "gray.png"),
+        _save(cmyk_white, tmp_path / "cmyk_white.jpg"),
+        _save(cmyk_black, tmp_path / "cmyk_black.jpg"),
+        _save(sixteen, tmp_path / "deep.png"),
+    ]
+    assert Image.open(paths[4]).mode.startswith("I")
+    images, ok, reasons = decode_images(paths, (8, 6), None, workers=2, **QUIET)
+    assert images.dtype == torch.uint8 and images.shape == (5, 3, 8, 6)
+    assert ok.all() and reasons == [""] * 5
+    assert images[0, :, 0, 0].tolist() == [255, 255, 255]
+    assert images[0, :, 4, 3].tolist() == [10, 20, 30]
+    assert (images[1] == 77).all()
+    assert (images[2].int() >= 250).all()  # JPEG CMYK white
+    assert (images[3].int() <= 5).all()  # JPEG CMYK black
+    assert images[4, :, 0].tolist() == [[255, 255, 128, 128, 0, 0]] * 3
+
+
+def test_zero_byte_and_truncated_jpeg_are_reported_not_fatal(tmp_path):
+    good = _save(Image.new("RGB", (6, 8), (1, 2, 3)), tmp_path / "good.jpg")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    whole = (tmp_path / "good.jpg").read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    big.save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) // 2])
+    assert len(whole) > 0
+    images, ok, reasons = decode_images([good, str(empty), str(truncated)], (8, 6), None, 1, **QUIET)
+    assert ok.tolist() == [True, False, False]
+    assert reasons[0] == "" and reasons[1].startswith("undecodable") and reasons[2].startswith("undecodable")
+    assert (images[1:] == 0).all()
+
+
+def test_size_none_uses_the_most_common_size(tmp_path):
+    paths = [_save(Image.new("RGB", (6, 8), (9, 9, 9)), tmp_path / f"{i}.png") for i in range(3)]
+    paths.append(_save(Image.new("RGB", (10, 10), (9, 9, 9)), tmp_path / "odd.png"))
+    images, ok, _ = decode_images(paths, None, None, 2, **QUIET)
+    assert images.shape == (4, 3, 8, 6) and ok.all() and (images == 9).all()
+
+
+def test_cache_is_reused_without_decoding_and_invalidated_by_a_change(tmp_path, monkeypatch):
+    paths = [_save(Image.new("RGB", (6, 8), (i * 40, 0, 0)), tmp_path / f"{i}.png") for i in range(4)]
+    cache_dir = str(tmp_path / "cache")
+    first, ok1, _ = decode_images(paths, None, cache_dir, 2, **QUIET)
+    files = sorted(os.listdir(cache_dir))
+    assert len(files) == 2  # pixels + status
+    stamps = {f: os.stat(os.path.join(cache_dir, f)).st_mtime_ns for f in files}
+
+    calls = []
+    real = cache._decode_file
+
+    def counting(path, size):
+        calls.append(path)
+        return real(path, size)
+
+    monkeypatch.setattr(cache, "_decode_file", counting)
+    logged = []
+    second, ok2, _ = decode_images(paths, None, cache_dir, 2, log=logged.append)
+    assert calls == [] and "from cache" in logged[0]
+    assert torch.equal(first, second) and ok2.all()
+    assert {f: os.stat(os.path.join(cache_dir, f)).st_mtime_ns for f in files} == stamps
+
+    # another storage size is another cache entry
+    decode_images(paths, (4, 3), cache_dir, 2, **QUIET)
+    assert len(calls) == 4
+
+    # change one file: the key changes, everything is decoded again and the new pixels are used
+    calls.clear()
+    Image.new("RGB", (6, 8), (0, 255, 0)).save(paths[2])
+    st = os.stat(paths[2])
+    os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third, _, _ = decode_images(paths, None, cache_dir, 2, **QUIET)
+    assert len(calls) == 4
+    assert third[2, :, 0, 0].tolist() == [0, 255, 0] and torch.equal(third[:2], first[:2])
+
+
+def test_cached_tensor_is_exactly_n_3_h_w_bytes(tmp_path):
+    paths = [_save(Image.new("RGB", (6, 8), (i, i, i)), tmp_path / f"{i}.png") for i in range(5)]
+    cache_dir = str(tmp_path / "c")
+    decode_images(paths, None, cache_dir, 1, **QUIET)
+    images, _, _ = decode_images(paths, None, cache_dir, 1, **QUIET)
+    assert images.untyped_storage().nbytes() == 5 * 3 * 8 * 6
+    npy = [f for f in os.listdir(cache_dir) if f.endswith(".npy")][0]
+    assert os.path.getsize(os.path.join(cache_dir, npy)) <= 5 * 3 * 8 * 6 + 256  # + the .npy header
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_workers_fill_every_slot_in_order(tmp_path, workers, monkeypatch):
+    monkeypatch.setattr(cache, "_CHUNK", 2)  # several chunks even for a tiny list
+    paths = [_save(Image.new("RGB", (6, 8), (i, 2 * i, 3 * i)), tmp_path / f"{i}.png") for i in range(7)]
+    images, ok, _ = decode_images(paths, None, None, workers, **QUIET)
+    assert ok.all()
+    assert images[:, :, 0, 0].tolist() == [[i, 2 * i, 3 * i] for i in range(7)]
