@@ -76,10 +76,12 @@ class TrainAugment:
         [[cos, -sin * H/W], [sin * W/H, cos]] there, so non-square images rotate without shearing.
         """
         cos, sin = torch.cos(angle), torch.sin(angle)
-        sign = 1.0 - 2.0 * flip.to(angle.dtype)  # -1 mirrors the output x axis
+        # flip first, then rotate (torchvision's order): output(p) = input(F R p), F = diag(sign, 1)
+        sign = 1.0 - 2.0 * flip.to(angle.dtype)
+        zero = torch.zeros_like(cos)
         theta = torch.stack([
-            torch.stack([cos * sign, -sin / aspect, torch.zeros_like(cos)], dim=1),
-            torch.stack([sin * aspect * sign, cos, torch.zeros_like(cos)], dim=1),
+            torch.stack([cos * sign, -sin / aspect * sign, zero], dim=1),
+            torch.stack([sin * aspect, cos, zero], dim=1),
         ], dim=1)
         size = (len(angle), 3, *self.out_size)
         return F.affine_grid(theta, list(size), align_corners=False)
