@@ -23,8 +23,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch

@@ -146,3 +146,14 @@ def test_a_class_whose_images_are_all_undecodable_disappears(tmp_path):
     (tmp_path / "broken" / "x.jpg").write_bytes(b"not a jpeg")
     ds = load_dataset(str(tmp_path), log=lambda *_: None)
     assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_paths_are_absolute_however_the_data_path_is_spelled(tmp_path, monkeypatch):
+    for cls in ("a", "b"):
+        _jpg(str(tmp_path / "set" / cls / "0.jpg"))
+    monkeypatch.chdir(tmp_path)
+    relative = load_index("set", log=lambda *_: None)
+    spelled = load_index("./set/../set/", log=lambda *_: None)
+    absolute = load_index(str(tmp_path / "set"), log=lambda *_: None)
+    assert relative.paths == spelled.paths == absolute.paths
+    assert all(os.path.isabs(p) for p in relative.paths)

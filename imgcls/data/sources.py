@@ -47,6 +47,8 @@ def load_index(data: str | None, label_col: str = "subCategory", log=print) -> I
         return index
     if not os.path.exists(data):
         raise UserError(f"--data {data}: no such file or directory; give a folder of images or a .csv manifest")
+    # Absolute paths: the cache key and a saved split must not depend on how the path was spelled.
+    data = os.path.abspath(data)
     if os.path.isdir(data) and os.path.isfile(os.path.join(data, "styles.csv")):
         index = _kaggle_index(data, label_col)
     elif os.path.isfile(data) and data.lower().endswith(".csv"):
@@ -118,7 +120,7 @@ def _kaggle_index(root: str, label_col: str) -> Index:
 
 def _manifest_index(csv_path: str) -> Index:
     """A csv with columns path,label; relative paths are taken relative to the csv's folder."""
-    base = os.path.dirname(os.path.abspath(csv_path))
+    base = os.path.dirname(csv_path)
     items, skipped = [], []
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -133,7 +135,7 @@ def _manifest_index(csv_path: str) -> Index:
             if not path or not label:
                 skipped.append((where, "empty path or label"))
                 continue
-            full = path if os.path.isabs(path) else os.path.join(base, path)
+            full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
             if not os.path.isfile(full):
                 skipped.append((f"{where} ({path})", "no image file"))
                 continue
