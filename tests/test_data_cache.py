@@ -137,3 +137,14 @@ def test_exif_orientation_is_applied(tmp_path):
     assert ok.all() and images.shape == (1, 3, 6, 8)  # upright: 8 wide, 6 tall
     top, bottom = images[0, :, 0, 4].tolist(), images[0, :, -1, 4].tolist()
     assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50
+
+
+def test_a_damaged_cache_is_decoded_again(tmp_path):
+    paths = [_save(Image.new("RGB", (6, 8), (i, 0, 0)), tmp_path / f"{i}.png") for i in range(3)]
+    cache_dir = tmp_path / "c"
+    first, _, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)
+    npy = next(cache_dir.glob("*.npy"))
+    npy.write_bytes(npy.read_bytes()[:40])
+    again, ok, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)
+    assert ok.all() and torch.equal(again, first)
+    assert np.load(npy).shape == (3, 3, 8, 6)  # and the cache was rewritten

@@ -149,7 +149,12 @@ def _load_cache(cache_dir: str, key: str):
     npy, meta = _cache_files(cache_dir, key)
     if not (os.path.isfile(npy) and os.path.isfile(meta)):
         return None
-    with open(meta) as f:
-        status = json.load(f)
-    images = torch.from_numpy(np.load(npy))  # one read into memory, no copy
+    try:
+        with open(meta) as f:
+            status = json.load(f)
+        images = torch.from_numpy(np.load(npy))  # one read into memory, no copy
+    except (OSError, ValueError):  # damaged (e.g. disk full while writing elsewhere): decode again
+        return None
+    if len(status["ok"]) != images.shape[0]:
+        return None
     return images, np.array(status["ok"], dtype=bool), status["reasons"]
