@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +59,9 @@ def load_index(data: str | None, label_col: str = "subCategory", log=print) -> I
     else:
         raise UserError(f"--data {data}: not a folder or a .csv manifest; give one of those")
     if index.skipped:
-        log(f"{data}: skipped {len(index.skipped)} item(s), e.g. "
+        by_reason = Counter(why for _, why in index.skipped)
+        log(f"{data}: skipped {len(index.skipped)} item(s) ("
+            + ", ".join(f"{n} {why}" for why, n in by_reason.most_common()) + "), e.g. "
             + "; ".join(f"{item}: {why}" for item, why in index.skipped[:3]))
     log(f"{data}: {len(index.paths)} images in {len(index.class_names)} classes")
     return index
