@@ -134,7 +134,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="imgcls-bench-")
     data = args.data
     if data is None:
-        shared = os.path.join(REPO, "..", "shared", "data", "fashion-small")
+        shared = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "fashion-small"))
         data = shared if os.path.isdir(shared) else generated_images(os.path.join(tmp, "images"))
     cache_dir = os.path.join(tmp, "cache")
     quiet = lambda *_: None  # noqa: E731
