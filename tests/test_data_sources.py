@@ -116,8 +116,11 @@ def test_demo_set_is_long_tailed_digits_with_the_documented_profile():
         _, digit, number = name.split("_")
         assert int(digit) == label == target[int(number)]
     assert ds.class_names[3] == "digit_3" and ds.skipped == []
-    # deterministic: a second call gives the same images
+    # deterministic: a second call gives the same images; another storage size resizes them
     assert torch.equal(load_dataset(None).images, ds.images)
+    small = load_dataset(None, size=(16, 16))
+    assert small.images.shape == (len(ds.paths), 3, 16, 16) and small.images.dtype == torch.uint8
+    assert torch.equal(small.labels, ds.labels)
 
 
 def test_undecodable_images_are_dropped_counted_and_written(tmp_path):

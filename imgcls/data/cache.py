@@ -97,7 +97,11 @@ def most_common_size(paths: list[str], workers: int = 2) -> tuple[int, int]:
 
 
 def _decode_file(path: str, size: tuple[int, int]) -> np.ndarray:
-    """One file -> 3 x H x W uint8 RGB, whatever its mode (alpha, palette, gray, CMYK, 16-bit, EXIF-rotated)."""
+    """One file -> 3 x H x W uint8 RGB, whatever its mode (alpha, palette, gray, CMYK, 16-bit, EXIF-rotated).
+
+    An image of another size is resized (bilinear, stretched) to the storage size, like the few 53x80 or
+    60x60 images among fashion-small's 60x80 ones.
+    """
     with Image.open(path) as im:
         im.load()  # raises on a truncated or corrupt file (Pillow's default; it is reported, not padded)
         ImageOps.exif_transpose(im, in_place=True)  # camera photos: upright as a viewer shows them
