@@ -124,3 +124,27 @@ def test_workers_fill_every_slot_in_order(tmp_path, workers, monkeypatch):
     images, ok, _ = decode_images(paths, None, None, workers, **QUIET)
     assert ok.all()
     assert images[:, :, 0, 0].tolist() == [[i, 2 * i, 3 * i] for i in range(7)]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = Image.new("RGB", (6, 8), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 3, 8))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = str(tmp_path / "phone.jpg")
+    stored.save(path, exif=exif, quality=95)
+    images, ok, _ = decode_images([path], None, None, 1, **QUIET)
+    assert ok.all() and images.shape == (1, 3, 6, 8)  # upright: 8 wide, 6 tall
+    top, bottom = images[0, :, 0, 4].tolist(), images[0, :, -1, 4].tolist()
+    assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50
+
+
+def test_a_damaged_cache_is_decoded_again(tmp_path):
+    paths = [_save(Image.new("RGB", (6, 8), (i, 0, 0)), tmp_path / f"{i}.png") for i in range(3)]
+    cache_dir = tmp_path / "c"
+    first, _, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)
+    npy = next(cache_dir.glob("*.npy"))
+    npy.write_bytes(npy.read_bytes()[:40])
+    again, ok, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)
+    assert ok.all() and torch.equal(again, first)
+    assert np.load(npy).shape == (3, 3, 8, 6)  # and the cache was rewritten

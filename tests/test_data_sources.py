@@ -116,8 +116,11 @@ def test_demo_set_is_long_tailed_digits_with_the_documented_profile():
         _, digit, number = name.split("_")
         assert int(digit) == label == target[int(number)]
     assert ds.class_names[3] == "digit_3" and ds.skipped == []
-    # deterministic: a second call gives the same images
+    # deterministic: a second call gives the same images; another storage size resizes them
     assert torch.equal(load_dataset(None).images, ds.images)
+    small = load_dataset(None, size=(16, 16))
+    assert small.images.shape == (len(ds.paths), 3, 16, 16) and small.images.dtype == torch.uint8
+    assert torch.equal(small.labels, ds.labels)
 
 
 def test_undecodable_images_are_dropped_counted_and_written(tmp_path):
@@ -146,3 +149,14 @@ def test_a_class_whose_images_are_all_undecodable_disappears(tmp_path):
     (tmp_path / "broken" / "x.jpg").write_bytes(b"not a jpeg")
     ds = load_dataset(str(tmp_path), log=lambda *_: None)
     assert ds.class_names == ["a", "b"] and ds.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_paths_are_absolute_however_the_data_path_is_spelled(tmp_path, monkeypatch):
+    for cls in ("a", "b"):
+        _jpg(str(tmp_path / "set" / cls / "0.jpg"))
+    monkeypatch.chdir(tmp_path)
+    relative = load_index("set", log=lambda *_: None)
+    spelled = load_index("./set/../set/", log=lambda *_: None)
+    absolute = load_index(str(tmp_path / "set"), log=lambda *_: None)
+    assert relative.paths == spelled.paths == absolute.paths
+    assert all(os.path.isabs(p) for p in relative.paths)

@@ -98,3 +98,15 @@ def test_save_and_load_roundtrip_and_guard_against_other_data(tmp_path):
         load_split(target, paths[1:] + paths[:1])
     with pytest.raises(UserError, match="cannot read"):
         load_split(str(tmp_path / "missing.json"), paths)
+
+
+def test_a_moved_data_set_keeps_its_split(tmp_path):
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    split = make_split(labels, test_frac=0.0, num_folds=2, seed=0)
+    old = [f"/data/v1/set/{c}/{i}.jpg" for c, i in zip(labels, range(6))]
+    new = [p.replace("/data/v1/", "/mnt/copy/") for p in old]
+    save_split(str(tmp_path / "split.json"), split, old)
+    assert load_split(str(tmp_path / "split.json"), new) == split
+    renamed = new[:5] + ["/mnt/copy/set/1/other.jpg"]
+    with pytest.raises(UserError, match="different data set"):
+        load_split(str(tmp_path / "split.json"), renamed)

@@ -18,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 CACHE_FORMAT = 1  # bump when the decoded pixels would change for the same files (e.g. a new resize rule)
 _CHUNK = 256  # images per task: amortises pool overhead, keeps the progress bar smooth
+_ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is transposed relative to its display
 
 
 def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str | None, workers: int = 2,
@@ -83,7 +84,8 @@ def most_common_size(paths: list[str], workers: int = 2) -> tuple[int, int]:
     def header_size(path: str):
         try:
             with Image.open(path) as im:
-                return im.height, im.width
+                turned = im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)  # stored on its side
+                return (im.width, im.height) if turned else (im.height, im.width)
         except Exception:
             return None
 
@@ -95,9 +97,14 @@ def most_common_size(paths: list[str], workers: int = 2) -> tuple[int, int]:
 
 
 def _decode_file(path: str, size: tuple[int, int]) -> np.ndarray:
-    """One file -> 3 x H x W uint8 RGB, whatever its mode (alpha, palette, gray, CMYK, 16-bit)."""
+    """One file -> 3 x H x W uint8 RGB, whatever its mode (alpha, palette, gray, CMYK, 16-bit, EXIF-rotated).
+
+    An image of another size is resized (bilinear, stretched) to the storage size, like the few 53x80 or
+    60x60 images among fashion-small's 60x80 ones.
+    """
     with Image.open(path) as im:
         im.load()  # raises on a truncated or corrupt file (Pillow's default; it is reported, not padded)
+        ImageOps.exif_transpose(im, in_place=True)  # camera photos: upright as a viewer shows them
         rgb = to_rgb(im)
     height, width = size
     if rgb.size != (width, height):
@@ -146,7 +153,12 @@ def _load_cache(cache_dir: str, key: str):
     npy, meta = _cache_files(cache_dir, key)
     if not (os.path.isfile(npy) and os.path.isfile(meta)):
         return None
-    with open(meta) as f:
-        status = json.load(f)
-    images = torch.from_numpy(np.load(npy))  # one read into memory, no copy
+    try:
+        with open(meta) as f:
+            status = json.load(f)
+        images = torch.from_numpy(np.load(npy))  # one read into memory, no copy
+    except (OSError, ValueError):  # damaged (e.g. disk full while writing elsewhere): decode again
+        return None
+    if len(status["ok"]) != images.shape[0]:
+        return None
     return images, np.array(status["ok"], dtype=bool), status["reasons"]

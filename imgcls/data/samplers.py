@@ -37,6 +37,10 @@ class EpochSampler:
       dynamic          V3's intent: class probabilities move linearly from balanced (first epoch) to natural
                        (last epoch)
       dynamic_reverse  natural -> balanced, the direction of deferred re-balancing (DRW, progressive balancing)
+
+    Indices are positions in `labels`: give it the labels of the training fold and map back with
+    train_idx[sampler.indices(epoch)]. class_probs has one entry per label value up to labels.max().
+    With world_size > 1 and num_samples not divisible by it, the first ranks get one index more.
     """
 
     def __init__(self, labels, kind: str = "natural", num_samples: int | None = None, seed: int = 0,

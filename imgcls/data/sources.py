@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,8 @@ def load_index(data: str | None, label_col: str = "subCategory", log=print) -> I
         return index
     if not os.path.exists(data):
         raise UserError(f"--data {data}: no such file or directory; give a folder of images or a .csv manifest")
+    # Absolute paths: the cache key and a saved split must not depend on how the path was spelled.
+    data = os.path.abspath(data)
     if os.path.isdir(data) and os.path.isfile(os.path.join(data, "styles.csv")):
         index = _kaggle_index(data, label_col)
     elif os.path.isfile(data) and data.lower().endswith(".csv"):
@@ -56,7 +59,9 @@ def load_index(data: str | None, label_col: str = "subCategory", log=print) -> I
     else:
         raise UserError(f"--data {data}: not a folder or a .csv manifest; give one of those")
     if index.skipped:
-        log(f"{data}: skipped {len(index.skipped)} item(s), e.g. "
+        by_reason = Counter(why for _, why in index.skipped)
+        log(f"{data}: skipped {len(index.skipped)} item(s) ("
+            + ", ".join(f"{n} {why}" for why, n in by_reason.most_common()) + "), e.g. "
             + "; ".join(f"{item}: {why}" for item, why in index.skipped[:3]))
     log(f"{data}: {len(index.paths)} images in {len(index.class_names)} classes")
     return index
@@ -118,7 +123,7 @@ def _kaggle_index(root: str, label_col: str) -> Index:
 
 def _manifest_index(csv_path: str) -> Index:
     """A csv with columns path,label; relative paths are taken relative to the csv's folder."""
-    base = os.path.dirname(os.path.abspath(csv_path))
+    base = os.path.dirname(csv_path)
     items, skipped = [], []
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -133,7 +138,7 @@ def _manifest_index(csv_path: str) -> Index:
             if not path or not label:
                 skipped.append((where, "empty path or label"))
                 continue
-            full = path if os.path.isabs(path) else os.path.join(base, path)
+            full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
             if not os.path.isfile(full):
                 skipped.append((f"{where} ({path})", "no image file"))
                 continue

@@ -94,10 +94,18 @@ def _stratified_holdout(items: np.ndarray, labels: np.ndarray, frac: float, rng:
 
 
 def paths_digest(paths: list[str]) -> str:
-    """A hash of the ordered file list: a split is only meaningful for the data set it was made from."""
+    """A hash of the ordered file list, relative to its common folder.
+
+    A split is only meaningful for the data set it was made from; taking paths relative to their common
+    folder keeps it valid when the whole data set is moved or mounted elsewhere.
+    """
+    try:
+        root = os.path.commonpath(paths) if len(paths) > 1 else ""
+    except ValueError:  # a mix of absolute and relative paths: hash them as they are
+        root = ""
     h = hashlib.sha256()
     for p in paths:
-        h.update(p.encode() + b"\n")
+        h.update((os.path.relpath(p, root) if root else p).encode() + b"\n")
     return h.hexdigest()
 
 
