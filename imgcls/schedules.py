@@ -88,7 +88,7 @@ def build_scheduler(
     ``start_step``: updates already done (resume without a saved scheduler state); ignored by plateau.
     """
     if name not in SCHEDULE_NAMES:
-        raise UserError(f"--schedule {name!r}: unknown; choose one of {', '.join(SCHEDULE_NAMES)}")
+        raise UserError(f"--scheduler {name!r}: unknown; choose one of {', '.join(SCHEDULE_NAMES)}")
     if epochs < 1 or steps_per_epoch < 1:
         raise UserError(f"--epochs {epochs} / steps per epoch {steps_per_epoch}: both must be >= 1")
     total = epochs * steps_per_epoch
@@ -96,7 +96,7 @@ def build_scheduler(
 
     if name == "plateau":
         if warmup:
-            raise UserError("--warmup-epochs: not supported with --schedule plateau; set it to 0")
+            raise UserError("--warmup-epochs: not supported with --scheduler plateau; set it to 0")
         if plateau_mode not in ("min", "max"):
             raise UserError(f"--plateau-mode {plateau_mode!r}: choose min or max")
         scheduler = ReduceLROnPlateau(

@@ -1,0 +1,238 @@
+"""One Config drives a run; the four versions of the write-up are presets: plain dicts of overrides.
+
+Resolution order: Config defaults -> the version's preset -> flags the user gave. Every field is a
+command-line flag (``--field-name``), so every preset value can be seen (``--print-config``) and overridden.
+Values the write-up leaves open (epochs, batch size, input size, some learning rates) are chosen here and
+marked "chosen" in the preset comments; ../VERSIONS.md in the shared notes lists the write-up's own values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+
+def parse_size(text: str | list | tuple | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224x168' -> (224, 168) as (H, W); 'none' -> None."""
+    if text is None or isinstance(text, (list, tuple)):
+        return None if text is None else (int(text[0]), int(text[-1]))
+    if str(text).lower() in ("none", "auto", ""):
+        return None
+    parts = str(text).lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"size '{text}': expected H or HxW in pixels, e.g. 224 or 224x168") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 8:
+        raise UserError(f"size '{text}': expected H or HxW with both sides >= 8, e.g. 224x168")
+    return (sizes[0], sizes[-1])
+
+
+def parse_optional_str(text: str | None) -> str | None:
+    return None if text is None or str(text).lower() in ("none", "") else str(text)
+
+
+def parse_optional_int(text: str | int | None) -> int | None:
+    return None if text is None or str(text).lower() in ("none", "off", "") else int(text)
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise UserError(f"'{text}': expected true/false")
+
+
+def _opt(default: Any, help: str, parse=None, choices=None):
+    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
+
+
+@dataclass
+class Config:
+    # --- run ---
+    version: str = _opt("v1", "preset to start from", choices=None)
+    out: str = _opt("runs", "root folder; the run goes to OUT/<version>/fold<k>/")
+    fold: int = _opt(0, "which fold to train (0-based) or 'all' on the command line")
+    seed: int = _opt(0, "seed for splits, sampling, augmentation and init")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    workers: int = _opt(2, "processes/threads for decoding images")
+    restart: bool = _opt(False, "discard an existing run in the run folder instead of resuming it", parse_bool)
+    # --- data ---
+    data: str | None = _opt(None, "data set: Kaggle dir (styles.csv + images/), class-per-folder dir or "
+                                  "manifest CSV; none = built-in demo", parse_optional_str)
+    label_col: str = _opt("subCategory", "label column of a Kaggle styles.csv")
+    storage_size: tuple | None = _opt(None, "HxW images are decoded to once; none = the data's own size",
+                                      parse_size)
+    cache_dir: str | None = _opt(None, "decode cache folder; none = ~/.cache/imgcls", parse_optional_str)
+    test_frac: float = _opt(0.2, "stratified holdout test fraction (never trained on)")
+    folds: str = _opt("1", "number of folds: 1 = one holdout validation split; K >= 2 = stratified K-fold; "
+                           "auto = V3's rule (2 if smallest class < 3 else min(3, smallest))")
+    val_frac: float = _opt(0.2, "validation fraction when folds = 1")
+    # --- model ---
+    model: str = _opt("efficientnet_b0", "backbone name (python train.py --list-models)")
+    pretrained: str | None = _opt("default", "none | default | PATH to a checkpoint", parse_optional_str)
+    drop_path: float = _opt(0.0, "stochastic depth rate")
+    img_size: tuple | None = _opt(None, "model input HxW; none = the storage size", parse_size)
+    # --- optimisation ---
+    epochs: int = _opt(30, "epochs")
+    batch_size: int = _opt(64, "batch size per process")
+    optimizer: str = _opt("adamw", "adamw | sgd", choices=("adamw", "sgd"))
+    lr: float = _opt(1e-3, "base learning rate")
+    weight_decay: float = _opt(1e-2, "weight decay (decoupled for AdamW)")
+    betas: tuple = _opt((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999",
+                        lambda t: tuple(float(v) for v in str(t).split(",")))
+    eps: float = _opt(1e-8, "AdamW eps")
+    momentum: float = _opt(0.9, "SGD momentum")
+    grad_clip: float | None = _opt(None, "clip the gradient norm (after unscaling); none = off",
+                                   lambda t: None if str(t).lower() in ("none", "off", "0") else float(t))
+    # --- loss ---
+    loss: str = _opt("ce", "ce | weighted_ce | focal | cb_focal | logit_adjusted | balanced_softmax",
+                     choices=("ce", "weighted_ce", "focal", "cb_focal", "logit_adjusted", "balanced_softmax"))
+    label_smoothing: float = _opt(0.0, "label smoothing")
+    focal_gamma: float = _opt(2.0, "focal loss gamma")
+    cb_beta: float = _opt(0.9999, "class-balanced beta (effective number of samples)")
+    tau: float = _opt(1.0, "logit adjustment strength")
+    # --- sampling ---
+    sampler: str = _opt("natural", "natural | weighted | class_balanced | dynamic | dynamic_reverse",
+                        choices=("natural", "weighted", "class_balanced", "dynamic", "dynamic_reverse"))
+    epoch_samples: int | None = _opt(None, "draws per epoch; none = the training set size", parse_optional_int)
+    # --- augmentation ---
+    hflip: float = _opt(0.5, "horizontal flip probability")
+    rotation: float = _opt(10.0, "max rotation in degrees")
+    brightness: float = _opt(0.2, "brightness jitter")
+    mixup_alpha: float = _opt(0.0, "Mixup Beta(alpha, alpha); 0 = off")
+    cutmix_alpha: float = _opt(0.0, "CutMix Beta(alpha, alpha); 0 = off")
+    mix_prob: float = _opt(0.0, "probability that a batch is mixed")
+    switch_prob: float = _opt(0.5, "probability of CutMix rather than Mixup when both are on")
+    # --- schedule ---
+    scheduler: str = _opt("cosine", "plateau | cosine | onecycle | constant",
+                          choices=("plateau", "cosine", "onecycle", "constant"))
+    warmup_epochs: float = _opt(0.0, "linear warmup epochs (cosine)")
+    min_lr: float = _opt(0.0, "final learning rate (cosine)")
+    max_lr: float | None = _opt(None, "OneCycle peak lr; none = --lr", lambda t: None if str(t) == "none" else float(t))
+    pct_start: float = _opt(0.1, "OneCycle warmup fraction")
+    div_factor: float = _opt(25.0, "OneCycle initial lr = max_lr / div_factor")
+    final_div_factor: float = _opt(1000.0, "OneCycle final lr = initial lr / final_div_factor")
+    plateau_factor: float = _opt(0.1, "ReduceLROnPlateau factor")
+    plateau_patience: int = _opt(3, "ReduceLROnPlateau patience (epochs)")
+    # --- SWA ---
+    swa_start: int | None = _opt(None, "first epoch (1-based) averaged by SWA; none = off", parse_optional_int)
+    swa_freq: int = _opt(2, "average every N epochs")
+    swa_lr: float = _opt(1e-5, "SWALR target learning rate")
+    swa_anneal_epochs: int = _opt(5, "SWALR anneal epochs")
+    # --- validation ---
+    metric: str = _opt("macro_f1", "validation metric for best model / early stopping / plateau",
+                       choices=("macro_f1", "accuracy", "balanced_accuracy", "weighted_f1"))
+    early_stop: int | None = _opt(None, "early stopping patience in epochs; none = off", parse_optional_int)
+    early_stop_min_delta: float = _opt(1e-4, "minimum improvement that resets early stopping")
+    # --- speed ---
+    amp: str = _opt("auto", "auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off",
+                    choices=("auto", "fp16", "bf16", "off"))
+    channels_last: str = _opt("auto", "auto (on for CUDA) | on | off", choices=("auto", "on", "off"))
+    compile: bool = _opt(False, "torch.compile the model", parse_bool)
+    eval_batch_size: int = _opt(256, "batch size for evaluation")
+    # --- prediction (used by run_all.sh and recorded with the run) ---
+    tta: bool = _opt(False, "test-time augmentation when predicting this version", parse_bool)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UserError(f"unknown config keys {unknown}")
+        converted = {}
+        for name, value in values.items():
+            if name in ("img_size", "storage_size") and value is not None:
+                value = parse_size(value)
+            elif name == "betas":
+                value = tuple(value)
+            converted[name] = value
+        return cls(**converted)
+
+
+# The four versions of the write-up. Each is a dict of overrides on Config's defaults: data, not branches.
+# "chosen" marks values the write-up does not state.
+_CONVNEXT_22K = dict(
+    model="convnext_base.fb_in22k",
+    img_size=(224, 168),            # chosen: 80x60 upsampled 2.8x, aspect kept
+    epochs=30, batch_size=32,       # chosen (SWA starts at 20, so > 20 epochs)
+    optimizer="adamw", lr=1e-4, weight_decay=1e-2, betas=(0.9, 0.999), eps=1e-8, grad_clip=5.0,
+    loss="ce", label_smoothing=0.1,
+    sampler="natural",
+    mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.5, switch_prob=0.5,   # cutmix alpha 1.0 chosen (timm's)
+    scheduler="cosine", warmup_epochs=2, min_lr=1e-7,
+    swa_start=20, swa_freq=2, swa_lr=1e-5, swa_anneal_epochs=5,
+    amp="auto", metric="macro_f1", drop_path=0.1,  # drop_path chosen (ConvNeXt fine-tuning default)
+)
+
+VERSIONS: dict[str, dict[str, Any]] = {
+    "v1": dict(
+        model="efficientnet_b0",
+        img_size=(224, 168),            # chosen
+        epochs=30, batch_size=64,       # chosen
+        optimizer="adamw", lr=1e-3, weight_decay=1e-4,   # chosen (write-up: Adam)
+        loss="ce", sampler="weighted",
+        hflip=0.5, rotation=10.0, brightness=0.2,
+        scheduler="plateau", plateau_factor=0.1, plateau_patience=3,
+        metric="accuracy",              # the plateau follows validation accuracy
+        amp="off", folds="1",
+    ),
+    "v2": dict(_CONVNEXT_22K, folds="1"),
+    "v2.1": dict(_CONVNEXT_22K, folds="3", early_stop=5, early_stop_min_delta=1e-4, tta=True),
+    "v3": dict(
+        model="tf_efficientnetv2_b2",
+        img_size=(208, 156),            # chosen: timm's train size 208 for this checkpoint, aspect kept
+        epochs=30, batch_size=64,       # chosen
+        optimizer="adamw", lr=1e-3, weight_decay=1e-2,
+        loss="cb_focal", focal_gamma=2.0, cb_beta=0.9999,
+        sampler="dynamic",
+        hflip=0.5, rotation=10.0, brightness=0.2,
+        scheduler="onecycle", max_lr=1e-3, pct_start=0.1, div_factor=25.0, final_div_factor=1000.0,
+        amp="auto", folds="auto", tta=True, metric="macro_f1",
+    ),
+}
+
+
+def resolve(version: str, overrides: dict[str, Any]) -> Config:
+    """Defaults -> preset -> overrides. Pure."""
+    if version not in VERSIONS:
+        raise UserError(f"--version {version}: unknown version; choose one of {', '.join(VERSIONS)}")
+    values = dict(VERSIONS[version], **overrides)
+    values["version"] = version
+    return Config.from_dict(values)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field. Defaults are SUPPRESSed so that only flags the user typed override."""
+    for f in dataclasses.fields(Config):
+        if f.name in ("version", "fold"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        parse = f.metadata.get("parse") or _plain_type(f)
+        # Booleans work as bare switches (--compile) and with a value (--compile false).
+        extra = dict(nargs="?", const=True) if parse is parse_bool else {}
+        parser.add_argument(flag, dest=f.name, type=parse, default=argparse.SUPPRESS,
+                            choices=f.metadata.get("choices"), metavar=f.name.upper(),
+                            help=f"{f.metadata['help']} (default: preset or {f.default})", **extra)
+
+
+def _plain_type(f: dataclasses.Field):
+    if isinstance(f.default, bool):
+        return parse_bool
+    if isinstance(f.default, int):
+        return int
+    if isinstance(f.default, float):
+        return float
+    return str

@@ -1,0 +1,216 @@
+"""Prediction with fold ensembles, TTA and post-hoc logit adjustment.
+
+Checkpoints -> images (the run's own held-out test split by default) -> mean of class probabilities over
+models and TTA views -> optional logit adjustment -> predictions.csv, and metrics when labels are known.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .data import load_dataset, write_skipped
+from .data.cache import decode_images
+from .data.splits import load_split
+from .errors import UserError
+from .inference import predict_dataset, use_channels_last
+from .metrics import classification_metrics, per_class_report
+from .models import create_model
+from .plots import plot_confusion
+
+
+@dataclass
+class Member:
+    """One trained model of an ensemble."""
+    path: Path
+    state: dict
+
+
+def find_checkpoints(run: str | None, fold: str, checkpoint_file: str | None) -> list[Path]:
+    if checkpoint_file:
+        path = Path(checkpoint_file)
+        if not path.is_file():
+            raise UserError(f"--checkpoint {path}: file not found")
+        return [path]
+    run_path = Path(run)
+    if not run_path.is_dir():
+        raise UserError(f"--run {run_path}: no such run folder; train first (python train.py --version ...) "
+                        f"or point --run at OUT/<version>")
+    if fold == "all":
+        found = sorted(run_path.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
+    else:
+        found = [p for p in [run_path / f"fold{fold}" / "best.pt"] if p.is_file()]
+    if not found:
+        raise UserError(f"--run {run_path}: no trained fold{'s' if fold == 'all' else ' ' + fold} "
+                        f"(fold*/best.pt) there; train it first or pick another --fold")
+    return found
+
+
+def load_members(paths: list[Path]) -> list[Member]:
+    members = [Member(p, checkpoint.load(p)) for p in paths]
+    first = members[0].state
+    for m in members[1:]:
+        for key in ("class_names", "num_classes"):
+            if m.state[key] != first[key]:
+                raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
+        if m.state["preprocessing"]["storage_size"] != first["preprocessing"]["storage_size"]:
+            raise UserError(f"{m.path}: trained at another storage size than {members[0].path}")
+    return members
+
+
+def build_model(member: Member, device: torch.device) -> torch.nn.Module:
+    state = member.state
+    model = create_model(state["model_name"], state["num_classes"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{member.path}: weights do not fit {state['model_name']} with "
+                        f"{state['num_classes']} classes ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def logit_adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:
+    """Menon et al. 2021, post-hoc: softmax(log p - tau * log prior), prior from the training counts."""
+    prior = np.asarray(class_counts, dtype=np.float64)
+    prior = np.clip(prior / prior.sum(), 1e-12, None)
+    logits = np.log(np.clip(probs.astype(np.float64), 1e-30, None)) - tau * np.log(prior)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def select_images(args, members: list[Member], log=print):
+    """-> (images uint8 N3HW, paths, labels (int64 in the checkpoint's class order, or None), skipped)."""
+    state = members[0].state
+    class_names = state["class_names"]
+    storage = tuple(state["preprocessing"]["storage_size"])
+    cfg = state["config"]
+    cache_dir = args.cache_dir or cfg.get("cache_dir")
+    if args.images:
+        images, ok, reasons = decode_images(list(args.images), size=storage, cache_dir=None,
+                                            workers=args.workers, log=log)
+        skipped = [(p, r) for p, r, good in zip(args.images, reasons, ok) if not good]
+        keep = np.flatnonzero(ok)
+        return images[torch.as_tensor(keep)], [args.images[i] for i in keep], None, skipped
+    data_arg = args.data if args.data else cfg.get("data")
+    dataset = load_dataset(data_arg, label_col=args.label_col or cfg.get("label_col", "subCategory"),
+                           size=storage, cache_dir=cache_dir, workers=args.workers, log=log)
+    labels = _map_labels(dataset.class_names, class_names, dataset.labels.numpy(), data_arg)
+    positions = np.arange(len(dataset.paths))
+    if not args.data:  # the run's own data: use its split
+        split_file = members[0].path.parent / "split.json"
+        split = load_split(str(split_file), dataset.paths)
+        if args.split == "test":
+            positions = np.asarray(split["test"], dtype=np.int64)
+        elif args.split == "val":
+            if len(members) > 1:
+                raise UserError("--split val: each fold has its own validation set; pick one with --fold K")
+            positions = np.asarray(split["folds"][state["fold"]]["val"], dtype=np.int64)
+    sel = torch.as_tensor(positions)
+    return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
+
+
+def _map_labels(data_classes, model_classes, labels, data_arg) -> np.ndarray:
+    unknown = sorted(set(data_classes) - set(model_classes))
+    if unknown:
+        raise UserError(f"{data_arg}: classes {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not among "
+                        f"the model's {len(model_classes)} classes; predict on data with the training label "
+                        f"set (same --label-col)")
+    where = {name: i for i, name in enumerate(model_classes)}
+    lookup = np.array([where[name] for name in data_classes], dtype=np.int64)
+    return lookup[labels]
+
+
+def predict(args, log=print) -> dict:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
+                                                                      else "cpu"))
+    members = load_members(find_checkpoints(args.run, args.fold, args.checkpoint))
+    state = members[0].state
+    class_names = state["class_names"]
+    views = tuple(args.views.split(",")) if args.tta else ("identity",)
+    images, paths, labels, skipped = select_images(args, members, log)
+    if len(paths) == 0:
+        raise UserError("no readable images to predict")
+    log(f"predicting {len(paths)} images with {len(members)} model(s) x {len(views)} view(s) "
+        f"({', '.join(views)}) on {device}")
+    probs = np.zeros((len(paths), len(class_names)), dtype=np.float32)
+    for member in members:
+        pre = member.state["preprocessing"]
+        model = build_model(member, device)
+        probs += predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre["img_size"]),
+                                 mean=pre["mean"], std=pre["std"], device=device, batch_size=args.batch_size,
+                                 views=views, amp=args.amp,
+                                 channels_last=use_channels_last("auto", device)) / len(members)
+    if args.logit_adjust:
+        counts = np.sum([m.state["train_class_counts"] for m in members], axis=0)
+        probs = logit_adjust(probs, counts, args.logit_adjust)
+
+    out_csv = Path(args.out) if args.out else default_out(args, members)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(out_csv, paths, probs, class_names, labels)
+    if skipped:
+        write_skipped(skipped, str(out_csv.parent / "skipped.json"))
+        log(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]} ({skipped[0][1]}); "
+            f"all listed in {out_csv.parent / 'skipped.json'}")
+    result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped)}
+    if labels is not None:
+        metrics = classification_metrics(labels, probs.argmax(1), class_names)
+        metrics.update(views=list(views), models=[str(m.path) for m in members], split=args.split,
+                       logit_adjust=args.logit_adjust,
+                       train_time_s=sum(_train_time(m) for m in members),
+                       peak_memory_mb=max(_peak_memory(m) for m in members))
+        (out_csv.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (out_csv.parent / "report.txt").write_text(per_class_report(metrics, class_names) + "\n")
+        plot_confusion(metrics["confusion_matrix"], class_names, out_csv.parent / "confusion.png")
+        log(f"accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
+            f"weighted_f1 {metrics['weighted_f1']:.4f} balanced_acc {metrics['balanced_accuracy']:.4f}")
+        result["metrics"] = metrics
+    log(f"wrote {out_csv}")
+    return result
+
+
+def _fold_metrics(member: Member) -> dict:
+    path = member.path.parent / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _train_time(member: Member) -> float:
+    return float(_fold_metrics(member).get("train_time_s", 0.0))
+
+
+def _peak_memory(member: Member) -> float:
+    return float(_fold_metrics(member).get("peak_memory_mb", 0.0))
+
+
+def default_out(args, members: list[Member]) -> Path:
+    base = members[0].path.parent.parent if not args.checkpoint else members[0].path.parent
+    source = "images" if args.images else ("data" if args.data else args.split)
+    return base / f"predict-{source}{'-tta' if args.tta else ''}" / "predictions.csv"
+
+
+def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=None, top: int = 5) -> None:
+    top = min(top, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    header = ["id", "path", "label", "confidence"]
+    for k in range(1, top + 1):
+        header += [f"top{k}", f"top{k}_prob"]
+    if labels is not None:
+        header.append("true_label")
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i, p in enumerate(paths):
+            row = [Path(p).stem, p, class_names[order[i, 0]], f"{probs[i, order[i, 0]]:.6f}"]
+            for c in order[i]:
+                row += [class_names[c], f"{probs[i, c]:.6f}"]
+            if labels is not None:
+                row.append(class_names[labels[i]])
+            writer.writerow(row)
+    tmp.replace(path)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Reproduce the write-up's comparison table: every version x the folds its preset asks for, then predict
+# on the held-out test split (TTA for v2.1 and v3), then results/comparison.md.
+#
+#   ./run_all.sh [--data DIR] [--device cpu|cuda] [--out runs] [--quick] [-- extra train.py flags]
+#
+# Safe to rerun: finished folds are skipped, interrupted ones resume from their last epoch.
+# --quick: a smoke run of the whole pipeline in minutes on a CPU (tiny models, random init, few steps).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+
+DATA=() DEVICE=auto OUT=runs RESULTS=results QUICK=0 EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) DATA=(--data "$2"); shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --results) RESULTS=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) EXTRA+=("$1"); shift ;;
+  esac
+done
+
+VERSIONS=(v1 v2 v2.1 v3)
+declare -A TTA=([v1]="" [v2]="" [v2.1]="--tta" [v3]="--tta")
+# --quick keeps each preset's recipe (sampler, loss, schedule, SWA, folds, TTA) but swaps in a tiny model
+# of the same family, random init, 32x32 input and 2-3 short epochs.
+declare -A QUICK_MODEL=([v1]=test_efficientnet [v2]=test_convnext [v2.1]=test_convnext [v3]=test_efficientnet_v2)
+declare -A QUICK_FLAGS=([v1]="" [v2]="--swa-start 2 --swa-freq 1 --warmup-epochs 1"
+                        [v2.1]="--swa-start 2 --swa-freq 1 --warmup-epochs 1" [v3]="")
+
+for v in "${VERSIONS[@]}"; do
+  flags=(--version "$v" --fold all --out "$OUT" --device "$DEVICE" "${DATA[@]}")
+  if [ "$QUICK" = 1 ]; then
+    # shellcheck disable=SC2206
+    flags+=(--model "${QUICK_MODEL[$v]}" --pretrained none --img-size 32 --epochs 3 --batch-size 32
+            --epoch-samples 512 ${QUICK_FLAGS[$v]})
+  fi
+  echo "== train $v"
+  "$PY" train.py "${flags[@]}" "${EXTRA[@]}"
+  echo "== predict $v"
+  # shellcheck disable=SC2086
+  "$PY" predict.py --run "$OUT/$v" --device "$DEVICE" ${TTA[$v]}
+done
+"$PY" -m imgcls.compare --runs "$OUT" --out "$RESULTS/comparison.md"

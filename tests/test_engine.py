@@ -1,0 +1,183 @@
+"""The training engine end to end on tiny generated images and tiny models (CPU, seconds each)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.swa_utils import update_bn
+
+from imgcls import checkpoint, engine
+from imgcls.config import resolve
+from imgcls.data import load_dataset
+from imgcls.data.augment import eval_transform
+from imgcls.metrics import classification_metrics
+from imgcls.models import create_model
+from tests.helpers import tiny_overrides, write_folder_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"v1": "test_efficientnet", "v2": "test_convnext", "v2.1": "test_convnext",
+              "v3": "test_efficientnet_v2"}
+RUN_FILES = ["config.json", "split.json", "summary.csv", "best.pt", "last.pt", "metrics.json", "lr.png",
+             "curves.png", "confusion.png", "skipped.json"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_folder_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _fit(version, data_dir, out, fold=0, **extra):
+    extra.setdefault("model", TINY_MODEL[version])
+    cfg = resolve(version, tiny_overrides(data_dir, out, **extra))
+    return cfg, engine.fit(cfg, fold, log=lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("version,extra", [
+    ("v1", {}),
+    ("v2", {"swa_start": 1, "swa_freq": 1, "warmup_epochs": 1}),
+    ("v2.1", {"swa_start": 2, "warmup_epochs": 1}),
+    ("v3", {}),
+])
+def test_every_version_trains_and_writes_every_file(version, extra, data_dir, tmp_path):
+    cfg, result = _fit(version, data_dir, tmp_path, **extra)
+    rdir = Path(result["run_dir"])
+    assert rdir == tmp_path / version / "fold0"
+    for name in RUN_FILES:
+        assert (rdir / name).is_file() and (rdir / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(rdir / "summary.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"lr", "train_loss", "train_img_s", "val_loss", "val_acc", "val_macro_f1",
+                            "val_balanced_acc", "time_s"}
+    metrics = json.loads((rdir / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy", "per_class", "confusion_matrix",
+                "smallest_class_f1", "per_class_f1_std", "train_time_s", "peak_memory_mb", "selected"):
+        assert key in metrics, key
+    best = checkpoint.load(rdir / "best.pt")
+    assert best["class_names"] == ["shirts", "shoes", "watches"]
+    assert best["preprocessing"]["img_size"] == [32, 32]
+    assert best["config"]["version"] == version
+    assert checkpoint.load(rdir / "last.pt")["finished"] is True
+    # The saved model reproduces the recorded validation metrics.
+    assert metrics["accuracy"] == pytest.approx(_evaluate_saved(rdir, data_dir, tmp_path)["accuracy"])
+
+
+def _evaluate_saved(rdir: Path, data_dir: Path, out: Path) -> dict:
+    best = checkpoint.load(rdir / "best.pt")
+    model = create_model(best["model_name"], best["num_classes"])
+    model.load_state_dict(best["model"])
+    model.eval()
+    data = load_dataset(str(data_dir), cache_dir=str(out / "cache"), workers=1, log=lambda *a, **k: None)
+    split = json.loads((rdir / "split.json").read_text())
+    val = np.asarray(split["folds"][best["fold"]]["val"])
+    pre = best["preprocessing"]
+    with torch.no_grad():
+        x = eval_transform(data.images[torch.as_tensor(val)], tuple(pre["img_size"]), pre["mean"], pre["std"])
+        pred = model(x).argmax(1).numpy()
+    return classification_metrics(data.labels.numpy()[val], pred, best["class_names"])
+
+
+def test_onecycle_runs_exactly_the_real_number_of_updates(data_dir, tmp_path):
+    cfg, result = _fit("v3", data_dir, tmp_path, epochs=3, epoch_samples=80)
+    last = checkpoint.load(Path(result["run_dir"]) / "last.pt")
+    lrs = last["progress"]["lr_history"]  # the lr each update used
+    steps = (80 // cfg.batch_size) * cfg.epochs
+    assert len(lrs) == steps == 30
+    assert lrs[0] == pytest.approx(cfg.max_lr / cfg.div_factor)
+    # OneCycleLR's warmup ends at update pct_start * total - 1 = 2, at exactly max_lr.
+    assert int(np.argmax(lrs)) == 2 and max(lrs) == pytest.approx(cfg.max_lr)
+    assert lrs[-1] < lrs[0] / cfg.final_div_factor * 1.5
+
+
+def test_swa_averages_every_freq_epochs_and_recomputes_batchnorm(data_dir, tmp_path):
+    cfg, result = _fit("v2", data_dir, tmp_path, model="test_efficientnet", epochs=4, swa_start=2, swa_freq=2)
+    rdir = Path(result["run_dir"])
+    last = checkpoint.load(rdir / "last.pt")
+    # Epochs 2 and 4 are averaged (start 2, every 2 epochs).
+    assert int(last["swa_model"]["n_averaged"]) == 2
+    swa = checkpoint.load(rdir / "swa.pt")
+    averaged = {k[len("module."):]: v for k, v in last["swa_model"].items() if k.startswith("module.")}
+    bn_keys = [k for k in swa["model"] if k.endswith("running_mean")]
+    assert bn_keys, "test_efficientnet has BatchNorm"
+    assert any(not torch.equal(swa["model"][k], averaged[k]) for k in bn_keys), "update_bn changed nothing"
+    # Independent reference: torch's update_bn over the un-augmented training images.
+    ref = create_model(cfg.model, 3)
+    ref.load_state_dict(averaged)
+    data = load_dataset(str(data_dir), cache_dir=str(tmp_path / "cache"), workers=1, log=lambda *a, **k: None)
+    train = torch.as_tensor(json.loads((rdir / "split.json").read_text())["folds"][0]["train"])
+    batches = [eval_transform(data.images[train[i:i + 64]], (32, 32), swa["preprocessing"]["mean"],
+                              swa["preprocessing"]["std"]) for i in range(0, len(train), 64)]
+    update_bn(batches, ref)
+    for k in bn_keys:
+        torch.testing.assert_close(swa["model"][k], ref.state_dict()[k], rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_stops_after_patience(data_dir, tmp_path):
+    # lr 0 and a LayerNorm-only model: the metric never improves after epoch 1, so patience 2 stops at 3.
+    _, result = _fit("v2.1", data_dir, tmp_path, epochs=6, lr=0.0, scheduler="constant", swa_start=None,
+                     mix_prob=0.0, early_stop=2)
+    metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and metrics["stopped_early"] is True and metrics["best_epoch"] == 1
+
+
+def test_killed_run_resumes_to_identical_weights(data_dir, tmp_path):
+    extra = dict(epochs=3, swa_start=2, swa_freq=1)
+    _, full = _fit("v2", data_dir, tmp_path / "a", **extra)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(line, *args, **kwargs):
+        if str(line).startswith("epoch 3/3"):
+            raise Killed  # dies after epoch 3 trained, before its checkpoint: last.pt holds epoch 2
+    cfg = resolve("v2", tiny_overrides(data_dir, tmp_path / "b", model="test_convnext", **extra))
+    with pytest.raises(Killed):
+        engine.fit(cfg, 0, log=kill_in_epoch_3)
+    assert checkpoint.load(tmp_path / "b" / "v2" / "fold0" / "last.pt")["progress"]["epoch"] == 2
+    resumed = engine.fit(cfg, 0, log=lambda *a, **k: None)
+    a, b = (checkpoint.load(Path(r["run_dir"]) / "last.pt") for r in (full, resumed))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma, mb = (json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) for r in (full, resumed))
+    assert ma["accuracy"] == mb["accuracy"] and ma["macro_f1"] == mb["macro_f1"]
+    assert a["progress"]["lr_history"] == b["progress"]["lr_history"]
+
+
+def test_nan_loss_stops_with_epoch_and_step(data_dir, tmp_path):
+    cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="test_convnext", lr=1e30,
+                                       scheduler="constant"))
+    with pytest.raises(engine.TrainingDiverged, match=r"epoch 1 step \d+"):
+        engine.fit(cfg, 0, log=lambda *a, **k: None)
+    assert not (tmp_path / "v1" / "fold0" / "best.pt").exists()
+
+
+def test_fold_out_of_range_is_a_user_error(data_dir, tmp_path):
+    cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="test_convnext"))
+    with pytest.raises(engine.UserError, match="--fold 5: this run has 1 fold"):
+        engine.fit(cfg, 5, log=lambda *a, **k: None)
+
+
+def test_torchrun_two_process_gloo_metrics_equal_single_process_evaluation(data_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    flags = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--data", str(data_dir),
+             "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--img-size", "32",
+             "--epochs", "2", "--batch-size", "8", "--workers", "1", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rdir = tmp_path / "v1" / "fold0"
+    metrics = json.loads((rdir / "metrics.json").read_text())
+    single = _evaluate_saved(rdir, data_dir, tmp_path)
+    assert metrics["accuracy"] == pytest.approx(single["accuracy"])
+    assert metrics["macro_f1"] == pytest.approx(single["macro_f1"])
+    assert metrics["confusion_matrix"] == single["confusion_matrix"]
+    # Only rank 0 writes: one summary line per epoch, not two.
+    assert len(list(csv.DictReader(open(rdir / "summary.csv")))) == 2
