@@ -28,17 +28,17 @@ done
 VERSIONS=(v1 v2 v2.1 v3)
 declare -A TTA=([v1]="" [v2]="" [v2.1]="--tta" [v3]="--tta")
 # --quick keeps each preset's recipe (sampler, loss, schedule, SWA, folds, TTA) but swaps in a tiny model
-# of the same family, random init, 32x32 input and 2-3 short epochs.
+# of the same family, random init, 32x32 input and 5 short epochs (256 draws each).
 declare -A QUICK_MODEL=([v1]=test_efficientnet [v2]=test_convnext [v2.1]=test_convnext [v3]=test_efficientnet_v2)
-declare -A QUICK_FLAGS=([v1]="" [v2]="--swa-start 2 --swa-freq 1 --warmup-epochs 1"
-                        [v2.1]="--swa-start 2 --swa-freq 1 --warmup-epochs 1" [v3]="")
+declare -A QUICK_FLAGS=([v1]="" [v2]="--swa-start 3 --swa-freq 1 --warmup-epochs 1"
+                        [v2.1]="--swa-start 3 --swa-freq 1 --warmup-epochs 1" [v3]="")
 
 for v in "${VERSIONS[@]}"; do
   flags=(--version "$v" --fold all --out "$OUT" --device "$DEVICE" "${DATA[@]}")
   if [ "$QUICK" = 1 ]; then
     # shellcheck disable=SC2206
-    flags+=(--model "${QUICK_MODEL[$v]}" --pretrained none --img-size 32 --epochs 3 --batch-size 32
-            --epoch-samples 512 ${QUICK_FLAGS[$v]})
+    flags+=(--model "${QUICK_MODEL[$v]}" --pretrained none --img-size 32 --epochs 5 --batch-size 32
+            --epoch-samples 256 ${QUICK_FLAGS[$v]})
   fi
   echo "== train $v"
   "$PY" train.py "${flags[@]}" "${EXTRA[@]}"

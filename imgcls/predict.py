@@ -66,7 +66,7 @@ def load_members(paths: list[Path]) -> list[Member]:
 
 def build_model(member: Member, device: torch.device) -> torch.nn.Module:
     state = member.state
-    model = create_model(state["model_name"], state["num_classes"])
+    model = create_model(state["model_name"], state["num_classes"], log=lambda *a, **k: None)  # weights follow
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
