@@ -9,9 +9,9 @@ report.txt and confusion.png beside it.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from imgcls.cli import run_cli
 from imgcls.errors import UserError
 from imgcls.tta import TTA_VIEWS
 
@@ -61,8 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from imgcls import distributed as dist
 from imgcls.config import VERSIONS, add_config_flags, resolve
+from imgcls.cli import run_cli
 from imgcls.errors import UserError
 
 
@@ -68,11 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)
-        sys.exit(130)
+    run_cli(main)

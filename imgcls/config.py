@@ -66,6 +66,8 @@ class Config:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     workers: int = _opt(2, "processes/threads for decoding images")
     restart: bool = _opt(False, "discard an existing run in the run folder instead of resuming it", parse_bool)
+    resume: bool = _opt(False, "require an interrupted run to continue (rerunning the same command resumes "
+                               "anyway; this makes a missing last.pt an error)", parse_bool)
     # --- data ---
     data: str | None = _opt(None, "data set: Kaggle dir (styles.csv + images/), class-per-folder dir or "
                                   "manifest CSV; none = built-in demo", parse_optional_str)

@@ -44,7 +44,7 @@ from .plots import plot_confusion, plot_curves, plot_lr
 from .schedules import build_scheduler
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
-_RESUME_FREE = {"out", "device", "workers", "restart", "eval_batch_size", "compile", "cache_dir", "tta",
+_RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir", "tta",
                 "fold"}
 
 
@@ -83,7 +83,7 @@ def prepare_data(cfg: Config, log=print):
         split = load_split(str(split_path), dataset.paths)
     else:
         split = make_split(labels, test_frac=cfg.test_frac, num_folds=num_folds(cfg, labels),
-                           val_frac=cfg.val_frac, seed=cfg.seed)
+                           val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names)
         if dist.is_main():
             save_split(str(split_path), split, dataset.paths)
         for note in split.get("notes", []):
@@ -140,6 +140,8 @@ def fit(cfg: Config, fold: int, log=print) -> dict:
         shutil.rmtree(rdir)
     dist.barrier()
     state = checkpoint.load(last_path) if last_path.exists() else None
+    if cfg.resume and state is None:
+        raise UserError(f"--resume: {last_path} not found; nothing to resume (drop --resume to start this run)")
     if state is not None:
         _check_resumable(state["config"], cfg, last_path)
         if state["finished"]:
@@ -291,10 +293,9 @@ def fit(cfg: Config, fold: int, log=print) -> dict:
             if interval == "step" and not swa_phase:
                 scheduler.step()
             loss_sum += loss.detach()
-            if step % 10 == 0 and bar.n is not None and not bar.disable:
-                seen = (step + 1) * cfg.batch_size * dist.world_size()
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if step % 10 == 0 or step + 1 == steps_per_epoch:
+                _report_step(bar, say, epoch, cfg.epochs, step, steps_per_epoch, loss,
+                             optimizer.param_groups[0]["lr"], (step + 1) * cfg.batch_size * dist.world_size(), t0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
@@ -386,6 +387,16 @@ def fit(cfg: Config, fold: int, log=print) -> dict:
             f"train time {progress['train_time']:.0f}s")
     dist.barrier()
     return result
+
+
+def _report_step(bar, say, epoch, epochs, step, steps, loss, lr, seen, t0) -> None:
+    """The tqdm bar's postfix on a terminal; a plain line every ~10% of the epoch in a log file."""
+    img_s = seen / (time.perf_counter() - t0)
+    if not bar.disable:
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.0f}")
+    elif step % max(10, steps // 10 // 10 * 10) == 0 and step > 0:
+        say(f"[epoch {epoch + 1}/{epochs} step {step}/{steps}] loss {loss.item():.4f} lr {lr:.2e} "
+            f"{img_s:.0f} img/s")
 
 
 def _bn_batches(images, idx, pre: Preprocessing, device, batch_size, channels_last):

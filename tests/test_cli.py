@@ -65,6 +65,7 @@ def test_list_models():
     (["--img-size", "axb"], ["size 'axb'"]),
     (["--data", "/no/such/dir"], ["/no/such/dir"]),
     (["--pretrained", "/no/such/weights.pth", "--model", "test_convnext"], ["/no/such/weights.pth"]),
+    (["--resume", "--model", "test_convnext"], ["--resume", "last.pt not found"]),
 ])
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path):
     proc = run(ROOT / "train.py", "--out", tmp_path, "--cache-dir", tmp_path / "c", "--epochs", "1", *args)

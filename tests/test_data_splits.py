@@ -80,7 +80,7 @@ def test_no_test_split():
 def test_bad_arguments_are_user_errors():
     with pytest.raises(UserError, match="--test-frac"):
         make_split(LABELS, test_frac=1.0)
-    with pytest.raises(UserError, match="--num-folds"):
+    with pytest.raises(UserError, match="--folds"):
         make_split(LABELS, num_folds=0)
     with pytest.raises(UserError, match="no class has 5 images"):
         make_split(np.array([0, 0, 1, 1]), test_frac=0.0, num_folds=5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,7 +59,7 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
         return stop - start
 
     with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(paths), desc="decoding", unit="img", disable=len(paths) < 1000) as bar:
+            tqdm(total=len(paths), desc="decoding", unit="img", disable=len(paths) < 1000 or not sys.stderr.isatty()) as bar:
         for done in pool.map(work, range(0, len(paths), _CHUNK)):
             bar.update(done)
     if cache_dir:

@@ -26,17 +26,23 @@ def auto_num_folds(class_counts) -> int:
     return 2 if smallest < 3 else min(3, smallest)
 
 
-def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: float = 0.2, seed: int = 0) -> dict:
+def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: float = 0.2, seed: int = 0,
+               class_names: list[str] | None = None) -> dict:
     """Split item indices into a stratified test set and train/val folds.
 
     test_frac 0 gives no test set; num_folds >= 2 uses StratifiedKFold on what is left, num_folds == 1 one
-    stratified holdout of val_frac. The result is plain data (lists of ints), ready for JSON.
+    stratified holdout of val_frac. The result is plain data (lists of ints), ready for JSON. class_names only
+    makes the notes readable.
     """
+
+    def name(c: int) -> str:
+        return repr(class_names[c]) if class_names else f"class {c}"
+
     labels = np.asarray(labels, dtype=np.int64)
     if not 0.0 <= test_frac < 1.0:
         raise UserError(f"--test-frac {test_frac}: must be in [0, 1)")
     if num_folds < 1:
-        raise UserError(f"--num-folds {num_folds}: must be 1 (holdout) or >= 2 (k-fold)")
+        raise UserError(f"--folds {num_folds}: must be 1 (holdout) or >= 2 (k-fold)")
     if num_folds == 1 and not 0.0 < val_frac < 1.0:
         raise UserError(f"--val-frac {val_frac}: must be in (0, 1)")
     rng = np.random.default_rng(seed)
@@ -46,7 +52,7 @@ def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: flo
     rest, test, no_test = _stratified_holdout(everything, labels, test_frac, rng)
     if test_frac > 0 and no_test:
         notes.append("too small for the test split (kept for train/val): "
-                     + ", ".join(f"class {c} (n={n})" for c, n in sorted(no_test.items())))
+                     + ", ".join(f"{name(c)} (n={n})" for c, n in sorted(no_test.items())))
 
     kept_in_train: dict[int, int] = {}
     folds = []
@@ -60,15 +66,15 @@ def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: flo
         always_train = rest[np.isin(labels[rest], list(small))]
         foldable = rest[~np.isin(labels[rest], list(small))]
         if len(foldable) == 0:
-            raise UserError(f"--num-folds {num_folds}: no class has {num_folds} images outside the test split; "
-                            "use fewer folds or --num-folds 1")
+            raise UserError(f"--folds {num_folds}: no class has {num_folds} images outside the test split; "
+                            "use fewer folds or --folds 1")
         kfold = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
         for train_pos, val_pos in kfold.split(foldable, labels[foldable]):
             train = np.concatenate([foldable[train_pos], always_train])
             folds.append({"train": sorted(train.tolist()), "val": sorted(foldable[val_pos].tolist())})
     if kept_in_train:
         notes.append("too small for validation, in train of every fold: "
-                     + ", ".join(f"class {c} (n={n})" for c, n in sorted(kept_in_train.items())))
+                     + ", ".join(f"{name(c)} (n={n})" for c, n in sorted(kept_in_train.items())))
     return {"seed": seed, "test": sorted(test.tolist()), "folds": folds,
             "kept_in_train": {int(c): int(n) for c, n in sorted(kept_in_train.items())}, "notes": notes}
 
