@@ -73,10 +73,13 @@ def test_tiny_models_are_fast_and_complete(name):
     model = create_model(name, 5, drop_path_rate=0.1, **QUIET)
     x = torch.randn(2, 3, 32, 32)
     model(x).sum().backward()  # warm-up
-    start = time.perf_counter()
-    out = model(x)
-    out.sum().backward()
-    assert time.perf_counter() - start < 0.5  # milliseconds in practice; generous for a busy 2-core machine
+    times = []
+    for _ in range(3):  # best of 3: other jobs share the 2 cores
+        start = time.perf_counter()
+        out = model(x)
+        out.sum().backward()
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.2  # a few milliseconds on an idle 2-core machine
     assert out.shape == (2, 5) and model.num_classes == 5
     assert all(p.grad is not None for p in model.parameters())
     feats = model.forward_features(torch.randn(1, 3, 80, 60))
