@@ -118,8 +118,8 @@ def main(argv=None) -> None:
         with open(args.out, "w") as f:
             f.write(f"# Model speed: project vs torchvision\n\nCommand: `{command}`\n\n"
                     f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs; medians of "
-                    f"{args.repeats} repeats x {args.steps} batches, project and torchvision interleaved; ratio = median of "
-                    "the paired per-repeat ratios.\n\n"
+                    f"{args.repeats} repeats x {args.steps} batches, project and torchvision interleaved; "
+                    "ratio = median of the paired per-repeat ratios.\n\n"
                     + header + "\n" + "\n".join(rows) + "\n" + summary + "\n")
 
 

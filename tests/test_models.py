@@ -12,7 +12,6 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from imgcls.errors import UserError
 from imgcls.models import create_model, pretrained_cfg
 from imgcls.models.weights import RECORDS
 
