@@ -1,10 +1,9 @@
 """Building blocks and the tiny test models, against torchvision/timm layers and hand-computed cases."""
-import time
-
 import pytest
 import timm.layers
 import torch
 import torchvision.ops
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.convnext import LayerNorm2d as TvLayerNorm2d
 
 from imgcls.models import create_model
@@ -69,14 +68,15 @@ def test_squeeze_excite_matches_torchvision():
 
 
 @pytest.mark.parametrize("name", ["test_convnext", "test_efficientnet", "test_efficientnet_v2"])
-def test_tiny_models_are_fast_and_complete(name):
+def test_tiny_models_are_small_and_complete(name):
     model = create_model(name, 5, drop_path_rate=0.1, **QUIET)
     x = torch.randn(2, 3, 32, 32)
-    model(x).sum().backward()  # warm-up
-    start = time.perf_counter()
-    out = model(x)
-    out.sum().backward()
-    assert time.perf_counter() - start < 0.5  # milliseconds in practice; generous for a busy 2-core machine
+    # "Fast" as a load-independent bound: forward + backward of a 2x3x32x32 batch under 20 MFLOPs
+    # (a few ms on one core; wall-clock asserts flake on a shared machine).
+    with FlopCounterMode(display=False) as flops:
+        out = model(x)
+        out.sum().backward()
+    assert 0 < flops.get_total_flops() < 20e6
     assert out.shape == (2, 5) and model.num_classes == 5
     assert all(p.grad is not None for p in model.parameters())
     feats = model.forward_features(torch.randn(1, 3, 80, 60))

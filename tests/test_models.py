@@ -12,11 +12,10 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from imgcls.errors import UserError
 from imgcls.models import create_model, pretrained_cfg
 from imgcls.models.weights import RECORDS
 
-INPUTS = [(1, 3, 64, 64), (1, 3, 80, 60)]
+INPUTS = [(1, 3, 64, 64), (1, 3, 80, 60), (1, 3, 32, 32)]
 
 
 def randomise_(model: nn.Module) -> nn.Module:
@@ -149,3 +148,19 @@ def test_head_replaced_backbone_kept(tmp_path):
     with torch.no_grad():
         x = torch.randn(1, 3, 64, 64)
         assert torch.allclose(model.eval().forward_features(x), ref.features(x), atol=1e-5)
+
+
+def test_official_22k_checkpoint_into_small_head(tmp_path):
+    """The official {"model": ...} file with its 21841-class head, loaded for a 7-class task."""
+    source = randomise_(create_model("test_convnext", 21841, log=lambda *_: None))
+    path = tmp_path / "convnext_22k.pth"
+    torch.save({"model": to_official_convnext(source.state_dict())}, path)
+    logs = []
+    model = create_model("test_convnext", 7, pretrained=str(path), log=logs.append)
+    ours, theirs = model.state_dict(), source.state_dict()
+    for key, value in theirs.items():
+        if key.startswith("classifier.2."):
+            assert ours[key].shape[0] == 7
+        else:
+            assert torch.equal(ours[key], value), key
+    assert any("21841 classes" in line and "dropped classifier.2.weight" in line for line in logs)

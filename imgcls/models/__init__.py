@@ -23,7 +23,8 @@ _ARCHS = {name: ("convnext", _convnext.convnext, ("classifier.2.weight", "classi
 _ARCHS.update({name: ("efficientnet", _efficientnet.efficientnet, ("classifier.1.weight", "classifier.1.bias"))
                for name in _efficientnet.CONFIGS})
 
-# The tiny test models have no checkpoint; their cfg describes how the engine's tests feed them.
+# The tiny test models have no checkpoint; their cfg describes how the engine's tests feed them ("format" is
+# the project's own key layout, which is torchvision's).
 _TEST_RECORD = WeightRecord("torchvision", None, None, 32, 32, "bilinear", 1000, IMAGENET_MEAN, IMAGENET_STD)
 
 

@@ -54,7 +54,9 @@ class CNBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.layer_scale * self.block(x))
+        out = self.drop_path(self.layer_scale * self.block(x))
+        out += x  # in place: saves one activation-sized allocation per block
+        return out
 
 
 class ConvNeXt(nn.Module):

@@ -134,7 +134,10 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
-        return x + self.drop_path(out) if self.use_residual else out
+        if self.use_residual:
+            out = self.drop_path(out)
+            out += x  # in place: saves one activation-sized allocation per block
+        return out
 
 
 class FusedMBConv(nn.Module):
@@ -155,7 +158,10 @@ class FusedMBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
-        return x + self.drop_path(out) if self.use_residual else out
+        if self.use_residual:
+            out = self.drop_path(out)
+            out += x  # in place: saves one activation-sized allocation per block
+        return out
 
 
 class EfficientNet(nn.Module):

@@ -128,6 +128,6 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = x.mean((2, 3), keepdim=True)
+        scale = F.adaptive_avg_pool2d(x, 1)  # dispatches to the fastest kernel for either memory format
         scale = self.fc2(F.silu(self.fc1(scale)))
         return x * torch.sigmoid(scale)
