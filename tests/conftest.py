@@ -1,7 +1,11 @@
 import os
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads that wait for a
+# descheduled peer make small ops 10-100x slower. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tests must be quick and reproducible on a 2-core CPU.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
