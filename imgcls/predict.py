@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import checkpoint
 from .data import load_dataset, write_skipped
@@ -146,7 +148,10 @@ def predict(args, log=print) -> dict:
         probs += predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre["img_size"]),
                                  mean=pre["mean"], std=pre["std"], device=device, batch_size=args.batch_size,
                                  views=views, amp=args.amp,
-                                 channels_last=use_channels_last("auto", device)) / len(members)
+                                 channels_last=use_channels_last("auto", device),
+                                 progress=lambda batches, name=member.path.parent.name: tqdm(
+                                     batches, desc=f"predict {name}", unit="batch", leave=False,
+                                     disable=not sys.stderr.isatty())) / len(members)
     if args.logit_adjust:
         counts = np.sum([m.state["train_class_counts"] for m in members], axis=0)
         probs = logit_adjust(probs, counts, args.logit_adjust)
@@ -156,7 +161,7 @@ def predict(args, log=print) -> dict:
     write_predictions(out_csv, paths, probs, class_names, labels)
     if skipped:
         write_skipped(skipped, str(out_csv.parent / "skipped.json"))
-        log(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]} ({skipped[0][1]}); "
+        log(f"skipped {len(skipped)} input(s) (missing or unreadable), e.g. {skipped[0][0]} ({skipped[0][1]}); "
             f"all listed in {out_csv.parent / 'skipped.json'}")
     result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped)}
     if labels is not None:
