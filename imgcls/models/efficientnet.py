@@ -113,12 +113,28 @@ CONFIGS: dict[str, EfficientNetConfig] = {
 }
 
 
-class MBConv(nn.Module):
+class _ResidualBlock(nn.Module):
+    """`block` (a Sequential), plus the input when shapes allow, with stochastic depth on the branch."""
+
+    def __init__(self, layers: list[nn.Module], residual: bool, drop_path: float):
+        super().__init__()
+        self.block = nn.Sequential(*layers)
+        self.use_residual = residual
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_residual:
+            out = self.drop_path(out)
+            out += x  # in place: saves one activation-sized allocation per block
+        return out
+
+
+class MBConv(_ResidualBlock):
     """Inverted residual: [1x1 expand] -> kxk depthwise -> SE -> 1x1 project, residual when shapes allow."""
 
     def __init__(self, in_ch: int, out_ch: int, expand_ratio: float, kernel: int, stride: int,
                  drop_path: float, bn: dict, tf_same: bool):
-        super().__init__()
         mid = make_divisible(in_ch * expand_ratio, 8)
         layers: list[nn.Module] = []
         if mid != in_ch:
@@ -128,40 +144,21 @@ class MBConv(nn.Module):
             SqueezeExcite(mid, max(1, in_ch // 4)),
             conv_bn_act(mid, out_ch, 1, act=False, **bn),
         ]
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_ch == out_ch
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        if self.use_residual:
-            out = self.drop_path(out)
-            out += x  # in place: saves one activation-sized allocation per block
-        return out
+        super().__init__(layers, residual=stride == 1 and in_ch == out_ch, drop_path=drop_path)
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(_ResidualBlock):
     """Fused inverted residual: kxk expand conv -> [1x1 project]; with ratio 1 a single kxk conv."""
 
     def __init__(self, in_ch: int, out_ch: int, expand_ratio: float, kernel: int, stride: int,
                  drop_path: float, bn: dict, tf_same: bool):
-        super().__init__()
         mid = make_divisible(in_ch * expand_ratio, 8)
         if mid != in_ch:
             layers = [conv_bn_act(in_ch, mid, kernel, stride, tf_same=tf_same, **bn),
                       conv_bn_act(mid, out_ch, 1, act=False, **bn)]
         else:
             layers = [conv_bn_act(in_ch, out_ch, kernel, stride, tf_same=tf_same, **bn)]
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_ch == out_ch
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        if self.use_residual:
-            out = self.drop_path(out)
-            out += x  # in place: saves one activation-sized allocation per block
-        return out
+        super().__init__(layers, residual=stride == 1 and in_ch == out_ch, drop_path=drop_path)
 
 
 class EfficientNet(nn.Module):
