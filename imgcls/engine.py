@@ -125,10 +125,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def _selected(metrics: dict, name: str) -> float:
-    return float(metrics[name])
-
-
 def fit(cfg: Config, fold: int, log=print) -> dict:
     """Train one fold; resume it if OUT/<version>/fold<k>/last.pt exists. Returns the run's result dict."""
     main = dist.is_main()
@@ -213,7 +209,9 @@ def fit(cfg: Config, fold: int, log=print) -> dict:
         plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience, plateau_mode="max")
     amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    swa_model = AveragedModel(model) if cfg.swa_start else None
+    if cfg.swa_start is not None and not 1 <= cfg.swa_start <= cfg.epochs:
+        raise UserError(f"--swa-start {cfg.swa_start}: must be an epoch in 1..{cfg.epochs} (or none)")
+    swa_model = AveragedModel(model) if cfg.swa_start is not None else None
     swa_scheduler = None
 
     progress = {"epoch": 0, "history": [], "lr_history": [], "best_metric": -math.inf, "best_epoch": 0,
@@ -303,7 +301,7 @@ def fit(cfg: Config, fold: int, log=print) -> dict:
         lr_now = optimizer.param_groups[0]["lr"]
 
         val = evaluate(model)
-        score = _selected(val, cfg.metric)
+        score = float(val[cfg.metric])
         if cfg.swa_start is not None and epoch + 1 >= cfg.swa_start:
             if (epoch + 1 - cfg.swa_start) % cfg.swa_freq == 0:
                 swa_model.update_parameters(model)
