@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imgcls.cli import run_cli
+from imgcls.cli import ArgumentParser, run_cli
 from imgcls.errors import UserError
 from imgcls.tta import TTA_VIEWS
 
@@ -25,7 +25,7 @@ def latest_run(root: Path = Path("runs")) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", help="run folder OUT/<version> (default: the latest under runs/)")
     p.add_argument("--checkpoint", help="a single checkpoint file instead of a run's folds")
     p.add_argument("--fold", default="all", help="fold K or 'all' (ensemble, default)")

@@ -12,12 +12,12 @@ import json
 
 from imgcls import distributed as dist
 from imgcls.config import VERSIONS, add_config_flags, resolve
-from imgcls.cli import run_cli
+from imgcls.cli import ArgumentParser, run_cli
 from imgcls.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", default="v1", help=f"preset: {', '.join(VERSIONS)} (default v1)")
     parser.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
     parser.add_argument("--list-models", action="store_true", help="print every model name and exit")

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .errors import UserError
 
 # The write-up's own table (validation accuracy, macro-F1, training time, GPU memory), for reference.
@@ -70,7 +70,7 @@ def comparison_table(runs: Path, versions: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs")
     p.add_argument("--out", default="results/comparison.md")
     p.add_argument("--versions", nargs="+", default=list(WRITEUP))

@@ -61,6 +61,7 @@ def test_list_models():
 
 @pytest.mark.parametrize("args,fragments", [
     (["--version", "v9"], ["--version v9", "v1, v2, v2.1, v3"]),
+    (["--loss", "foo"], ["--loss", "'foo'"]),
     (["--fold", "x"], ["--fold x"]),
     (["--img-size", "axb"], ["size 'axb'"]),
     (["--data", "/no/such/dir"], ["/no/such/dir"]),
