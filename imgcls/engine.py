@@ -75,8 +75,13 @@ def num_folds(cfg: Config, labels: np.ndarray) -> int:
 def prepare_data(cfg: Config, log=print):
     """Load (decode once, cached) and split; the split is saved once per version so every fold, and
     predict.py later, sees the same held-out test set."""
+    # Under torchrun, rank 0 decodes and writes the cache first; the other ranks then read it.
+    if not dist.is_main():
+        dist.barrier()
     dataset = load_dataset(cfg.data, label_col=cfg.label_col, size=cfg.storage_size,
                            cache_dir=cfg.cache_dir, workers=cfg.workers, log=log)
+    if dist.is_main():
+        dist.barrier()
     labels = dataset.labels.numpy()
     split_path = run_root(cfg) / "split.json"
     if split_path.exists():

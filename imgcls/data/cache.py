@@ -142,12 +142,13 @@ def _save_cache(cache_dir: str, key: str, images: torch.Tensor, ok: np.ndarray, 
     """Write pixels (.npy) and status (.json) via temporary names, so a killed run leaves no half cache."""
     os.makedirs(cache_dir, exist_ok=True)
     npy, meta = _cache_files(cache_dir, key)
-    with open(npy + ".tmp", "wb") as f:
+    tmp = f".{os.getpid()}.tmp"  # per process: two processes writing the same cache never share a temp file
+    with open(npy + tmp, "wb") as f:
         np.save(f, images.numpy())
-    with open(meta + ".tmp", "w") as f:
+    with open(meta + tmp, "w") as f:
         json.dump({"ok": ok.tolist(), "reasons": reasons}, f)
-    os.replace(npy + ".tmp", npy)
-    os.replace(meta + ".tmp", meta)  # written last: its presence marks a complete cache
+    os.replace(npy + tmp, npy)
+    os.replace(meta + tmp, meta)  # written last: its presence marks a complete cache
 
 
 def _load_cache(cache_dir: str, key: str):
