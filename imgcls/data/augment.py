@@ -79,30 +79,22 @@ class TrainAugment:
 
         grid_sample works in coordinates normalised to [-1, 1] on each axis; a rotation in pixels becomes
         [[cos, -sin * H/W], [sin * W/H, cos]] there, so non-square images rotate without shearing. This is
-        affine_grid's result, computed as one (HW x 3) @ (3 x 2B) matmul: affine_grid's batched bmm of
-        B tiny matrices is several times slower on CPU.
+        affine_grid's result, built from its separable form (x' = a x + b y, y' = c x + d y) with broadcast
+        multiply-adds written straight into the output: affine_grid's batched bmm of B tiny matrices, or a
+        matmul followed by a transposing copy, is several times slower on the CPU.
         """
         height, width = self.out_size
         cos, sin = torch.cos(angle), torch.sin(angle)
         # flip first, then rotate (torchvision's order): output(p) = input(F R p), F = diag(sign, 1)
         sign = 1.0 - 2.0 * flip.to(angle.dtype)
-        zero = torch.zeros_like(cos)
-        theta = torch.stack([
-            torch.stack([cos * sign, -sin / aspect * sign, zero], dim=1),
-            torch.stack([sin * aspect, cos, zero], dim=1),
-        ], dim=1)  # B x 2 x 3
-        base = _base_grid(height, width, angle.device)  # HW x 3: (x, y, 1) at the pixel centres
-        # (with TF32 matmuls allowed on a GPU the positions carry ~5e-4 relative error: < 0.05 px, harmless)
-        grid = base @ theta.permute(2, 0, 1).reshape(3, -1)  # HW x 2B
-        return grid.view(height, width, -1, 2).permute(2, 0, 1, 3).contiguous()
-
-
-def _base_grid(height: int, width: int, device) -> torch.Tensor:
-    """Pixel centres in grid_sample's normalised coordinates (align_corners=False), as rows (x, y, 1)."""
-    xs = (torch.arange(width, device=device, dtype=torch.float32) * 2 + 1) / width - 1
-    ys = (torch.arange(height, device=device, dtype=torch.float32) * 2 + 1) / height - 1
-    return torch.stack([xs.view(1, width).expand(height, width), ys.view(height, 1).expand(height, width),
-                        torch.ones(height, width, device=device)], dim=-1).reshape(height * width, 3)
+        xs = (torch.arange(width, device=angle.device, dtype=torch.float32) * 2 + 1) / width - 1
+        ys = (torch.arange(height, device=angle.device, dtype=torch.float32) * 2 + 1) / height - 1
+        xs, ys = xs.view(1, 1, width), ys.view(1, height, 1)  # pixel centres (align_corners=False)
+        grid = torch.empty(len(angle), height, width, 2, device=angle.device)
+        coef = torch.stack([cos * sign, -sin / aspect * sign, sin * aspect, cos], dim=1).view(-1, 4, 1, 1)
+        torch.add(coef[:, 0] * xs, coef[:, 1] * ys, out=grid[..., 0])
+        torch.add(coef[:, 2] * xs, coef[:, 3] * ys, out=grid[..., 1])
+        return grid
 
 
 class MixupCutmix:
