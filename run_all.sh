@@ -2,7 +2,9 @@
 # Reproduce the write-up's comparison table: every version x the folds its preset asks for, then predict
 # on the held-out test split (TTA for v2.1 and v3), then results/comparison.md.
 #
-#   ./run_all.sh [--data DIR] [--device cpu|cuda] [--out runs] [--quick] [-- extra train.py flags]
+#   ./run_all.sh [--data DIR] [--device cpu|cuda] [--out runs] [--results results] [--quick]
+#                [-- extra train.py flags]
+# Writes RESULTS/comparison.md (--quick: runs-quick/ and RESULTS/comparison-quick.md).
 #
 # Safe to rerun: finished folds are skipped, interrupted ones resume from their last epoch.
 # --quick: a smoke run of the whole pipeline in minutes on a CPU (tiny models, random init, few steps).
@@ -11,7 +13,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
-DATA=() DEVICE=auto OUT=runs RESULTS=results QUICK=0 EXTRA=()
+DATA=() DEVICE=auto OUT= RESULTS=results QUICK=0 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) DATA=(--data "$2"); shift 2 ;;
@@ -20,10 +22,13 @@ while [ $# -gt 0 ]; do
     --results) RESULTS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) EXTRA+=("$1"); shift ;;
   esac
 done
+
+# A quick smoke run keeps to its own folder and table, so it never meets a real run's split or results.
+if [ "$QUICK" = 1 ]; then OUT=${OUT:-runs-quick}; TABLE=comparison-quick.md; else OUT=${OUT:-runs}; TABLE=comparison.md; fi
 
 VERSIONS=(v1 v2 v2.1 v3)
 declare -A TTA=([v1]="" [v2]="" [v2.1]="--tta" [v3]="--tta")
@@ -46,4 +51,4 @@ for v in "${VERSIONS[@]}"; do
   # shellcheck disable=SC2086
   "$PY" predict.py --run "$OUT/$v" --device "$DEVICE" ${TTA[$v]}
 done
-"$PY" -m imgcls.compare --runs "$OUT" --out "$RESULTS/comparison.md"
+"$PY" -m imgcls.compare --runs "$OUT" --out "$RESULTS/$TABLE"

@@ -86,7 +86,7 @@ def test_run_all_quick_on_demo_data_writes_the_comparison_table(tmp_path):
                            "--results", str(tmp_path / "results"), "--", "--cache-dir", str(tmp_path / "c")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    table = (tmp_path / "results" / "comparison.md").read_text()
+    table = (tmp_path / "results" / "comparison-quick.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| v") and "version" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["v1", "v2", "v2.1", "v3"]
     header = next(line for line in table.splitlines() if line.startswith("| version"))
@@ -102,7 +102,7 @@ def test_run_all_quick_on_demo_data_writes_the_comparison_table(tmp_path):
                             "--results", str(tmp_path / "results"), "--", "--cache-dir", str(tmp_path / "c")],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "already finished" in again.stdout
-    assert (tmp_path / "results" / "comparison.md").read_text() == table
+    assert (tmp_path / "results" / "comparison-quick.md").read_text() == table
     with open(tmp_path / "runs" / "v1" / "predict-test" / "predictions.csv") as fh:
         header = next(csv.reader(fh))
     assert header[:6] == ["id", "path", "label", "confidence", "top1", "top1_prob"]
