@@ -56,12 +56,12 @@ def main(argv=None) -> int:
     dist.setup(device)
     try:
         fold = parse_fold(fold_text)
-        if fold is None:
-            folds = range(len(engine.prepare_data(cfg)[1]["folds"]))
+        if fold is None:  # every fold: load and split once, share with each fold's fit
+            data = engine.prepare_data(cfg, log=print if dist.is_main() else (lambda *a, **k: None))
+            for k in range(len(data[1]["folds"])):
+                engine.fit(cfg, k, data=data)
         else:
-            folds = [fold]  # engine.fit checks it against the split
-        for fold in folds:
-            engine.fit(cfg, fold)
+            engine.fit(cfg, fold)  # checks the fold against the split
     finally:
         dist.teardown()
     return 0

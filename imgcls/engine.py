@@ -130,8 +130,11 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def fit(cfg: Config, fold: int, log=print) -> dict:
-    """Train one fold; resume it if OUT/<version>/fold<k>/last.pt exists. Returns the run's result dict."""
+def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
+    """Train one fold; resume it if OUT/<version>/fold<k>/last.pt exists. Returns the run's result dict.
+
+    data: (dataset, split) from prepare_data, so that `--fold all` loads and splits once for every fold.
+    """
     main = dist.is_main()
     say = log if main else (lambda *a, **k: None)
     device = dist.local_device(cfg.device)
@@ -150,7 +153,7 @@ def fit(cfg: Config, fold: int, log=print) -> dict:
                 f"--restart to train again")
             return state["result"]
 
-    dataset, split = prepare_data(cfg, say)
+    dataset, split = data if data is not None else prepare_data(cfg, say)
     if not 0 <= fold < len(split["folds"]):
         raise UserError(f"--fold {fold}: this run has {len(split['folds'])} fold(s), "
                         f"0..{len(split['folds']) - 1}")

@@ -106,7 +106,7 @@ def test_unknown_views_are_user_errors(bad):
         predict_probs(_model(), torch.zeros(1, 3, 4, 4), ("identity", bad))
 
 
-def test_empty_or_string_views_are_user_errors():
+def test_empty_or_string_views_are_rejected_with_a_user_message():
     with pytest.raises(UserError):
         predict_probs(_model(), torch.zeros(1, 3, 4, 4), ())
     with pytest.raises(UserError):
