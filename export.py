@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Export a trained run for deployment: `python export.py --run runs/v3 --format onnx --out export/v3`.
+
+The exported model takes uint8 RGB images N x 3 x H x W at the run's storage size (any N) and returns class
+probabilities; resize and normalisation are inside it. A run's folds become one model averaging their
+probabilities (--fold K for one). classes.json and preprocessing.json are written beside the model file.
+--int8 adds model.int8.onnx: int8 weights and activations, calibrated on the run's training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgcls.cli import ArgumentParser, run_cli
+from imgcls.errors import UserError
+from imgcls.export import FORMATS
+from imgcls.tta import TTA_VIEWS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder OUT/<version>, a fold folder, or a checkpoint file")
+    p.add_argument("--fold", default="all", help="fold K or 'all' (one model averaging every fold; default)")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torchscript")
+    p.add_argument("--out", help="output folder (default: RUN/export-<format>)")
+    p.add_argument("--tta", action="store_true", help="put the TTA views into the graph (--views)")
+    p.add_argument("--views", default=",".join(TTA_VIEWS), help="TTA views with --tta (default %(default)s)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx (static int8, calibrated on the run's training images)")
+    p.add_argument("--calibration-images", type=int, default=256, help="images for int8 calibration")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.int8 and args.format != "onnx":
+        raise UserError("--int8: int8 models are ONNX files; use --format onnx")
+    if args.calibration_images < 1:
+        raise UserError(f"--calibration-images {args.calibration_images}: must be at least 1")
+    from imgcls import export, quantize
+    from imgcls.api import find_checkpoints, load_members, parse_views
+    members = load_members(find_checkpoints(args.run, args.fold))
+    views = parse_views(args.views) if args.tta else ("identity",)
+    run = Path(args.run)
+    out = Path(args.out) if args.out else (run.parent if run.is_file() else run) / f"export-{args.format}"
+    module = export.deployable(members, views, channels_last=args.format == "torchscript")
+    if args.format == "onnx":
+        model_file = export.export_onnx(module, out / "model.onnx")
+    else:
+        model_file = export.export_torchscript(module, out / "model.pt")
+    state = members[0].state
+    written = [model_file]
+    if args.int8:
+        calib = quantize.calibration_images(members, count=args.calibration_images)
+        written.append(quantize.quantize_onnx(model_file, out / "model.int8.onnx", calib))
+    export.write_metadata(out, state["class_names"], state["preprocessing"], views,
+                          [str(m.path) for m in members], model_file.name)
+    print(f"exported {len(members)} model(s) x {len(views)} view(s): "
+          + ", ".join(str(p) for p in written) + f"; classes.json and preprocessing.json in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

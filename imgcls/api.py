@@ -1,0 +1,283 @@
+"""The Python API: `clf = imgcls.load("runs/v3")`, then `clf.predict(x, top_k=5)`.
+
+x is a PIL image, an image path, a list of paths, a folder (searched recursively), or a uint8 tensor batch
+N x 3 x H x W (RGB). Images are brought to the run's storage size exactly as training decoded its files
+(RGB, PIL bilinear resize), then the model's own resize and normalisation follow, so the probabilities are
+those predict.py writes for the same files. A run folder gives its fold ensemble (mean of probabilities)
+with its preset's TTA; a checkpoint file or a fold folder gives that one model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from . import checkpoint
+from .data.cache import decode_images, to_rgb
+from .data.sources import IMAGE_EXTENSIONS
+from .errors import UserError
+from .inference import predict_dataset, use_channels_last
+from .models import create_model
+from .tta import TTA_VIEWS
+
+_QUIET = lambda *a, **k: None  # noqa: E731
+
+
+@dataclass
+class Prediction:
+    """One image's result: the top label, its probability, and the top-k (name, probability) pairs."""
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]]
+    source: str = ""  # the file path, or "image N" for in-memory input
+
+
+@dataclass
+class Member:
+    """One trained model of an ensemble: where it came from and its checkpoint dict."""
+    path: Path
+    state: dict
+
+
+@dataclass
+class Images:
+    """Inputs brought to the storage size: uint8 N x 3 x H x W, a name per image, what could not be read."""
+    pixels: torch.Tensor
+    sources: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- finding and loading checkpoints
+
+def run_versions(root: Path) -> list[str]:
+    """Sub-folders of `root` that are runs (hold fold*/best.pt): `runs-quick` -> ['v1', 'v2', ...]."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("fold*/best.pt")))
+
+
+def find_checkpoints(source: str | Path, fold: str | int = "all") -> list[Path]:
+    """Checkpoint files of a run folder (its folds, or fold K), a fold folder, or a checkpoint file."""
+    path = Path(source)
+    fold = str(fold)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise UserError(f"{path}: no such run folder or checkpoint file; train first "
+                        f"(python train.py --version ...) or point at OUT/<version>")
+    if (path / "best.pt").is_file() and not any(path.glob("fold*/best.pt")):
+        return [path / "best.pt"]  # a fold folder
+    if fold == "all":
+        found = sorted(path.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]) if
+                       p.parent.name[4:].isdigit() else 0)
+    else:
+        found = [p for p in [path / f"fold{fold}" / "best.pt"] if p.is_file()]
+    if found:
+        return found
+    versions = run_versions(path)
+    if versions:
+        raise UserError(f"{path}: a folder of runs, not one run; pick a version: "
+                        + ", ".join(str(path / v) for v in versions))
+    raise UserError(f"{path}: no trained fold{'s' if fold == 'all' else ' ' + fold} (fold*/best.pt) there; "
+                    f"train it first or pick another --fold")
+
+
+def load_members(paths: list[Path]) -> list[Member]:
+    members = [Member(p, checkpoint.load(p)) for p in paths]
+    first = members[0].state
+    for m in members[1:]:
+        for key in ("class_names", "num_classes"):
+            if m.state[key] != first[key]:
+                raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
+        if m.state["preprocessing"] != first["preprocessing"]:
+            raise UserError(f"{m.path}: other preprocessing (sizes, mean, std) than {members[0].path}")
+    return members
+
+
+def build_model(member: Member, device: torch.device | str = "cpu") -> torch.nn.Module:
+    state = member.state
+    model = create_model(state["model_name"], state["num_classes"], log=_QUIET)  # weights follow
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{member.path}: weights do not fit {state['model_name']} with "
+                        f"{state['num_classes']} classes ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def parse_views(views) -> tuple[str, ...]:
+    if isinstance(views, str):
+        views = [v.strip() for v in views.split(",") if v.strip()]
+    return tuple(views)
+
+
+# ---------------------------------------------------------------- turning inputs into uint8 batches
+
+def pil_to_uint8(im: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL image -> 3 x H x W uint8 at the storage size, the way the decoder treats files (upright, RGB,
+    bilinear resize)."""
+    im = ImageOps.exif_transpose(im)
+    rgb = to_rgb(im)
+    height, width = size
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, n) for n in sorted(filenames)
+                  if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
+def to_images(x, size: tuple[int, int], workers: int = 2, log=_QUIET) -> Images:
+    """Any supported input -> Images at the storage size `size` (H, W)."""
+    size = (int(size[0]), int(size[1]))
+    if isinstance(x, Image.Image):
+        return Images(pil_to_uint8(x, size)[None], ["image 0"])
+    if isinstance(x, torch.Tensor):
+        if x.dtype != torch.uint8 or x.dim() not in (3, 4) or x.shape[-3] != 3:
+            raise UserError(f"predict: expected a uint8 tensor 3 x H x W or N x 3 x H x W (RGB), got "
+                            f"{str(x.dtype).replace('torch.', '')} of shape {tuple(x.shape)}")
+        batch = x[None] if x.dim() == 3 else x
+        if tuple(batch.shape[-2:]) != size:  # the same PIL resize a file of another size would get
+            batch = torch.stack([pil_to_uint8(Image.fromarray(img.permute(1, 2, 0).cpu().numpy()), size)
+                                 for img in batch])
+        return Images(batch.cpu(), [f"image {i}" for i in range(len(batch))])
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        if path.is_dir():
+            paths = list_images(path)
+            if not paths:
+                raise UserError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
+        elif path.is_file():
+            paths = [str(path)]
+        else:
+            raise UserError(f"{path}: no such image file or folder")
+    elif isinstance(x, (list, tuple)):
+        if not x:
+            raise UserError("predict: empty list of images")
+        if all(isinstance(i, Image.Image) for i in x):
+            return Images(torch.stack([pil_to_uint8(i, size) for i in x]), [f"image {i}" for i in range(len(x))])
+        paths = [str(p) for p in x]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"{missing[0]}: no such image file"
+                            + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
+    else:
+        raise UserError(f"predict: cannot read {type(x).__name__}; give a PIL image, a path, a list of paths, "
+                        f"a folder or a uint8 tensor")
+    pixels, ok, reasons = decode_images(paths, size=size, cache_dir=None, workers=workers, log=log)
+    skipped = [(p, r) for p, r, good in zip(paths, reasons, ok) if not good]
+    keep = np.flatnonzero(ok)
+    return Images(pixels[torch.as_tensor(keep, dtype=torch.long)], [paths[i] for i in keep], skipped)
+
+
+# ---------------------------------------------------------------- the classifier
+
+class Classifier:
+    """A trained model or fold ensemble, ready to predict. Made by `imgcls.load`."""
+
+    def __init__(self, members: list[Member], views=("identity",), device="cpu", batch_size: int = 256,
+                 amp: str = "off", int8_model: str | Path | None = None):
+        self.members = members
+        state = members[0].state
+        self.classes: list[str] = list(state["class_names"])
+        pre = state["preprocessing"]
+        self.preprocessing = {"storage_size": tuple(pre["storage_size"]), "img_size": tuple(pre["img_size"]),
+                              "mean": tuple(pre["mean"]), "std": tuple(pre["std"]),
+                              "resize": "decode to RGB, PIL bilinear to storage_size; then bilinear "
+                                        "(antialiased when shrinking) to img_size; (x/255 - mean) / std"}
+        self.views = parse_views(views)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.batch_size, self.amp = batch_size, amp
+        self.int8_model = Path(int8_model) if int8_model else None
+        self._models = None
+        self._session = None
+
+    def __repr__(self) -> str:
+        kind = f"int8 {self.int8_model}" if self.int8_model else f"{len(self.members)} model(s) on {self.device}"
+        return (f"Classifier({self.members[0].state['model_name']}, {len(self.classes)} classes, {kind}, "
+                f"views {','.join(self.views)})")
+
+    @property
+    def storage_size(self) -> tuple[int, int]:
+        return self.preprocessing["storage_size"]
+
+    def images(self, x, workers: int = 2, log=_QUIET) -> Images:
+        """The inputs as the uint8 batch the models read (see to_images)."""
+        return to_images(x, self.storage_size, workers, log)
+
+    def probabilities(self, pixels: torch.Tensor, progress=None) -> np.ndarray:
+        """Class probabilities N x C (float32) for a uint8 batch at the storage size."""
+        if self.int8_model is not None:
+            return self._int8_probs(pixels)
+        if self._models is None:
+            self._models = [build_model(m, self.device) for m in self.members]
+        probs = np.zeros((len(pixels), len(self.classes)), dtype=np.float32)
+        pre = self.preprocessing
+        for model, member in zip(self._models, self.members):
+            probs += predict_dataset(model, pixels, np.arange(len(pixels)), img_size=pre["img_size"],
+                                     mean=pre["mean"], std=pre["std"], device=self.device,
+                                     batch_size=self.batch_size, views=self.views, amp=self.amp,
+                                     channels_last=use_channels_last("auto", self.device),
+                                     progress=progress and (lambda b, m=member: progress(b, m))) / len(self.members)
+        return probs
+
+    def _int8_probs(self, pixels: torch.Tensor) -> np.ndarray:
+        if self._session is None:
+            from .quantize import ort_session
+            self._session = ort_session(self.int8_model)
+        arr = pixels.numpy()
+        out = [self._session.run(None, {"images": arr[i:i + self.batch_size]})[0]
+               for i in range(0, len(arr), self.batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def predict(self, x, top_k: int = 5) -> list[Prediction]:
+        """One Prediction per readable input image, in input order (a folder: sorted paths). Unreadable
+        files are left out and listed in `self.last_skipped`."""
+        images = self.images(x)
+        self.last_skipped = images.skipped
+        return self.decide(self.probabilities(images.pixels), images.sources, top_k)
+
+    def decide(self, probs: np.ndarray, sources: list[str], top_k: int = 5) -> list[Prediction]:
+        top_k = max(1, min(int(top_k), len(self.classes)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        out = []
+        for i, src in enumerate(sources):
+            pairs = [(self.classes[c], float(probs[i, c])) for c in order[i]]
+            out.append(Prediction(pairs[0][0], pairs[0][1], pairs, src))
+        return out
+
+
+def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None, views=None,
+         device: str = "auto", batch_size: int = 256, amp: str = "off", int8: bool = False,
+         log=_QUIET) -> Classifier:
+    """A Classifier from a run folder (fold ensemble, the preset's TTA), a fold folder or a checkpoint file.
+
+    tta None follows the run's preset (config "tta"); views default to identity,hflip,scale0.9,scale1.1 when
+    TTA is on. int8=True runs the int8 ONNX model (made once and kept in RUN/export-int8/, calibrated on
+    the run's training images; needs onnx and onnxruntime).
+    """
+    members = load_members(find_checkpoints(source, fold))
+    if tta is None:
+        tta = bool(members[0].state.get("config", {}).get("tta", False))
+    chosen = parse_views(views) if (tta and views) else (TTA_VIEWS if tta else ("identity",))
+    int8_model = None
+    if int8:
+        from .quantize import int8_model_for
+        int8_model = int8_model_for(members, chosen, log=log)
+    return Classifier(members, chosen, device=device, batch_size=batch_size, amp=amp, int8_model=int8_model)

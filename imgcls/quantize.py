@@ -1,0 +1,114 @@
+"""int8 post-training quantisation for CPU inference: onnxruntime's static quantiser on the exported ONNX
+graph, calibrated on the run's own training images (never its held-out test split).
+
+Why onnxruntime and not torch.ao: bench/inference.py measured both on the same run (see
+bench/results/inference.md); ORT's int8 graph is the faster of the two on this CPU, and it is one file a user
+can run without the project. The resize/normalise MatMuls at the front stay in float (only Conv and Gemm
+are quantised): they are cheap, and quantising the uint8 pixels' resize would only add error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+CALIBRATION_IMAGES = 256
+QUANTISED_OPS = ("Conv", "Gemm")
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("int8 and ONNX inference need onnxruntime (and onnx to export): "
+                        "pip install onnx onnxruntime") from None
+    return onnxruntime
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session for `path` (threads None = onnxruntime's default)."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: torch.Tensor,
+                  batch_size: int = 32, per_channel: bool = True) -> Path:
+    """Static int8 quantisation (QDQ, int8 weights per output channel, uint8 activations, MinMax ranges)
+    of an exported model, calibrated on `calibration` (uint8 N x 3 x H x W at the storage size)."""
+    _onnxruntime()
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [calibration[i:i + batch_size].numpy() for i in range(0, len(calibration), batch_size)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            batch = next(self.it, None)
+            return None if batch is None else {"images": batch}
+
+    int8_path = Path(int8_path)
+    prepared = int8_path.with_name(int8_path.stem + ".prep.onnx")
+    # Shape inference and graph fusions (Conv+BN etc.) first, as onnxruntime's docs advise for static
+    # quantisation; the prepared file is an intermediate and is removed.
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    try:
+        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTISED_OPS))
+    finally:
+        prepared.unlink(missing_ok=True)
+    return int8_path
+
+
+def calibration_images(members, count: int = CALIBRATION_IMAGES, seed: int = 0, log=print) -> torch.Tensor:
+    """`count` images drawn (seeded) from the run's training data: everything but its held-out test split."""
+    from .data import load_dataset
+    from .data.splits import load_split
+    state = members[0].state
+    cfg = state.get("config", {})
+    storage = tuple(state["preprocessing"]["storage_size"])
+    dataset = load_dataset(cfg.get("data"), label_col=cfg.get("label_col", "subCategory"), size=storage,
+                           cache_dir=cfg.get("cache_dir"), workers=int(cfg.get("workers", 2) or 2), log=log)
+    split_file = Path(members[0].path).parent / "split.json"
+    pool = np.arange(len(dataset.paths))
+    if split_file.is_file():
+        test = set(load_split(str(split_file), dataset.paths)["test"])
+        pool = np.array([i for i in pool if i not in test], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False))
+    return dataset.images[torch.as_tensor(chosen)]
+
+
+def int8_model_for(members, views, log=print) -> Path:
+    """The run's int8 ONNX model for these members and views: RUN/export-int8/model.int8.onnx, made on the
+    first call (export + calibration + quantisation) and reused while its sources and views match."""
+    from . import export
+    run_dir = members[0].path.parent.parent if len(members) > 1 else members[0].path.parent
+    out = run_dir / "export-int8"
+    int8_path, meta_path = out / "model.int8.onnx", out / "int8.json"
+    key = {"sources": [str(Path(m.path).resolve()) for m in members],
+           "mtimes": [Path(m.path).stat().st_mtime for m in members], "views": list(views)}
+    if int8_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == key:
+        return int8_path
+    log(f"making the int8 model in {out} (once): export, calibrate on training images, quantise")
+    module = export.deployable(members, views)
+    fp32_path = export.export_onnx(module, out / "model.onnx")
+    quantize_onnx(fp32_path, int8_path, calibration_images(members, log=log))
+    export.write_metadata(out, members[0].state["class_names"], members[0].state["preprocessing"], views,
+                          [str(m.path) for m in members], int8_path.name)
+    meta_path.write_text(json.dumps(key) + "\n")
+    return int8_path
+
