@@ -12,6 +12,7 @@ that averages the members' probabilities over models and views.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -115,10 +116,13 @@ def export_onnx(module: Deployable, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     channels_last, module.channels_last = module.channels_last, False
     try:
-        # The TorchScript-based exporter: the dynamo one needs onnxscript, which is not a dependency.
-        torch.onnx.export(module.eval(), (example_input(module.storage_size),), str(path), dynamo=False,
-                          input_names=["images"], output_names=["probs"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}})
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter (deprecated since torch 2.9, hence the filter): the
+            # torch.export-based one needs onnxscript, which is not a dependency.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module.eval(), (example_input(module.storage_size),), str(path), dynamo=False,
+                              input_names=["images"], output_names=["probs"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}})
     finally:
         module.channels_last = channels_last
     return path
@@ -129,7 +133,10 @@ def export_torchscript(module: Deployable, path: str | Path) -> Path:
     nothing in these models branches on it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.14 marks TorchScript deprecated in favour of torch.export; it still is what C++ (libtorch)
+        # and older deployments load, and the file round-trips exactly (tests/test_export.py).
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module.eval(), example_input(module.storage_size), check_trace=False)
         traced = torch.jit.freeze(traced)
     traced.save(str(path))

@@ -1,0 +1,106 @@
+"""export.py: ONNX (run by onnxruntime) and TorchScript files equal the PyTorch predictions on uint8 input;
+the int8 model keeps fp32's top-1."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import imgcls
+from imgcls import engine
+from imgcls.config import resolve
+from imgcls.data.augment import _resize
+from imgcls.errors import UserError
+from imgcls.export import axis_matrices, view_matrices
+from imgcls.tta import TTA_VIEWS, tta_view
+from export import main as export_main
+from tests.helpers import tiny_overrides, write_folder_dataset
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX parity needs onnxruntime (requirements-dev.txt)")
+QUIET = dict(log=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny runs at two storage sizes: 20x16 upsampled to 32x32, and 40x48 shrunk (antialiased) to
+    32x36; the first has two folds (an ensemble)."""
+    root = tmp_path_factory.mktemp("export")
+    small = write_folder_dataset(root / "small", size=(20, 16))
+    large = write_folder_dataset(root / "large", size=(40, 48), seed=1)
+    cfg = resolve("v1", tiny_overrides(small, root / "runs-small", model="test_efficientnet", folds="2",
+                                       epochs=3))
+    for fold in (0, 1):
+        engine.fit(cfg, fold, **QUIET)
+    cfg = resolve("v1", tiny_overrides(large, root / "runs-large", model="test_convnext", img_size=(32, 36),
+                                       epochs=3))
+    engine.fit(cfg, 0, **QUIET)
+    return root / "runs-small" / "v1", root / "runs-large" / "v1"
+
+
+@pytest.mark.parametrize("storage,img", [((20, 16), (32, 32)), ((40, 48), (24, 20)), ((30, 30), (30, 30))])
+@pytest.mark.parametrize("view", TTA_VIEWS)
+def test_view_matrices_equal_resize_then_view(storage, img, view):
+    x = torch.rand(3, 3, *storage, generator=torch.Generator().manual_seed(2))
+    rows, cols = view_matrices(storage, img, view)
+    expected = tta_view(_resize(x, img), view)
+    torch.testing.assert_close(rows @ x @ cols.T, expected, atol=1e-5, rtol=0)
+
+
+def test_axis_matrices_refuse_a_non_separable_op():
+    with pytest.raises(ValueError, match="separable"):
+        axis_matrices(lambda x: x.transpose(-1, -2)[..., :8, :8], 8, 8)  # not a per-axis map
+
+
+def _uint8(n, size, seed):
+    return torch.randint(0, 256, (n, 3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("tta", [False, True])
+def test_onnx_and_torchscript_equal_pytorch(runs, which, tta, tmp_path):
+    run = runs[which]
+    clf = imgcls.load(run, tta=tta)
+    flags = ["--tta"] if tta else []
+    assert export_main(["--run", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx"), *flags]) == 0
+    assert export_main(["--run", str(run), "--format", "torchscript", "--out", str(tmp_path / "ts"), *flags]) == 0
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks TorchScript deprecated
+        scripted = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
+    for batch in (1, 7):
+        x = _uint8(batch, clf.storage_size, seed=batch)
+        expected = clf.probabilities(x)
+        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], expected, atol=1e-4, rtol=0)
+        with torch.no_grad():
+            np.testing.assert_allclose(scripted(x).numpy(), expected, atol=1e-4, rtol=0)
+    assert json.loads((tmp_path / "onnx" / "classes.json").read_text()) == clf.classes
+    pre = json.loads((tmp_path / "ts" / "preprocessing.json").read_text())
+    assert (pre["input"]["height"], pre["input"]["width"]) == clf.storage_size
+    assert pre["inside_the_model"]["tta_views"] == list(clf.views)
+    assert len(pre["inside_the_model"]["ensemble_of"]) == len(clf.members)
+
+
+def test_int8_keeps_the_fp32_top1(runs, tmp_path):
+    run = runs[0]
+    assert export_main(["--run", str(run), "--out", str(tmp_path), "--int8", "--calibration-images", "32"]) == 0
+    int8 = ort.InferenceSession(str(tmp_path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    clf = imgcls.load(run)
+    images = clf.images(run.parent.parent / "small")  # the tiny data set's 50 images
+    fp32 = clf.probabilities(images.pixels).argmax(1)
+    q = int8.run(None, {"images": images.pixels.numpy()})[0].argmax(1)
+    assert len(fp32) == 50 and np.mean(q == fp32) >= 0.98
+    # the API's int8 path: the same file made on demand inside the run, then reused
+    clf8 = imgcls.load(run, int8=True)
+    assert (clf8.probabilities(images.pixels).argmax(1) == q).mean() >= 0.98
+    assert (run / "export-int8" / "model.int8.onnx").is_file()
+
+
+def test_export_errors(runs, tmp_path):
+    with pytest.raises(UserError, match="--format onnx"):
+        export_main(["--run", str(runs[0]), "--format", "torchscript", "--int8"])
+    with pytest.raises(UserError, match="no such run"):
+        export_main(["--run", str(tmp_path / "none")])
