@@ -13,13 +13,21 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
+# A flag that takes a value must have one: without this check `set -u` would stop with "$2: unbound variable".
+need_value() {
+  if [ "$2" -lt 2 ] || [[ "$3" == --* ]]; then
+    echo "error: run_all.sh $1 needs a value (e.g. $1 $4); see --help" >&2
+    exit 2
+  fi
+}
+
 DATA=() DEVICE=auto OUT= RESULTS=results QUICK=0 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --data) DATA=(--data "$2"); shift 2 ;;
-    --device) DEVICE=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
-    --results) RESULTS=$2; shift 2 ;;
+    --data) need_value "$1" $# "${2:-}" DIR; DATA=(--data "$2"); shift 2 ;;
+    --device) need_value "$1" $# "${2:-}" cuda; DEVICE=$2; shift 2 ;;
+    --out) need_value "$1" $# "${2:-}" runs; OUT=$2; shift 2 ;;
+    --results) need_value "$1" $# "${2:-}" results; RESULTS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;

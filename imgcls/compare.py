@@ -62,6 +62,28 @@ def row(version: str, run: Path) -> list[str]:
             "yes" if len(views) > 1 else "no", *WRITEUP.get(version, ("",) * 4)]
 
 
+def smoke_note(runs: Path, versions: list[str]) -> str:
+    """A warning for the top of the table when a run trained on the built-in demo data or a tiny test model
+    (run_all.sh --quick): those numbers say the pipeline runs, nothing about the versions."""
+    demo, tiny = [], []
+    for version in versions:
+        for cfg_file in sorted((runs / version).glob("fold*/config.json")):
+            cfg = json.loads(cfg_file.read_text())
+            if cfg.get("data") is None and version not in demo:
+                demo.append(version)
+            if str(cfg.get("model", "")).startswith("test_") and version not in tiny:
+                tiny.append(version)
+    if not demo and not tiny:
+        return ""
+    parts = []
+    if demo:
+        parts.append(f"trained on the built-in demo data (scikit-learn digits, long-tailed): {', '.join(demo)}")
+    if tiny:
+        parts.append(f"tiny test models with random init, a few short epochs: {', '.join(tiny)}")
+    return ("> **Smoke run, not a result.** " + "; ".join(parts).capitalize() + ". These numbers show that the "
+            "pipeline runs end to end; they are not comparable with the write-up's numbers beside them.\n\n")
+
+
 def comparison_table(runs: Path, versions: list[str]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for version in versions:
@@ -79,7 +101,7 @@ def main(argv=None) -> int:
     table = comparison_table(Path(args.runs), args.versions)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# {args.title}\n\nMeasured by `run_all.sh` on this project's held-out test split (mean "
+    out.write_text(f"# {args.title}\n\n{smoke_note(Path(args.runs), args.versions)}Measured by `run_all.sh` on this project's held-out test split (mean "
                    f"of fold models; TTA where the version uses it). Training time is summed over folds; "
                    f"peak memory is CUDA max allocated on a GPU, process max RSS on a CPU. The write-up's "
                    f"columns are its own reported numbers (validation, GPU), for reference only.\n\n{table}\n")

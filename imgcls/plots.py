@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from imgcls.errors import UserError
 
@@ -39,28 +40,62 @@ def plot_lr(lrs: Sequence[float], path) -> Path:
     return _save(fig, path)
 
 
-def plot_curves(rows: Sequence[dict], path) -> Path:
-    """Per-epoch train/val loss (left) and val accuracy / macro-F1 (right); missing keys are skipped."""
-    if len(rows) == 0:
-        raise UserError(f"{path}: no epochs recorded to plot")
-    epochs = [r.get("epoch", i) for i, r in enumerate(rows)]
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    loss_ax, score_ax = fig.subplots(1, 2)
-    for ax, keys, title in (
-        (loss_ax, ("train_loss", "val_loss"), "loss"),
-        (score_ax, ("val_acc", "val_macro_f1"), "validation score"),
-    ):
-        for key in keys:
+def curves_figure(rows: Sequence[dict], *, title: str = "", objective: str = "training objective",
+                  best_epoch: int | None = None, swa_start: int | None = None) -> Figure:
+    """Three panels: the training objective, the validation NLL, the validation scores per epoch.
+
+    The training loss is whatever the run optimises (focal, class-weighted, on mixed targets, on augmented
+    batches) and the validation loss is the plain negative log-likelihood of clean images: different
+    quantities, so each gets its own panel and y axis instead of one shared axis that invites comparison.
+    The best epoch (dashed line) and the SWA epochs (shaded) are marked on every panel.
+    """
+    epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    panels = fig.subplots(1, 3)
+    specs = (
+        (panels[0], (("train_loss", objective),), f"training: {objective}"),
+        (panels[1], (("val_loss", "validation NLL"),), "validation NLL (-log p of the true class)"),
+        (panels[2], (("val_acc", "accuracy"), ("val_macro_f1", "macro-F1"),
+                     ("val_balanced_acc", "balanced accuracy")), "validation scores"),
+    )
+    for ax, keys, panel_title in specs:
+        for key, label in keys:
             points = [(e, r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", ms=3, label=key)
+                ax.plot(xs, ys, marker="o", ms=3, label=label)
+        if swa_start is not None and epochs and swa_start <= max(epochs):
+            ax.axvspan(swa_start - 0.5, max(epochs) + 0.5, color="tab:orange", alpha=0.12,
+                       label=f"SWA (from epoch {swa_start})")
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best epoch {best_epoch}")
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel_title, fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    return _save(fig, path)
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_curves(rows: Sequence[dict], path, *, title: str | None = None, objective: str = "training objective",
+                best_epoch: int | None = None, swa_start: int | None = None) -> Path:
+    """curves.png (see curves_figure). title None names the run from its folder: OUT/<version>/fold<k>."""
+    if len(rows) == 0:
+        raise UserError(f"{path}: no epochs recorded to plot")
+    path = Path(path)
+    if title is None:
+        title = f"{path.parent.parent.name}/{path.parent.name}"
+    return _save(curves_figure(rows, title=title, objective=objective, best_epoch=best_epoch,
+                               swa_start=swa_start), path)
+
+
+def class_labels(class_names: Sequence[str], confusion) -> list[str]:
+    """'name (n=K)': the true class sizes (row sums), so a 100% cell of a 2-image class reads as such."""
+    sizes = np.asarray(confusion).sum(axis=1)
+    return [f"{name} (n={int(n)})" for name, n in zip(class_names, sizes)]
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path) -> Path:
@@ -79,9 +114,9 @@ def plot_confusion(confusion, class_names: Sequence[str], path) -> Path:
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.04, label="fraction of true class")
     ax.set_xticks(np.arange(n), labels=class_names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(np.arange(n), labels=class_names, fontsize=fontsize)
+    ax.set_yticks(np.arange(n), labels=class_labels(class_names, cm), fontsize=fontsize)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel("true (n = images of the class here)")
     if n <= 20:  # numbers in the cells only while they fit
         for i, j in zip(*np.nonzero(normalised >= 0.005)):
             value = normalised[i, j]

@@ -1,0 +1,46 @@
+"""curves.png and confusion.png say what they show: separate panels for the training objective and the
+validation NLL, the run's name, the best and SWA epochs, integer epoch ticks, class sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from imgcls.plots import class_labels, curves_figure, plot_curves
+
+ROWS = [{"epoch": e, "train_loss": 3.0 / e, "val_loss": 2.0 / e + 0.1 * e, "val_acc": 0.4 + e / 50,
+         "val_macro_f1": 0.3 + e / 60, "val_balanced_acc": 0.35 + e / 55} for e in range(1, 8)]
+
+
+def _labels(ax):
+    return ax.get_legend_handles_labels()[1]
+
+
+def test_curves_separate_objective_and_nll_and_mark_best_and_swa():
+    fig = curves_figure(ROWS, title="v3/fold0", objective="focal loss (class-balanced)", best_epoch=4,
+                        swa_start=5)
+    FigureCanvasAgg(fig).draw()
+    train_ax, val_ax, score_ax = fig.axes
+    assert "focal loss (class-balanced)" in train_ax.get_title() and "val" not in " ".join(_labels(train_ax))
+    assert "NLL" in val_ax.get_title() and _labels(val_ax)[0] == "validation NLL"
+    np.testing.assert_allclose(train_ax.lines[0].get_ydata(), [r["train_loss"] for r in ROWS])
+    np.testing.assert_allclose(val_ax.lines[0].get_ydata(), [r["val_loss"] for r in ROWS])
+    assert {"accuracy", "macro-F1", "balanced accuracy"} <= set(_labels(score_ax))
+    for ax in fig.axes:
+        assert "best epoch 4" in _labels(ax) and "SWA (from epoch 5)" in _labels(ax)
+        best = [ln for ln in ax.lines if ln.get_label() == "best epoch 4"][0]
+        assert list(best.get_xdata()) == [4, 4]
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    assert fig._suptitle.get_text() == "v3/fold0"
+
+
+def test_curves_without_best_or_swa_draw_no_markers_and_name_the_run_from_its_folder(tmp_path):
+    fig = curves_figure(ROWS[:2])
+    assert not any("best" in lbl or "SWA" in lbl for ax in fig.axes for lbl in _labels(ax))
+    path = plot_curves(ROWS, tmp_path / "v2.1" / "fold1" / "curves.png", best_epoch=3)
+    assert path.stat().st_size > 5_000
+
+
+def test_confusion_labels_carry_class_sizes():
+    assert class_labels(["a", "b", "c"], [[3, 1, 0], [0, 0, 0], [2, 2, 5]]) == ["a (n=4)", "b (n=0)", "c (n=9)"]
