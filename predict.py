@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Predict with a trained run: `python predict.py --run runs/v3 --tta`.
 
-Default: every fold of the run ensembled (mean of probabilities) on the run's own held-out test split.
-Writes predictions.csv (id, path, label, confidence, top-5) and, when labels are known, metrics.json,
-report.txt and confusion.png beside it.
+Default: every fold of the run ensembled (mean of probabilities) on the run's own held-out test split, into
+RUN/predict-test[-tta]/: predictions.csv (id, path, label, confidence, top-5) and, when labels are known,
+metrics.json, report.txt and confusion.png. Unlabelled images: --images FILE/DIR... (folders searched
+recursively), or --data with a folder of loose images or a manifest with only a `path` column.
+The same code as the Python API: imgcls.load(RUN).predict(...).
 """
 
 from __future__ import annotations
@@ -26,25 +28,39 @@ def latest_run(root: Path = Path("runs")) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", help="run folder OUT/<version> (default: the latest under runs/)")
-    p.add_argument("--checkpoint", help="a single checkpoint file instead of a run's folds")
-    p.add_argument("--fold", default="all", help="fold K or 'all' (ensemble, default)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (see --views)")
-    p.add_argument("--views", default=",".join(TTA_VIEWS),
-                   help=f"TTA views, comma-separated (default {','.join(TTA_VIEWS)}; scaleF for any F)")
-    p.add_argument("--data", help="predict a whole data set (same layouts as train.py --data)")
-    p.add_argument("--images", nargs="+", help="predict these image files")
-    p.add_argument("--label-col", help="label column of a Kaggle styles.csv (default: the run's)")
-    p.add_argument("--split", default="test", choices=("test", "val", "all"),
-                   help="which part of the run's own data (default: the held-out test split)")
-    p.add_argument("--out", help="predictions.csv path (default: RUN/predict-<split>[-tta]/predictions.csv)")
-    p.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
-                   help="post-hoc logit adjustment: subtract TAU * log(train prior); 0 = off")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", default="auto", choices=("auto", "fp16", "bf16", "off"))
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="decode workers")
-    p.add_argument("--cache-dir", help="decode cache folder (default: the run's)")
+    model = p.add_argument_group("model")
+    model.add_argument("--run", help="run folder OUT/<version> (default: the latest under runs/)")
+    model.add_argument("--checkpoint", help="a single checkpoint file instead of a run's folds")
+    model.add_argument("--fold", default="all", help="fold K or 'all' (ensemble of every fold; default all)")
+    model.add_argument("--int8", action="store_true",
+                       help="run the int8 ONNX model (made once into RUN/export-int8/; needs onnxruntime)")
+    images = p.add_argument_group("images (default: the run's own held-out test split)")
+    images.add_argument("--data", help="a data set: the layouts of train.py --data (labelled: metrics), a folder "
+                                       "of loose images or a manifest with only a `path` column (unlabelled)")
+    images.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
+                        help="image files and folders (searched recursively); no labels")
+    images.add_argument("--split", default="test", choices=("test", "val", "all"),
+                        help="which part of the run's own data (default test)")
+    images.add_argument("--label-col", help="label column of a Kaggle styles.csv (default: the run's)")
+    how = p.add_argument_group("prediction")
+    how.add_argument("--tta", action="store_true", help="test-time augmentation (see --views)")
+    how.add_argument("--views", default=",".join(TTA_VIEWS),
+                     help="TTA views, comma-separated (default %(default)s; scaleF for any F)")
+    how.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
+                     help="post-hoc logit adjustment: subtract TAU * log(train prior); 0 = off (default)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="FILE.csv",
+                     help="predictions CSV; its metrics/report/confusion/skipped go to a folder named after it "
+                          "(FILE/) (default: RUN/predict-<split>[-tta]/predictions.csv)")
+    out.add_argument("--print", action="store_true",
+                     help="a console line per image (path, label, probability); automatic up to 20 images")
+    machine = p.add_argument_group("machine")
+    machine.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    machine.add_argument("--amp", default="auto", choices=("auto", "fp16", "bf16", "off"),
+                         help="autocast (default auto: fp16 on CUDA, off elsewhere)")
+    machine.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    machine.add_argument("--workers", type=int, default=2, help="decode workers (default 2)")
+    machine.add_argument("--cache-dir", help="decode cache folder (default: the run's)")
     return p
 
 

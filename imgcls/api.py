@@ -238,13 +238,12 @@ class Classifier:
         return probs
 
     def _int8_probs(self, pixels: torch.Tensor) -> np.ndarray:
+        from .quantize import ort_session, run_session
         if self._session is None:
-            from .quantize import ort_session
             self._session = ort_session(self.int8_model)
-        arr = pixels.numpy()
-        out = [self._session.run(None, {"images": arr[i:i + self.batch_size]})[0]
-               for i in range(0, len(arr), self.batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(self.classes)), np.float32)
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return run_session(self._session, pixels.numpy())
 
     def predict(self, x, top_k: int = 5) -> list[Prediction]:
         """One Prediction per readable input image, in input order (a folder: sorted paths). Unreadable

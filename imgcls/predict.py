@@ -1,80 +1,32 @@
-"""Prediction with fold ensembles, TTA and post-hoc logit adjustment.
+"""predict.py's work, on top of the Python API (imgcls.api): one code path for both.
 
-Checkpoints -> images (the run's own held-out test split by default) -> mean of class probabilities over
-models and TTA views -> optional logit adjustment -> predictions.csv, and metrics when labels are known.
+Checkpoints -> Classifier (fold ensemble, TTA views, or the int8 model) -> images (the run's own held-out
+test split by default; a labelled data set; or unlabelled files, folders and path-only manifests) ->
+probabilities -> optional logit adjustment -> predictions.csv, and metrics when labels are known.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
+from . import api
+from .api import Member, build_model, find_checkpoints, list_images, load_members  # noqa: F401 (re-exported)
 from .data import load_dataset, write_skipped
-from .data.cache import decode_images
+from .data.sources import IMAGE_EXTENSIONS
 from .data.splits import load_split
 from .errors import UserError
-from .inference import predict_dataset, use_channels_last
 from .metrics import classification_metrics, per_class_report
-from .models import create_model
 from .plots import plot_confusion
 
-
-@dataclass
-class Member:
-    """One trained model of an ensemble."""
-    path: Path
-    state: dict
-
-
-def find_checkpoints(run: str | None, fold: str, checkpoint_file: str | None) -> list[Path]:
-    if checkpoint_file:
-        path = Path(checkpoint_file)
-        if not path.is_file():
-            raise UserError(f"--checkpoint {path}: file not found")
-        return [path]
-    run_path = Path(run)
-    if not run_path.is_dir():
-        raise UserError(f"--run {run_path}: no such run folder; train first (python train.py --version ...) "
-                        f"or point --run at OUT/<version>")
-    if fold == "all":
-        found = sorted(run_path.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
-    else:
-        found = [p for p in [run_path / f"fold{fold}" / "best.pt"] if p.is_file()]
-    if not found:
-        raise UserError(f"--run {run_path}: no trained fold{'s' if fold == 'all' else ' ' + fold} "
-                        f"(fold*/best.pt) there; train it first or pick another --fold")
-    return found
-
-
-def load_members(paths: list[Path]) -> list[Member]:
-    members = [Member(p, checkpoint.load(p)) for p in paths]
-    first = members[0].state
-    for m in members[1:]:
-        for key in ("class_names", "num_classes"):
-            if m.state[key] != first[key]:
-                raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
-        if m.state["preprocessing"]["storage_size"] != first["preprocessing"]["storage_size"]:
-            raise UserError(f"{m.path}: trained at another storage size than {members[0].path}")
-    return members
-
-
-def build_model(member: Member, device: torch.device) -> torch.nn.Module:
-    state = member.state
-    model = create_model(state["model_name"], state["num_classes"], log=lambda *a, **k: None)  # weights follow
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise UserError(f"{member.path}: weights do not fit {state['model_name']} with "
-                        f"{state['num_classes']} classes ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval()
+PRINT_AT_MOST = 20  # a console line per image up to this many images (or always with --print)
 
 
 def logit_adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:
@@ -87,27 +39,64 @@ def logit_adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def select_images(args, members: list[Member], log=print):
-    """-> (images uint8 N3HW, paths, labels (int64 in the checkpoint's class order, or None), skipped)."""
+def unlabeled_source(data: str, class_names) -> tuple[list[str], list[tuple[str, str]]] | None:
+    """(paths, skipped) when `data` is unlabelled: a manifest with a `path` column and no `label` column, or a
+    folder without styles.csv none of whose sub-folders is named after a class (searched recursively).
+    None for the labelled layouts, which load_dataset reads."""
+    if data.lower().endswith(".csv") and os.path.isfile(data):
+        with open(data, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            if "path" not in columns or "label" in columns:
+                return None
+            reader.fieldnames = columns
+            base, paths, skipped = os.path.dirname(data), [], []
+            for row_no, row in enumerate(reader, start=2):
+                path = (row.get("path") or "").strip()
+                full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+                if path and os.path.isfile(full):
+                    paths.append(full)
+                else:
+                    skipped.append((f"{os.path.basename(data)} row {row_no} ({path})",
+                                    "empty path" if not path else "no image file"))
+        return paths, skipped
+    if os.path.isdir(data) and not os.path.isfile(os.path.join(data, "styles.csv")):
+        subdirs = {d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d))}
+        if subdirs & set(class_names):
+            return None
+        return list_images(Path(data)), []
+    return None
+
+
+def select_images(args, clf: api.Classifier, log=print):
+    """-> (images uint8 N3HW, paths, labels (int64 in the model's class order, or None), skipped)."""
+    members = clf.members
     state = members[0].state
-    class_names = state["class_names"]
-    storage = tuple(state["preprocessing"]["storage_size"])
     cfg = state["config"]
+    if args.images or (args.data and unlabeled_source(args.data, clf.classes) is not None):
+        if args.images:
+            files = [p for item in args.images for p in (list_images(Path(item)) if os.path.isdir(item) else [item])]
+            if not files:
+                raise UserError(f"--images {' '.join(args.images)}: no image files "
+                                f"({', '.join(IMAGE_EXTENSIONS)}) there")
+            skipped = []
+        else:
+            files, skipped = unlabeled_source(args.data, clf.classes)
+            if not files:
+                raise UserError(f"--data {args.data}: no images to predict"
+                                + (f" ({len(skipped)} rows without an image file, e.g. {skipped[0][0]})"
+                                   if skipped else ""))
+            log(f"{args.data}: no labels (no class folders / label column): predicting {len(files)} images")
+        images = clf.images(files, workers=args.workers, log=log)
+        return images.pixels, images.sources, None, skipped + images.skipped
     cache_dir = args.cache_dir or cfg.get("cache_dir")
-    if args.images:
-        images, ok, reasons = decode_images(list(args.images), size=storage, cache_dir=None,
-                                            workers=args.workers, log=log)
-        skipped = [(p, r) for p, r, good in zip(args.images, reasons, ok) if not good]
-        keep = np.flatnonzero(ok)
-        return images[torch.as_tensor(keep)], [args.images[i] for i in keep], None, skipped
     data_arg = args.data if args.data else cfg.get("data")
     dataset = load_dataset(data_arg, label_col=args.label_col or cfg.get("label_col", "subCategory"),
-                           size=storage, cache_dir=cache_dir, workers=args.workers, log=log)
-    labels = _map_labels(dataset.class_names, class_names, dataset.labels.numpy(), data_arg)
+                           size=clf.storage_size, cache_dir=cache_dir, workers=args.workers, log=log)
+    labels = _map_labels(dataset.class_names, clf.classes, dataset.labels.numpy(), data_arg)
     positions = np.arange(len(dataset.paths))
     if not args.data:  # the run's own data: use its split
-        split_file = members[0].path.parent / "split.json"
-        split = load_split(str(split_file), dataset.paths)
+        split = load_split(str(members[0].path.parent / "split.json"), dataset.paths)
         if args.split == "test":
             positions = np.asarray(split["test"], dtype=np.int64)
         elif args.split == "val":
@@ -123,60 +112,79 @@ def _map_labels(data_classes, model_classes, labels, data_arg) -> np.ndarray:
     if unknown:
         raise UserError(f"{data_arg}: classes {unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not among "
                         f"the model's {len(model_classes)} classes; predict on data with the training label "
-                        f"set (same --label-col)")
+                        f"set (same --label-col), or pass unlabelled images with --images")
     where = {name: i for i, name in enumerate(model_classes)}
     lookup = np.array([where[name] for name in data_classes], dtype=np.int64)
     return lookup[labels]
 
 
+def load_classifier(args, log=print) -> api.Classifier:
+    source = args.checkpoint if args.checkpoint else args.run
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: file not found")
+    return api.load(source, fold="all" if args.checkpoint else args.fold, tta=args.tta, views=args.views,
+                    device=args.device, batch_size=args.batch_size, amp=args.amp,
+                    int8=getattr(args, "int8", False), log=log)
+
+
+def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
+    """(predictions.csv, folder for its companions). --out FILE.csv puts them into FILE/ beside it; the
+    default RUN/predict-<source>[-tta]/ folder holds both."""
+    if args.out:
+        out_csv = Path(args.out)
+        if out_csv.suffix.lower() != ".csv":
+            raise UserError(f"--out {args.out}: give a .csv file name (its companions go to a folder named after it)")
+        return out_csv, out_csv.with_suffix("")
+    member = clf.members[0]
+    base = member.path.parent if args.checkpoint else member.path.parent.parent
+    source = "images" if args.images else ("data" if args.data else args.split)
+    folder = base / f"predict-{source}{'-tta' if args.tta else ''}{'-int8' if clf.int8_model else ''}"
+    return folder / "predictions.csv", folder
+
+
 def predict(args, log=print) -> dict:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                                      else "cpu"))
-    members = load_members(find_checkpoints(args.run, args.fold, args.checkpoint))
-    state = members[0].state
-    class_names = state["class_names"]
-    views = tuple(args.views.split(",")) if args.tta else ("identity",)
-    images, paths, labels, skipped = select_images(args, members, log)
+    clf = load_classifier(args, log)
+    images, paths, labels, skipped = select_images(args, clf, log)
     if len(paths) == 0:
-        raise UserError("no readable images to predict")
-    log(f"predicting {len(paths)} images with {len(members)} model(s) x {len(views)} view(s) "
-        f"({', '.join(views)}) on {device}")
-    probs = np.zeros((len(paths), len(class_names)), dtype=np.float32)
-    for member in members:
-        pre = member.state["preprocessing"]
-        model = build_model(member, device)
-        probs += predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre["img_size"]),
-                                 mean=pre["mean"], std=pre["std"], device=device, batch_size=args.batch_size,
-                                 views=views, amp=args.amp,
-                                 channels_last=use_channels_last("auto", device),
-                                 progress=lambda batches, name=member.path.parent.name: tqdm(
-                                     batches, desc=f"predict {name}", unit="batch", leave=False,
-                                     disable=not sys.stderr.isatty())) / len(members)
+        what = ", ".join(p for p, _ in skipped[:3])
+        raise UserError(f"no readable images to predict{f' (unreadable: {what})' if what else ''}")
+    kind = f"int8 model {clf.int8_model}" if clf.int8_model else f"{len(clf.members)} model(s) on {clf.device}"
+    log(f"predicting {len(paths)} images with {kind} x {len(clf.views)} view(s) ({', '.join(clf.views)})")
+    probs = clf.probabilities(images, progress=lambda batches, member: tqdm(
+        batches, desc=f"predict {member.path.parent.name}", unit="batch", leave=False,
+        disable=not sys.stderr.isatty()))
     if args.logit_adjust:
-        counts = np.sum([m.state["train_class_counts"] for m in members], axis=0)
+        counts = np.sum([m.state["train_class_counts"] for m in clf.members], axis=0)
         probs = logit_adjust(probs, counts, args.logit_adjust)
 
-    out_csv = Path(args.out) if args.out else default_out(args, members)
+    out_csv, companions = output_paths(args, clf)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out_csv, paths, probs, class_names, labels)
+    write_predictions(out_csv, paths, probs, clf.classes, labels)
+    if getattr(args, "print", False) or len(paths) <= PRINT_AT_MOST:
+        for pred in clf.decide(probs, paths, top_k=1):
+            log(f"{pred.source}\t{pred.label}\t{pred.probability:.4f}")
+    result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped),
+              "folder": str(companions)}
     if skipped:
-        write_skipped(skipped, str(out_csv.parent / "skipped.json"))
+        companions.mkdir(parents=True, exist_ok=True)
+        write_skipped(skipped, str(companions / "skipped.json"))
         log(f"skipped {len(skipped)} input(s) (missing or unreadable), e.g. {skipped[0][0]} ({skipped[0][1]}); "
-            f"all listed in {out_csv.parent / 'skipped.json'}")
-    result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped)}
+            f"all listed in {companions / 'skipped.json'}")
     if labels is not None:
-        metrics = classification_metrics(labels, probs.argmax(1), class_names)
-        metrics.update(views=list(views), models=[str(m.path) for m in members], split=args.split,
-                       logit_adjust=args.logit_adjust,
-                       train_time_s=sum(_train_time(m) for m in members),
-                       peak_memory_mb=max(_peak_memory(m) for m in members))
-        (out_csv.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (out_csv.parent / "report.txt").write_text(per_class_report(metrics, class_names) + "\n")
-        plot_confusion(metrics["confusion_matrix"], class_names, out_csv.parent / "confusion.png")
+        companions.mkdir(parents=True, exist_ok=True)
+        metrics = classification_metrics(labels, probs.argmax(1), clf.classes)
+        metrics.update(views=list(clf.views), models=[str(m.path) for m in clf.members], split=args.split,
+                       logit_adjust=args.logit_adjust, int8=bool(clf.int8_model),
+                       train_time_s=sum(_train_time(m) for m in clf.members),
+                       peak_memory_mb=max(_peak_memory(m) for m in clf.members))
+        (companions / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (companions / "report.txt").write_text(per_class_report(metrics, clf.classes) + "\n")
+        plot_confusion(metrics["confusion_matrix"], clf.classes, companions / "confusion.png")
         log(f"accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
             f"weighted_f1 {metrics['weighted_f1']:.4f} balanced_acc {metrics['balanced_accuracy']:.4f}")
         result["metrics"] = metrics
-    log(f"wrote {out_csv}")
+    log(f"wrote {out_csv}" + (f" (and metrics, report, confusion in {companions})"
+                              if labels is not None and companions != out_csv.parent else ""))
     return result
 
 
@@ -193,12 +201,6 @@ def _peak_memory(member: Member) -> float:
     return float(_fold_metrics(member).get("peak_memory_mb", 0.0))
 
 
-def default_out(args, members: list[Member]) -> Path:
-    base = members[0].path.parent.parent if not args.checkpoint else members[0].path.parent
-    source = "images" if args.images else ("data" if args.data else args.split)
-    return base / f"predict-{source}{'-tta' if args.tta else ''}" / "predictions.csv"
-
-
 def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=None, top: int = 5) -> None:
     top = min(top, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
@@ -209,7 +211,7 @@ def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=
         header.append("true_label")
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, lineterminator="\n")  # LF everywhere (csv's default is CRLF)
         writer.writerow(header)
         for i, p in enumerate(paths):
             row = [Path(p).stem, p, class_names[order[i, 0]], f"{probs[i, order[i, 0]]:.6f}"]

@@ -18,6 +18,10 @@ import torch
 from .errors import UserError
 
 CALIBRATION_IMAGES = 256
+# onnxruntime gets sub-batches of this many images: on the 2-core development CPU an EfficientNet-B0 at 80x60
+# ran 627 img/s in sub-batches of 8 and 218 img/s as whole batches of 64 (fp32; bench/results/inference.md):
+# the activations of a large batch outgrow the CPU caches. Results do not depend on it.
+ORT_SUB_BATCH = 8
 QUANTISED_OPS = ("Conv", "Gemm")
 
 
@@ -34,10 +38,19 @@ def ort_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session for `path` (threads None = onnxruntime's default)."""
     ort = _onnxruntime()
     options = ort.SessionOptions()
+    # No busy-waiting between operators: on a shared CPU, spinning threads waited for descheduled peers and
+    # ran batch-1 inference 10x slower (34 vs 376 img/s measured here), as OMP_WAIT_POLICY=PASSIVE does for torch.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, images: np.ndarray, sub_batch: int = ORT_SUB_BATCH) -> np.ndarray:
+    """Probabilities from an exported model's session, fed `sub_batch` uint8 images at a time."""
+    out = [session.run(None, {"images": images[i:i + sub_batch]})[0] for i in range(0, len(images), sub_batch)]
+    return np.concatenate(out).astype(np.float32, copy=False)
 
 
 def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: torch.Tensor,

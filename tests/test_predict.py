@@ -69,11 +69,11 @@ def test_default_ensembles_every_fold_on_the_held_out_test_split(trained, tmp_pa
     assert [r["label"] for r in rows] == [names[i] for i in expected.argmax(1)]
     np.testing.assert_allclose([float(r["confidence"]) for r in rows], expected.max(1), atol=1e-5)
     assert [r["id"] for r in rows] == [Path(dataset.paths[i]).stem for i in split["test"]]
-    metrics = json.loads((out.parent / "metrics.json").read_text())
+    metrics = json.loads((out.with_suffix("") / "metrics.json").read_text())
     ref = classification_metrics(dataset.labels.numpy()[split["test"]], expected.argmax(1), names)
     assert metrics["accuracy"] == pytest.approx(ref["accuracy"])
     assert metrics["macro_f1"] == pytest.approx(ref["macro_f1"])
-    assert (out.parent / "report.txt").is_file() and (out.parent / "confusion.png").is_file()
+    assert (out.with_suffix("") / "report.txt").is_file() and (out.with_suffix("") / "confusion.png").is_file()
     assert len(metrics["models"]) == 2 and metrics["split"] == "test"
 
 
@@ -114,7 +114,7 @@ def test_unreadable_images_are_reported_not_fatal(trained, tmp_path):
     result = predict(args_for("--run", root / "runs" / "v2.1", "--images", *good, bad, "--out", out), **QUIET)
     rows = list(csv.DictReader(open(out)))
     assert [r["path"] for r in rows] == [str(p) for p in good] and result["skipped"] == 1
-    skipped = json.loads((out.parent / "skipped.json").read_text())
+    skipped = json.loads((out.with_suffix("") / "skipped.json").read_text())
     assert str(bad) in json.dumps(skipped)
     assert "metrics" not in result  # no labels for loose files
 
