@@ -3,8 +3,11 @@ graph, calibrated on the run's own training images (never its held-out test spli
 
 Why onnxruntime and not torch.ao: bench/inference.py measured both on the same run (see
 bench/results/inference.md); ORT's int8 graph is the faster of the two on this CPU, and it is one file a user
-can run without the project. The resize/normalise MatMuls at the front stay in float (only Conv and Gemm
-are quantised): they are cheap, and quantising the uint8 pixels' resize would only add error.
+can run without the project. Only the networks are quantised (every operator onnxruntime can quantise:
+convolutions, SiLU, squeeze-excitation, the head); the resize/normalise matrices before them and the
+softmax/averaging after them stay in float: they are cheap, and quantising them only adds error.
+Calibration ranges are the 0.001-99.999th percentiles of each tensor: MinMax ranges, set by a few outlier
+activations, cost the fashion-small B0 run more accuracy (bench/results/inference.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ CALIBRATION_IMAGES = 256
 # ran 627 img/s in sub-batches of 8 and 218 img/s as whole batches of 64 (fp32; bench/results/inference.md):
 # the activations of a large batch outgrow the CPU caches. Results do not depend on it.
 ORT_SUB_BATCH = 8
-QUANTISED_OPS = ("Conv", "Gemm")
+NETWORK_SCOPE = "/models."  # ONNX node names of the ensemble members' layers (Deployable.models)
 
 
 def _onnxruntime():
@@ -54,15 +57,17 @@ def run_session(session, images: np.ndarray, sub_batch: int = ORT_SUB_BATCH) -> 
 
 
 def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: torch.Tensor,
-                  batch_size: int = 32, per_channel: bool = True) -> Path:
-    """Static int8 quantisation (QDQ, int8 weights per output channel, uint8 activations, MinMax ranges)
-    of an exported model, calibrated on `calibration` (uint8 N x 3 x H x W at the storage size)."""
+                  per_channel: bool = True) -> Path:
+    """Static int8 quantisation (QDQ, int8 weights per output channel, uint8 activations, percentile
+    ranges) of an exported model's networks, calibrated on `calibration` (uint8 N x 3 x H x W at the storage size)."""
     _onnxruntime()
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = [calibration[i:i + batch_size].numpy() for i in range(0, len(calibration), batch_size)]
+    # One image per calibration run: onnxruntime's histogram calibrators stack each tensor's outputs over
+    # the runs and fail when a last, smaller batch gives them another shape.
+    batches = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -77,10 +82,12 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: tor
     # Shape inference and graph fusions (Conv+BN etc.) first, as onnxruntime's docs advise for static
     # quantisation; the prepared file is an intermediate and is removed.
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    import onnx
+    outside = [n.name for n in onnx.load(str(prepared)).graph.node if not n.name.startswith(NETWORK_SCOPE)]
     try:
         quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTISED_OPS))
+                        calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=outside)
     finally:
         prepared.unlink(missing_ok=True)
     return int8_path
