@@ -1,0 +1,121 @@
+"""predict.py on unlabelled inputs and its outputs: folders (recursive), path-only manifests, a line per
+image, --out FILE.csv with its companions in FILE/, LF line ends, errors naming the file or the versions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imgcls
+from imgcls import engine
+from imgcls.config import resolve
+from imgcls.errors import UserError
+from imgcls.predict import predict
+from predict import build_parser
+from tests.helpers import tiny_overrides, write_folder_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS: list[str] = []
+
+
+def log(*args, **kwargs):
+    LOGS.append(" ".join(str(a) for a in args))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pin")
+    data = write_folder_dataset(root / "data")
+    cfg = resolve("v1", tiny_overrides(data, root / "runs", model="test_efficientnet", epochs=2))
+    engine.fit(cfg, 0, log=lambda *a, **k: None)
+    return root / "runs" / "v1", data
+
+
+def _run(*argv):
+    LOGS.clear()
+    return predict(build_parser().parse_args([str(a) for a in argv]), log=log)
+
+
+def _loose_copy(data: Path, dest: Path, n: int = 5) -> list[Path]:
+    """n images of the data set, copied without class folders into dest/a/ and dest/a/b/ (unlabelled)."""
+    files = sorted(data.rglob("*.png"))[::7][:n]
+    out = []
+    for i, f in enumerate(files):
+        target = dest / "a" / ("b" if i % 2 else "") / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+        out.append(target)
+    return out
+
+
+def test_unlabelled_folder_recursive_equals_the_api(run, tmp_path):
+    run_dir, data = run
+    files = _loose_copy(data, tmp_path / "photos")
+    out = tmp_path / "preds" / "photos.csv"
+    result = _run("--run", run_dir, "--data", tmp_path / "photos", "--out", out)
+    rows = list(csv.DictReader(open(out, newline="")))
+    expected = imgcls.load(run_dir).predict(tmp_path / "photos")
+    assert [r["path"] for r in rows] == [e.source for e in expected] and result["num_images"] == len(files)
+    assert sorted(r["path"] for r in rows) == sorted(str(f) for f in files)  # sub-folders included
+    assert [r["label"] for r in rows] == [e.label for e in expected]
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], [e.probability for e in expected], atol=1e-6)
+    assert "true_label" not in rows[0] and "metrics" not in result
+    # few images: one console line each, path, label, probability
+    lines = [ln for ln in LOGS if ln.count("\t") == 2]
+    assert [ln.split("\t")[:2] for ln in lines] == [[e.source, e.label] for e in expected]
+    # the same through --images DIR
+    again = _run("--run", run_dir, "--images", tmp_path / "photos", "--out", tmp_path / "again.csv")
+    assert again["num_images"] == len(files)
+
+
+def test_manifest_with_only_a_path_column(run, tmp_path):
+    run_dir, data = run
+    files = _loose_copy(data, tmp_path / "m", n=3)
+    manifest = tmp_path / "m" / "list.csv"
+    manifest.write_text("path\n" + "".join(f"{f.relative_to(manifest.parent)}\n" for f in files) + "gone.png\n")
+    out = tmp_path / "list-preds.csv"
+    result = _run("--run", run_dir, "--data", manifest, "--out", out)
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [Path(r["path"]) for r in rows] == files and result["skipped"] == 1
+    skipped = json.loads((tmp_path / "list-preds" / "skipped.json").read_text())
+    assert "list.csv row 5 (gone.png)" in json.dumps(skipped)
+
+
+def test_out_file_keeps_its_companions_in_a_folder_named_after_it_with_lf_endings(run, tmp_path):
+    run_dir, _ = run
+    out = tmp_path / "results" / "test-split.csv"
+    _run("--run", run_dir, "--out", out, "--print")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["test-split", "test-split.csv"]
+    assert {"metrics.json", "report.txt", "confusion.png"} <= {p.name for p in (out.parent / "test-split").iterdir()}
+    raw = out.read_bytes()
+    assert b"\r" not in raw and raw.count(b"\n") == len(list(csv.reader(open(out, newline=""))))
+    n_images = raw.count(b"\n") - 1
+    assert n_images > 0 and sum(ln.count("\t") == 2 for ln in LOGS) == n_images  # --print: every image
+    with pytest.raises(UserError, match="--out .*preds.txt: give a .csv"):
+        _run("--run", run_dir, "--out", tmp_path / "preds.txt")
+
+
+def test_errors_name_the_missing_file_and_list_versions(run, tmp_path):
+    run_dir, _ = run
+    with pytest.raises(UserError, match=r"nope\.png: no such image file"):
+        _run("--run", run_dir, "--images", tmp_path / "nope.png")
+    with pytest.raises(UserError, match=r"a folder of runs, not one run; pick a version: .*v1"):
+        _run("--run", run_dir.parent)
+
+
+def test_cli_one_line_error_and_grouped_help(run, tmp_path):
+    run_dir, _ = run
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(run_dir), "--images",
+                           str(tmp_path / "nope.png")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'nope.png'}: no such image file"
+    text = build_parser().format_help()
+    for group in ("model:", "images (default: the run's own held-out test split):", "prediction:", "output:",
+                  "machine:"):
+        assert group in text
+    assert "preset or" not in text
