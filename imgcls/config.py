@@ -216,18 +216,44 @@ def resolve(version: str, overrides: dict[str, Any]) -> Config:
     return Config.from_dict(values)
 
 
+# --help groups the flags by area: each group starts at this field and runs, in Config's field order, to the
+# next one (a new field joins the group of the field above it).
+FLAG_GROUPS = {"version": "run", "data": "data", "model": "model", "epochs": "optimisation", "loss": "loss",
+               "sampler": "sampling", "hflip": "augmentation", "scheduler": "schedule", "swa_start": "SWA",
+               "metric": "validation", "amp": "speed", "tta": "prediction"}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else \
+            ",".join(str(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def preset_values(name: str, default: Any) -> str:
+    """'v1 0.001, v2 0.0001, v2.1 0.0001, v3 0.001' (or 'every version: X'): what each preset sets."""
+    values = {v: _shown(preset.get(name, default)) for v, preset in VERSIONS.items()}
+    if len(set(values.values())) == 1:
+        return f"every version: {next(iter(values.values()))}"
+    return ", ".join(f"{v} {value}" for v, value in values.items())
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field. Defaults are SUPPRESSed so that only flags the user typed override."""
+    """One flag per Config field, in argument groups by area; the help shows each preset's value.
+    Defaults are SUPPRESSed so that only flags the user typed override."""
+    group = parser
     for f in dataclasses.fields(Config):
+        if f.name in FLAG_GROUPS:
+            group = parser.add_argument_group(FLAG_GROUPS[f.name])
         if f.name in ("version", "fold"):
             continue
         flag = "--" + f.name.replace("_", "-")
         parse = f.metadata.get("parse") or _plain_type(f)
         # Booleans work as bare switches (--compile) and with a value (--compile false).
         extra = dict(nargs="?", const=True) if parse is parse_bool else {}
-        parser.add_argument(flag, dest=f.name, type=parse, default=argparse.SUPPRESS,
-                            choices=f.metadata.get("choices"), metavar=f.name.upper(),
-                            help=f"{f.metadata['help']} (default: preset or {f.default})", **extra)
+        help_text = f"{f.metadata['help']} ({preset_values(f.name, f.default)})".replace("%", "%%")
+        group.add_argument(flag, dest=f.name, type=parse, default=argparse.SUPPRESS,
+                           choices=f.metadata.get("choices"), metavar=f.name.upper(), help=help_text, **extra)
 
 
 def _plain_type(f: dataclasses.Field):

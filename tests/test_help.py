@@ -1,0 +1,23 @@
+"""--help is grouped by area and shows what each preset sets (not "preset or X")."""
+
+from __future__ import annotations
+
+from imgcls.config import VERSIONS, preset_values
+from train import build_parser
+
+
+def test_train_help_groups_flags_by_area_with_each_presets_value():
+    text = build_parser().format_help()
+    for group in ("run:", "data:", "model:", "optimisation:", "loss:", "sampling:", "augmentation:",
+                  "schedule:", "SWA:", "validation:", "speed:", "prediction:"):
+        assert f"\n{group}\n" in text
+    assert "preset or" not in text
+    flat = " ".join(text.split())
+    assert "(v1 0.001, v2 0.0001, v2.1 0.0001, v3 0.001)" in flat  # --lr, from VERSIONS
+    assert "(v1 False, v2 False, v2.1 True, v3 True)" in flat     # --tta
+
+
+def test_preset_values_reads_the_presets():
+    assert preset_values("lr", 1e-3) == ", ".join(f"{v} {p.get('lr', 1e-3)}" for v, p in VERSIONS.items())
+    assert preset_values("seed", 0) == "every version: 0"
+    assert preset_values("img_size", None).startswith("v1 224x168")
