@@ -34,12 +34,6 @@ from imgcls.data.splits import load_split  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 
 
-# Rows that time a backend fed another way; their accuracy is their twin's.
-TWINS = {"ONNX Runtime fp32, whole batches": "ONNX Runtime fp32",
-         "ONNX Runtime int8, whole batches": "ONNX Runtime int8 (imgcls --int8)",
-         "PyTorch fp32, sub-batches of 8": "PyTorch fp32 (imgcls.load, eager)"}
-
-
 def held_out(clf, limit: int | None):
     """uint8 images and labels (model class order) of the run's held-out test split."""
     member = clf.members[0]
@@ -94,13 +88,8 @@ def backends(clf, tmp: Path, calibration: torch.Tensor, threads: int, with_torch
     found = {
         "PyTorch fp32 (imgcls.load, eager)": clf.probabilities,
         "TorchScript fp32 (frozen)": ts,
-        "ONNX Runtime fp32": lambda x: quantize.run_session(ort_fp32, x.numpy()),
-        "ONNX Runtime int8 (imgcls --int8)": lambda x: quantize.run_session(ort_int8, x.numpy()),
-        # the same sessions without sub-batches, and eager PyTorch with them: what the sub-batching is worth
-        "ONNX Runtime fp32, whole batches": lambda x: quantize.run_session(ort_fp32, x.numpy(), len(x)),
-        "ONNX Runtime int8, whole batches": lambda x: quantize.run_session(ort_int8, x.numpy(), len(x)),
-        "PyTorch fp32, sub-batches of 8": lambda x: np.concatenate(
-            [clf.probabilities(x[i:i + quantize.ORT_SUB_BATCH]) for i in range(0, len(x), quantize.ORT_SUB_BATCH)]),
+        "ONNX Runtime fp32": lambda x: quantize.run_session(ort_fp32, x.numpy(), len(x)),
+        "ONNX Runtime int8 (imgcls --int8)": lambda x: quantize.run_session(ort_int8, x.numpy(), len(x)),
     }
     if with_torch_ao:
         try:
@@ -143,8 +132,6 @@ def main(argv=None) -> int:
         fns, sizes = backends(clf, Path(tmp), calibration, args.threads, not args.no_torch_ao)
         quality, reference = {}, None
         for name, fn in fns.items():
-            if name in TWINS:  # the same model fed differently: the same predictions
-                continue
             probs = np.concatenate([fn(images[i:i + 64]) for i in range(0, len(images), 64)])
             pred = probs.argmax(1)
             reference = pred if reference is None else reference
@@ -152,7 +139,6 @@ def main(argv=None) -> int:
             quality[name] = (m["accuracy"], m["macro_f1"], float(np.mean(pred == reference)))
             print(f"{name}: accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
                   f"top-1 agreement with fp32 {quality[name][2]:.4f}", flush=True)
-        quality.update({name: quality[TWINS[name]] for name in fns if name in TWINS})
         speed = {(n, b): [] for n in fns for b in (1, 64)}
         for r in range(args.repeats):
             for batch in (1, 64):
@@ -161,6 +147,7 @@ def main(argv=None) -> int:
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n.split(' (')[0]} b{b} {v[-1]:.0f}"
                                                                  for (n, b), v in speed.items()), flush=True)
 
+    load = os.getloadavg()[1]  # other jobs on the machine: the numbers are only as quiet as it was
     base = {b: np.median(speed[(next(iter(fns)), b)]) for b in (1, 64)}
     rows = []
     for name in fns:
@@ -177,7 +164,7 @@ def main(argv=None) -> int:
             f"(torch and onnxruntime); median of {args.repeats} interleaved timings of {args.seconds:.0f} s each; "
             f"int8 calibrated on {len(calibration)} training images. torch {torch.__version__}, onnxruntime "
             f"{__import__('onnxruntime').__version__}, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs. Files: "
+            f"{os.cpu_count()} CPUs, 5-minute load average {load:.1f} at the end. Files: "
             + ", ".join(f"{k} {v:.1f} MiB" for k, v in sizes.items()) + ".\n\n" + table + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

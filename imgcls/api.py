@@ -243,7 +243,7 @@ class Classifier:
             self._session = ort_session(self.int8_model)
         if len(pixels) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        return run_session(self._session, pixels.numpy())
+        return run_session(self._session, pixels.numpy(), self.batch_size)
 
     def predict(self, x, top_k: int = 5) -> list[Prediction]:
         """One Prediction per readable input image, in input order (a folder: sorted paths). Unreadable

@@ -21,10 +21,6 @@ import torch
 from .errors import UserError
 
 CALIBRATION_IMAGES = 256
-# onnxruntime gets sub-batches of this many images: on the 2-core development CPU an EfficientNet-B0 at 80x60
-# ran 627 img/s in sub-batches of 8 and 218 img/s as whole batches of 64 (fp32; bench/results/inference.md):
-# the activations of a large batch outgrow the CPU caches. Results do not depend on it.
-ORT_SUB_BATCH = 8
 NETWORK_SCOPE = "/models."  # ONNX node names of the ensemble members' layers (Deployable.models)
 
 
@@ -50,9 +46,9 @@ def ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_session(session, images: np.ndarray, sub_batch: int = ORT_SUB_BATCH) -> np.ndarray:
-    """Probabilities from an exported model's session, fed `sub_batch` uint8 images at a time."""
-    out = [session.run(None, {"images": images[i:i + sub_batch]})[0] for i in range(0, len(images), sub_batch)]
+def run_session(session, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Probabilities from an exported model's session, fed `batch_size` uint8 images at a time."""
+    out = [session.run(None, {"images": images[i:i + batch_size]})[0] for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32, copy=False)
 
 

@@ -119,3 +119,14 @@ def test_cli_one_line_error_and_grouped_help(run, tmp_path):
                   "machine:"):
         assert group in text
     assert "preset or" not in text
+
+
+def test_predict_int8_writes_its_own_folder_and_keeps_the_fp32_labels(run):
+    pytest.importorskip("onnxruntime", reason="--int8 needs onnxruntime (requirements-dev.txt)")
+    run_dir, _ = run
+    fp32 = _run("--run", run_dir)
+    int8 = _run("--run", run_dir, "--int8")
+    assert Path(int8["predictions"]).parent.name == "predict-test-int8" and int8["metrics"]["int8"] is True
+    a = [r["label"] for r in csv.DictReader(open(fp32["predictions"], newline=""))]
+    b = [r["label"] for r in csv.DictReader(open(int8["predictions"], newline=""))]
+    assert len(a) == len(b) > 0 and np.mean(np.array(a) == np.array(b)) >= 0.9
