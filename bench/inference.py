@@ -148,20 +148,26 @@ def main(argv=None) -> int:
                                                                  for (n, b), v in speed.items()), flush=True)
 
     load = os.getloadavg()[1]  # other jobs on the machine: the numbers are only as quiet as it was
-    base = {b: np.median(speed[(next(iter(fns)), b)]) for b in (1, 64)}
+    first = next(iter(fns))
     rows = []
     for name in fns:
         s1, s64 = np.median(speed[(name, 1)]), np.median(speed[(name, 64)])
+        # the ratio pairs timings of the same repeat (same machine load), as bench/models.py does
+        ratio = np.median(np.array(speed[(name, 64)]) / np.array(speed[(first, 64)]))
+        ratio1 = np.median(np.array(speed[(name, 1)]) / np.array(speed[(first, 1)]))
         acc, f1, agree = quality[name]
-        rows.append(f"| {name} | {s1:.0f} | {s64:.0f} | {s64 / base[64]:.2f}x | {acc:.4f} | {f1:.4f} | {agree:.4f} |")
+        rows.append(f"| {name} | {s1:.0f} | {s64:.0f} | {ratio1:.2f}x | {ratio:.2f}x | {acc:.4f} | {f1:.4f} | "
+                    f"{agree:.4f} |")
     state = clf.members[0].state
-    table = "\n".join(["| backend | img/s batch 1 | img/s batch 64 | vs PyTorch fp32 (b64) | test accuracy | "
-                       "test macro-F1 | top-1 = fp32 |", "|---|---:|---:|---:|---:|---:|---:|", *rows])
+    table = "\n".join(["| backend | img/s batch 1 | img/s batch 64 | vs PyTorch fp32 (b1) | vs PyTorch fp32 (b64) | "
+                       "test accuracy | test macro-F1 | top-1 = fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+                       *rows])
     text = (f"# Inference on the CPU\n\n    {' '.join(['OMP_WAIT_POLICY=PASSIVE', 'python', *sys.argv])}\n\n"
             f"Run {args.run}: {state['model_name']}, {len(clf.classes)} classes, storage "
             f"{'x'.join(map(str, clf.storage_size))}, input {'x'.join(map(str, clf.preprocessing['img_size']))}, "
             f"{len(clf.members)} model(s), no TTA. {len(images)} held-out test images; {args.threads} threads "
-            f"(torch and onnxruntime); median of {args.repeats} interleaved timings of {args.seconds:.0f} s each; "
+            f"(torch and onnxruntime); img/s: median of {args.repeats} interleaved timings of {args.seconds:.0f} s each; "
+            f"ratios: median of the per-repeat ratios; "
             f"int8 calibrated on {len(calibration)} training images. torch {torch.__version__}, onnxruntime "
             f"{__import__('onnxruntime').__version__}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, 5-minute load average {load:.1f} at the end. Files: "
