@@ -208,9 +208,21 @@ def test_command_line_caches_by_default_and_none_turns_it_off(tmp_path, monkeypa
     assert code == 0 and "decode cache" not in out and "from cache" not in out
 
 
-def test_bench_measures_the_default_cache_path():
-    source = (ROOT / "bench" / "data.py").read_text()
-    assert "resolve(" in source and 'cache_dir=cfg.cache_dir' in source
+def test_bench_measures_the_default_cache_path(tmp_path, monkeypatch):
+    """bench/data.py loads through the resolved Config: it writes and reads the default cache, like train.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "bench" / "data.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = write_folder_dataset(tmp_path / "d", counts=(4, 3, 2))
+    logged = []
+    bench.load_like_train_py(str(data), log=logged.append)
+    assert len(list((tmp_path / "xdg" / "imgcls").glob("decoded-*.npy"))) == 1
+    logged.clear()
+    bench.load_like_train_py(str(data), log=logged.append)
+    assert any("from cache" in line for line in logged)
 
 
 # --- 4. file names that are not UTF-8, FIFOs -----------------------------------------------------------------
