@@ -38,7 +38,7 @@ RULES: dict[str, tuple] = {
     "epoch_samples": (1, None, True, True),
     "hflip": (0, 1, True, True),
     "rotation": (0, 180, True, True),
-    "brightness": (0, 1, True, False),
+    "brightness": (0, 1, True, True),  # factor uniform in [1-b, 1+b]: b > 1 would allow negative ones
     "mixup_alpha": (0, None, True, True),
     "cutmix_alpha": (0, None, True, True),
     "mix_prob": (0, 1, True, True),
