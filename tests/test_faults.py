@@ -257,8 +257,8 @@ def test_fifo_is_skipped_before_any_open(tmp_path):
     assert proc.returncode == 0, proc.stderr
     listed, decoded = proc.stdout.strip().splitlines()
     assert eval(listed) == [(str(data / "shoes" / "x.jpg"),
-                             "not a regular file (a FIFO, device or socket): not opened")]
-    assert decoded == "False not a regular file (a FIFO, device or socket): not opened"
+                             "not a regular file (a folder, FIFO, device or socket): not opened")]
+    assert decoded == "False not a regular file (a folder, FIFO, device or socket): not opened"
 
 
 # --- 5. the cache is best-effort -----------------------------------------------------------------------------

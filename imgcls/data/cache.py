@@ -123,7 +123,7 @@ def open_image(path: str) -> Image.Image:
     """
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise NotDecodable("not a regular file (a FIFO, device or socket): not opened")
+        raise NotDecodable("not a regular file (a folder, FIFO, device or socket): not opened")
     return Image.open(path)
 
 

@@ -204,7 +204,7 @@ def _folder_index(root: str) -> Index:
     return _build_index(items, skipped)
 
 
-NOT_REGULAR = "not a regular file (a FIFO, device or socket): not opened"
+NOT_REGULAR = "not a regular file (a folder, FIFO, device or socket): not opened"
 DUPLICATE = "duplicate of an earlier row (kept the first)"
 DUPLICATE_CONFLICT = "duplicate id with a different label (kept the first)"
 
