@@ -8,6 +8,7 @@ probabilities -> optional logit adjustment -> predictions.csv, and metrics when 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ from .data import load_dataset, write_skipped
 from .data.sources import IMAGE_EXTENSIONS
 from .data.splits import load_split
 from .errors import UserError
+from .fsio import atomic_write, clean_stale_temps
 from .metrics import classification_metrics, per_class_report
 from .plots import plot_confusion
 
@@ -122,9 +124,24 @@ def load_classifier(args, log=print) -> api.Classifier:
     source = args.checkpoint if args.checkpoint else args.run
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint}: file not found")
-    return api.load(source, fold="all" if args.checkpoint else args.fold, tta=args.tta, views=args.views,
-                    device=args.device, batch_size=args.batch_size, amp=args.amp,
-                    int8=getattr(args, "int8", False), log=log)
+    clf = api.load(source, fold="all" if args.checkpoint else args.fold, tta=args.tta, views=args.views,
+                   device=args.device, batch_size=args.batch_size, amp=args.amp,
+                   int8=getattr(args, "int8", False), log=log)
+    for member in clf.members:
+        warn_if_unfinished(member.path, log)
+    return clf
+
+
+def warn_if_unfinished(path: Path, log=print) -> None:
+    """One line when a checkpoint comes from a fold whose training has not finished (killed or still running).
+
+    train.py writes the fold's metrics.json only at the end; a last.pt without it means best.pt is only the
+    best epoch so far, and the numbers from it are not the run's.
+    """
+    fold_dir = path.parent
+    if (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").is_file():
+        log(f"warning: {fold_dir}: training has not finished (no metrics.json); {path.name} is the best epoch "
+            "so far, not the run's result (rerun train.py to finish it)")
 
 
 def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
@@ -156,18 +173,25 @@ def predict(args, log=print) -> dict:
     if args.logit_adjust:
         counts = np.sum([m.state["train_class_counts"] for m in clf.members], axis=0)
         probs = logit_adjust(probs, counts, args.logit_adjust)
+    if not np.isfinite(probs).all():  # never write NaN as predictions (and overwrite good ones with them)
+        raise UserError(f"{clf.members[0].path}: the model gives non-finite probabilities for "
+                        f"{int((~np.isfinite(probs).all(1)).sum())} image(s); nothing was written")
 
     out_csv, companions = output_paths(args, clf)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out_csv.parent)
     write_predictions(out_csv, paths, probs, clf.classes, labels)
     if getattr(args, "print", False) or len(paths) <= PRINT_AT_MOST:
         for pred in clf.decide(probs, paths, top_k=1):
             log(f"{pred.source}\t{pred.label}\t{pred.probability:.4f}")
     result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped),
               "folder": str(companions)}
-    if skipped:
+    skipped_json = companions / "skipped.json"
+    if not skipped:  # a skipped.json from an earlier predict here would describe other inputs
+        skipped_json.unlink(missing_ok=True)
+    else:
         companions.mkdir(parents=True, exist_ok=True)
-        write_skipped(skipped, str(companions / "skipped.json"))
+        write_skipped(skipped, str(skipped_json))
         log(f"skipped {len(skipped)} input(s) (missing or unreadable), e.g. {skipped[0][0]} ({skipped[0][1]}); "
             f"all listed in {companions / 'skipped.json'}")
     if labels is not None:
@@ -177,8 +201,8 @@ def predict(args, log=print) -> dict:
                        logit_adjust=args.logit_adjust, int8=bool(clf.int8_model),
                        train_time_s=sum(_train_time(m) for m in clf.members),
                        peak_memory_mb=max(_peak_memory(m) for m in clf.members))
-        (companions / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (companions / "report.txt").write_text(per_class_report(metrics, clf.classes) + "\n")
+        atomic_write(companions / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write(companions / "report.txt", per_class_report(metrics, clf.classes) + "\n")
         plot_confusion(metrics["confusion_matrix"], clf.classes, companions / "confusion.png")
         log(f"accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
             f"weighted_f1 {metrics['weighted_f1']:.4f} balanced_acc {metrics['balanced_accuracy']:.4f}")
@@ -209,15 +233,15 @@ def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=
         header += [f"top{k}", f"top{k}_prob"]
     if labels is not None:
         header.append("true_label")
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")  # LF everywhere (csv's default is CRLF)
-        writer.writerow(header)
-        for i, p in enumerate(paths):
-            row = [Path(p).stem, p, class_names[order[i, 0]], f"{probs[i, order[i, 0]]:.6f}"]
-            for c in order[i]:
-                row += [class_names[c], f"{probs[i, c]:.6f}"]
-            if labels is not None:
-                row.append(class_names[labels[i]])
-            writer.writerow(row)
-    tmp.replace(path)
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh, lineterminator="\n")  # LF everywhere (csv's default is CRLF)
+    writer.writerow(header)
+    for i, p in enumerate(paths):
+        row = [Path(p).stem, p, class_names[order[i, 0]], f"{probs[i, order[i, 0]]:.6f}"]
+        for c in order[i]:
+            row += [class_names[c], f"{probs[i, c]:.6f}"]
+        if labels is not None:
+            row.append(class_names[labels[i]])
+        writer.writerow(row)
+    # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it has on disk
+    atomic_write(path, fh.getvalue().encode("utf-8", "surrogateescape"))
