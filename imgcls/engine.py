@@ -42,7 +42,7 @@ from .inference import autocast_dtype, predict_dataset, use_channels_last
 from .losses import build_loss
 from .metrics import classification_metrics
 from .models import create_model, pretrained_cfg
-from .plots import plot_confusion, plot_curves, plot_lr
+from .plots import objective_label, plot_confusion, plot_curves, plot_lr
 from .schedules import build_scheduler
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
@@ -356,7 +356,9 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
                 progress=progress, finished=False, rng={"torch": torch.get_rng_state()}), last_path)
             _write_summary(progress["history"], rdir / "summary.csv")
             plot_lr(progress["lr_history"], rdir / "lr.png")
-            plot_curves(progress["history"], rdir / "curves.png")
+            plot_curves(progress["history"], rdir / "curves.png", title=f"{cfg.version}/fold{fold}",
+                        objective=objective_label(cfg.to_dict()), best_epoch=progress["best_epoch"],
+                        swa_start=cfg.swa_start)
         dist.barrier()
         if progress["stopped_early"]:
             say(f"early stopping: no {cfg.metric} improvement > {cfg.early_stop_min_delta} for "

@@ -40,6 +40,23 @@ def plot_lr(lrs: Sequence[float], path) -> Path:
     return _save(fig, path)
 
 
+_LOSS_NAMES = {"ce": "cross-entropy", "weighted_ce": "class-weighted cross-entropy", "focal": "focal loss",
+               "cb_focal": "class-balanced focal loss", "logit_adjusted": "logit-adjusted loss",
+               "balanced_softmax": "balanced softmax loss"}
+
+
+def objective_label(cfg: dict) -> str:
+    """What a run's train_loss is, from its config: 'class-balanced focal loss', '... + label smoothing 0.1,
+    mixed targets (Mixup/CutMix)'."""
+    text = _LOSS_NAMES.get(cfg.get("loss"), f"{cfg.get('loss', 'training')} loss")
+    extras = []
+    if cfg.get("label_smoothing"):
+        extras.append(f"label smoothing {cfg['label_smoothing']}")
+    if cfg.get("mix_prob") and (cfg.get("mixup_alpha") or cfg.get("cutmix_alpha")):
+        extras.append("mixed targets (Mixup/CutMix)")
+    return text + (f", {', '.join(extras)}" if extras else "")
+
+
 def curves_figure(rows: Sequence[dict], *, title: str = "", objective: str = "training objective",
                   best_epoch: int | None = None, swa_start: int | None = None) -> Figure:
     """Three panels: the training objective, the validation NLL, the validation scores per epoch.
@@ -53,7 +70,7 @@ def curves_figure(rows: Sequence[dict], *, title: str = "", objective: str = "tr
     fig = Figure(figsize=(14, 4), layout="constrained")
     panels = fig.subplots(1, 3)
     specs = (
-        (panels[0], (("train_loss", objective),), f"training: {objective}"),
+        (panels[0], (("train_loss", "training loss (augmented batches)"),), f"training: {objective}"),
         (panels[1], (("val_loss", "validation NLL"),), "validation NLL (-log p of the true class)"),
         (panels[2], (("val_acc", "accuracy"), ("val_macro_f1", "macro-F1"),
                      ("val_balanced_acc", "balanced accuracy")), "validation scores"),
