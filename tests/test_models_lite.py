@@ -6,6 +6,7 @@ efficientnet_lite_pytorch / efficientnet_pytorch packages at 224x224 only (they 
 once, for one image size). The efficientnet_pytorch-layout files are made here from random weights: the
 reference packages' own state_dicts, or timm's tensors renamed in order, checked shape by shape.
 """
+import dataclasses
 import hashlib
 import os
 
@@ -169,8 +170,8 @@ def test_real_lite0_features_separate_shapes_better_than_random_weights():
 def test_missing_package_falls_back_to_hub_cache_then_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     record = UNTAGGED["efficientnet_lite0"]
-    monkeypatch.setitem(UNTAGGED, "efficientnet_lite0", record.__class__(
-        **{**record.__dict__, "package": "no-such-efficientnet-package"}))
+    monkeypatch.setitem(UNTAGGED, "efficientnet_lite0",
+                        dataclasses.replace(record, package="no-such-efficientnet-package"))
     with pytest.raises(UserError) as err:
         create_model("efficientnet_lite0", 3, pretrained="default", **QUIET)
     message = str(err.value)

@@ -3,6 +3,7 @@
 A name is an architecture, optionally with a checkpoint tag after a dot, as in timm:
 `convnext_base` (torchvision's ImageNet-1K weights), `convnext_base.fb_in22k` (official ImageNet-22K),
 `convnext_base.fb_in22k_ft_in1k`. The tag only chooses which checkpoint `pretrained="default"` loads.
+Architectures with a single known checkpoint (`efficientnet_lite0`, `tf_efficientnet_b0`, ...) take no tag.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""EfficientNet V1 (Tan & Le 2019, arXiv:1905.11946) and V2 (Tan & Le 2021, arXiv:2104.00298).
+"""EfficientNet V1 (Tan & Le 2019, arXiv:1905.11946), V2 (Tan & Le 2021, arXiv:2104.00298) and Lite.
 
-One `EfficientNet` class serves both: a stage is a run of MBConv blocks (inverted residual with depthwise conv
+One `EfficientNet` class serves all: a stage is a run of MBConv blocks (inverted residual with depthwise conv
 and squeeze-excite) or FusedMBConv blocks (expansion and depthwise conv fused into one kxk conv, V2's early
-stages). Module names follow torchvision's layout; timm checkpoints are renamed by `imgcls.models.weights`.
+stages). EfficientNet-Lite (Google's efficientnet/lite, for mobile and int8) is V1 without squeeze-excite, with
+ReLU6 and unscaled ends. Module names follow torchvision's layout; timm and efficientnet_pytorch checkpoints are
+renamed by `imgcls.models.weights`.
 """
 from __future__ import annotations
 
