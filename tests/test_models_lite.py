@@ -200,7 +200,7 @@ def test_names_and_records():
 
 
 def test_param_counts_match_timm():
-    names = [f"efficientnet_lite{i}" for i in range(5)] + [f"tf_efficientnet_b{i}" for i in range(8)]
+    names = [f"efficientnet_lite{i}" for i in range(5)] + ["tf_efficientnet_b0", "tf_efficientnet_b4"]
     for name in names:
         with torch.device("meta"):  # shapes only
             ours = n_params(create_model(name, 1000, **QUIET))
