@@ -12,6 +12,7 @@ in epoch k and resumed from the end of epoch k-1 replays epoch k bit for bit on 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import resource
@@ -36,6 +37,7 @@ from .data.augment import MixupCutmix, TrainAugment, eval_transform
 from .data.samplers import EpochSampler
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
+from .fsio import atomic_write, clean_stale_temps
 from .inference import autocast_dtype, predict_dataset, use_channels_last
 from .losses import build_loss
 from .metrics import classification_metrics
@@ -142,6 +144,9 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
     last_path, best_path = rdir / "last.pt", rdir / "best.pt"
     if cfg.restart and main and rdir.exists():
         shutil.rmtree(rdir)
+    if main:  # temp files a killed run left behind (its writes were atomic, the temps are just litter)
+        clean_stale_temps(rdir)
+        clean_stale_temps(run_root(cfg))
     dist.barrier()
     state = checkpoint.load(last_path) if last_path.exists() else None
     if cfg.resume and state is None:
@@ -159,8 +164,8 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
                         f"0..{len(split['folds']) - 1}")
     if main:
         rdir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_root(cfg) / "split.json", rdir / "split.json")
-        (rdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write(rdir / "split.json", (run_root(cfg) / "split.json").read_bytes())
+        atomic_write(rdir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         write_skipped(dataset.skipped, str(rdir / "skipped.json"))
     train_idx = np.asarray(split["folds"][fold]["train"], dtype=np.int64)
     val_idx = np.asarray(split["folds"][fold]["val"], dtype=np.int64)
@@ -383,7 +388,7 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
     if main:
         checkpoint.save_atomic(dict(meta, model=result_model.state_dict(), epoch=progress["best_epoch"],
                                     metric=result["metric"], selected=selected), best_path)
-        (rdir / "metrics.json").write_text(json.dumps(result_metrics, indent=2) + "\n")
+        atomic_write(rdir / "metrics.json", json.dumps(result_metrics, indent=2) + "\n")
         plot_confusion(result_metrics["confusion_matrix"], class_names, rdir / "confusion.png")
         final = checkpoint.load(last_path)
         final.update(finished=True, result=result)
@@ -414,12 +419,11 @@ def _bn_batches(images, idx, pre: Preprocessing, device, batch_size, channels_la
 
 
 def _write_summary(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
 
 
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
