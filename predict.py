@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run folder OUT/<version> (default: the latest under runs/)")
     p.add_argument("--checkpoint", help="a single checkpoint file instead of a run's folds")
     p.add_argument("--fold", default="all", help="fold K or 'all' (ensemble, default)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (see --views)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (see --views); default: the run's own setting (its version's "
+                        "preset, e.g. on for v2.1 and v3)")
     p.add_argument("--views", default=",".join(TTA_VIEWS),
                    help=f"TTA views, comma-separated (default {','.join(TTA_VIEWS)}; scaleF for any F)")
     p.add_argument("--data", help="predict a whole data set (same layouts as train.py --data)")

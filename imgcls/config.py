@@ -14,7 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .data.samplers import SAMPLERS
 from .errors import UserError
+from .losses import LOSSES
+from .schedules import SCHEDULES
 
 
 def parse_size(text: str | list | tuple | None) -> tuple[int, int] | None:
@@ -97,15 +100,13 @@ class Config:
     grad_clip: float | None = _opt(None, "clip the gradient norm (after unscaling); none = off",
                                    lambda t: None if str(t).lower() in ("none", "off", "0") else float(t))
     # --- loss ---
-    loss: str = _opt("ce", "ce | weighted_ce | focal | cb_focal | logit_adjusted | balanced_softmax",
-                     choices=("ce", "weighted_ce", "focal", "cb_focal", "logit_adjusted", "balanced_softmax"))
+    loss: str = _opt("ce", " | ".join(LOSSES), choices=tuple(LOSSES))
     label_smoothing: float = _opt(0.0, "label smoothing")
     focal_gamma: float = _opt(2.0, "focal loss gamma")
     cb_beta: float = _opt(0.9999, "class-balanced beta (effective number of samples)")
     tau: float = _opt(1.0, "logit adjustment strength")
     # --- sampling ---
-    sampler: str = _opt("natural", "natural | weighted | class_balanced | dynamic | dynamic_reverse",
-                        choices=("natural", "weighted", "class_balanced", "dynamic", "dynamic_reverse"))
+    sampler: str = _opt("natural", " | ".join(SAMPLERS), choices=tuple(SAMPLERS))
     epoch_samples: int | None = _opt(None, "draws per epoch; none = the training set size", parse_optional_int)
     # --- augmentation ---
     hflip: float = _opt(0.5, "horizontal flip probability")
@@ -116,8 +117,7 @@ class Config:
     mix_prob: float = _opt(0.0, "probability that a batch is mixed")
     switch_prob: float = _opt(0.5, "probability of CutMix rather than Mixup when both are on")
     # --- schedule ---
-    scheduler: str = _opt("cosine", "plateau | cosine | onecycle | constant",
-                          choices=("plateau", "cosine", "onecycle", "constant"))
+    scheduler: str = _opt("cosine", " | ".join(SCHEDULES), choices=tuple(SCHEDULES))
     warmup_epochs: float = _opt(0.0, "linear warmup epochs (cosine)")
     min_lr: float = _opt(0.0, "final learning rate (cosine)")
     max_lr: float | None = _opt(None, "OneCycle peak lr; none = --lr", lambda t: None if str(t) == "none" else float(t))

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
+from . import distributed as dist
 from .data import load_dataset, write_skipped
 from .data.cache import decode_images
 from .data.splits import load_split
@@ -31,7 +32,7 @@ from .plots import plot_confusion
 class Member:
     """One trained model of an ensemble."""
     path: Path
-    state: dict
+    record: checkpoint.Checkpoint
 
 
 def find_checkpoints(run: str | None, fold: str, checkpoint_file: str | None) -> list[Path]:
@@ -55,25 +56,25 @@ def find_checkpoints(run: str | None, fold: str, checkpoint_file: str | None) ->
 
 
 def load_members(paths: list[Path]) -> list[Member]:
-    members = [Member(p, checkpoint.load(p)) for p in paths]
-    first = members[0].state
+    members = [Member(p, checkpoint.read(p)) for p in paths]
+    first = members[0].record
     for m in members[1:]:
         for key in ("class_names", "num_classes"):
-            if m.state[key] != first[key]:
+            if getattr(m.record, key) != getattr(first, key):
                 raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
-        if m.state["preprocessing"]["storage_size"] != first["preprocessing"]["storage_size"]:
+        if m.record.preprocessing.storage_size != first.preprocessing.storage_size:
             raise UserError(f"{m.path}: trained at another storage size than {members[0].path}")
     return members
 
 
 def build_model(member: Member, device: torch.device) -> torch.nn.Module:
-    state = member.state
-    model = create_model(state["model_name"], state["num_classes"], log=lambda *a, **k: None)  # weights follow
+    record = member.record
+    model = create_model(record.model_name, record.num_classes, log=lambda *a, **k: None)  # weights follow
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(record.model)
     except RuntimeError as exc:
-        raise UserError(f"{member.path}: weights do not fit {state['model_name']} with "
-                        f"{state['num_classes']} classes ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{member.path}: weights do not fit {record.model_name} with "
+                        f"{record.num_classes} classes ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval()
 
 
@@ -89,10 +90,10 @@ def logit_adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:
 
 def select_images(args, members: list[Member], log=print):
     """-> (images uint8 N3HW, paths, labels (int64 in the checkpoint's class order, or None), skipped)."""
-    state = members[0].state
-    class_names = state["class_names"]
-    storage = tuple(state["preprocessing"]["storage_size"])
-    cfg = state["config"]
+    record = members[0].record
+    class_names = record.class_names
+    storage = tuple(record.preprocessing.storage_size)
+    cfg = record.config
     cache_dir = args.cache_dir or cfg.get("cache_dir")
     if args.images:
         images, ok, reasons = decode_images(list(args.images), size=storage, cache_dir=None,
@@ -113,7 +114,7 @@ def select_images(args, members: list[Member], log=print):
         elif args.split == "val":
             if len(members) > 1:
                 raise UserError("--split val: each fold has its own validation set; pick one with --fold K")
-            positions = np.asarray(split["folds"][state["fold"]]["val"], dtype=np.int64)
+            positions = np.asarray(split["folds"][record.fold]["val"], dtype=np.int64)
     sel = torch.as_tensor(positions)
     return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
 
@@ -129,13 +130,17 @@ def _map_labels(data_classes, model_classes, labels, data_arg) -> np.ndarray:
     return lookup[labels]
 
 
+def use_tta(args, members: list[Member]) -> bool:
+    """--tta / --no-tta when given, else what the run's version asks for (its config's tta)."""
+    return bool(members[0].record.config.get("tta", False)) if args.tta is None else args.tta
+
+
 def predict(args, log=print) -> dict:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                                      else "cpu"))
+    device = dist.local_device(args.device)
     members = load_members(find_checkpoints(args.run, args.fold, args.checkpoint))
-    state = members[0].state
-    class_names = state["class_names"]
-    views = tuple(args.views.split(",")) if args.tta else ("identity",)
+    class_names = members[0].record.class_names
+    tta = use_tta(args, members)
+    views = tuple(args.views.split(",")) if tta else ("identity",)
     images, paths, labels, skipped = select_images(args, members, log)
     if len(paths) == 0:
         raise UserError("no readable images to predict")
@@ -143,20 +148,20 @@ def predict(args, log=print) -> dict:
         f"({', '.join(views)}) on {device}")
     probs = np.zeros((len(paths), len(class_names)), dtype=np.float32)
     for member in members:
-        pre = member.state["preprocessing"]
+        pre = member.record.preprocessing
         model = build_model(member, device)
-        probs += predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre["img_size"]),
-                                 mean=pre["mean"], std=pre["std"], device=device, batch_size=args.batch_size,
+        probs += predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre.img_size),
+                                 mean=pre.mean, std=pre.std, device=device, batch_size=args.batch_size,
                                  views=views, amp=args.amp,
                                  channels_last=use_channels_last("auto", device),
                                  progress=lambda batches, name=member.path.parent.name: tqdm(
                                      batches, desc=f"predict {name}", unit="batch", leave=False,
                                      disable=not sys.stderr.isatty())) / len(members)
     if args.logit_adjust:
-        counts = np.sum([m.state["train_class_counts"] for m in members], axis=0)
+        counts = np.sum([m.record.train_class_counts for m in members], axis=0)
         probs = logit_adjust(probs, counts, args.logit_adjust)
 
-    out_csv = Path(args.out) if args.out else default_out(args, members)
+    out_csv = Path(args.out) if args.out else default_out(args, members, tta)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out_csv, paths, probs, class_names, labels)
     if skipped:
@@ -193,10 +198,10 @@ def _peak_memory(member: Member) -> float:
     return float(_fold_metrics(member).get("peak_memory_mb", 0.0))
 
 
-def default_out(args, members: list[Member]) -> Path:
+def default_out(args, members: list[Member], tta: bool) -> Path:
     base = members[0].path.parent.parent if not args.checkpoint else members[0].path.parent
     source = "images" if args.images else ("data" if args.data else args.split)
-    return base / f"predict-{source}{'-tta' if args.tta else ''}" / "predictions.csv"
+    return base / f"predict-{source}{'-tta' if tta else ''}" / "predictions.csv"
 
 
 def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=None, top: int = 5) -> None:

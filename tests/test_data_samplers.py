@@ -43,7 +43,7 @@ def test_weighted_v1_draws_every_class_equally():
 
 def test_class_balanced_uses_the_effective_number():
     beta = 0.99
-    sampler = EpochSampler(LABELS, "class_balanced", num_samples=DRAWS, beta=beta, seed=2)
+    sampler = EpochSampler(LABELS, "class_balanced", num_samples=DRAWS, settings={"cb_beta": beta}, seed=2)
     effective = (1 - beta ** COUNTS) / (1 - beta)  # Cui et al. 2019, eq. for E_n
     expected = COUNTS / effective / (COUNTS / effective).sum()
     assert np.allclose(sampler.class_probs(3).numpy(), expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -181,3 +182,56 @@ def test_torchrun_two_process_gloo_metrics_equal_single_process_evaluation(data_
     assert metrics["confusion_matrix"] == single["confusion_matrix"]
     # Only rank 0 writes: one summary line per epoch, not two.
     assert len(list(csv.DictReader(open(rdir / "summary.csv")))) == 2
+
+
+def test_fp16_on_cpu_skips_overflowing_updates_and_resumes_exactly(data_dir, tmp_path):
+    """--amp fp16 on the CPU takes CUDA's path (autocast + GradScaler). A loss scale of 2**24, written into a
+    real last.pt, makes the next fp16 backward passes overflow: the scaler skips those updates and halves its
+    scale each time, the schedule does not advance on them, training goes on, and a resume is exact."""
+    extra = dict(amp="fp16", epochs=3, epoch_samples=64)  # v3: onecycle per update; 8 steps per epoch
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(prefix):
+        def log(line, *args, **kwargs):
+            if str(line).startswith(prefix):
+                raise Killed  # after the epoch trained, before its last.pt: last.pt keeps the epoch before
+        return log
+
+    runs = {}
+    for name in ("a", "b"):
+        cfg = resolve("v3", tiny_overrides(data_dir, tmp_path / name, model=TINY_MODEL["v3"], **extra))
+        with pytest.raises(Killed):
+            engine.fit(cfg, 0, log=kill_at("epoch 2/3"))
+        last_path = tmp_path / name / "v3" / "fold0" / "last.pt"
+        state = checkpoint.load(last_path)
+        assert state["progress"]["epoch"] == 1
+        before = dict(state["progress"])
+        state["scaler"]["scale"] = 2.0**24
+        checkpoint.save_atomic(state, last_path)
+        runs[name] = (cfg, last_path, before)
+    cfg_a, last_a, before = runs["a"]
+    engine.fit(cfg_a, 0, log=lambda *a, **k: None)
+    cfg_b, last_b, _ = runs["b"]
+    with pytest.raises(Killed):
+        engine.fit(cfg_b, 0, log=kill_at("epoch 3/3"))
+    engine.fit(cfg_b, 0, log=lambda *a, **k: None)
+
+    a, b = checkpoint.load(last_a), checkpoint.load(last_b)
+    progress = a["progress"]
+    skipped_late = progress["skipped_updates"] - before["skipped_updates"]
+    # The scaler halved its scale once per skipped step (no growth: its interval is 2000 steps).
+    assert skipped_late == round(math.log2(2.0**24 / a["scaler"]["scale"])) >= 1
+    assert progress["num_updates"] + progress["skipped_updates"] == 24
+    assert progress["num_updates"] > before["num_updates"]  # training went on after the overflow
+    # AdamW counts the steps it took: the skipped ones are not among them; nor did the schedule advance.
+    assert all(int(s["step"]) == progress["num_updates"] for s in a["optimizer"]["state"].values())
+    assert a["schedule"]["last_epoch"] == progress["num_updates"]
+    assert len(progress["lr_history"]) == 24
+    # Exact resume, skipped steps included.
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["scaler"] == b["scaler"] and a["schedule"] == b["schedule"]
+    for key in ("num_updates", "skipped_updates", "lr_history", "best_epoch", "best_metric"):
+        assert progress[key] == b["progress"][key], key
