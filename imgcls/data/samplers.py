@@ -10,23 +10,12 @@ import numpy as np
 import torch
 
 from imgcls.errors import UserError
+from imgcls.labels import effective_number
 from imgcls.registry import Registry
 
 # name -> builder(counts, total_epochs, *, hyperparameters) -> rule(epoch) giving the class probabilities of
 # that epoch's draws, or None for a natural permutation (each item once per len(labels) draws).
 SAMPLERS = Registry("--sampler")
-
-
-def effective_number_weights(counts, beta: float) -> np.ndarray:
-    """Class-balanced weights (1 - beta) / (1 - beta**n) of Cui et al. 2019, normalised to sum to #classes.
-
-    Classes with n = 0 get weight 0. Shared with the class-balanced focal loss.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    weights = np.zeros_like(counts)
-    present = counts > 0
-    weights[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
-    return weights * (present.sum() / weights.sum())
 
 
 class EpochSampler:
@@ -106,7 +95,9 @@ def class_balanced(counts: torch.Tensor, total_epochs: int, *, cb_beta: float = 
     """Per-sample weight (1-beta)/(1-beta^n) (effective number): between natural and balanced."""
     if not 0.0 < cb_beta < 1.0:
         raise UserError(f"--cb-beta {cb_beta}: must be in (0, 1)")
-    mass = counts * torch.from_numpy(effective_number_weights(counts.numpy(), cb_beta))
+    present = counts > 0
+    mass = torch.zeros_like(counts)
+    mass[present] = counts[present] / effective_number(counts[present], cb_beta)
     probs = mass / mass.sum()
     return lambda epoch: probs
 
