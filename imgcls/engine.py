@@ -35,7 +35,7 @@ from . import distributed as dist
 from .config import Config
 from .data import load_dataset, write_skipped
 from .data.augment import MixupCutmix, TrainAugment, eval_transform
-from .data.samplers import EpochSampler
+from .data.samplers import EpochSampler, epoch_seed
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
 from .inference import autocast_dtype, predict_dataset, use_channels_last
@@ -112,10 +112,6 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
 
 
 @dataclass
@@ -311,8 +307,8 @@ def restore(t: Trainer, saved: checkpoint.Checkpoint) -> RunState:
 def train_one_epoch(t: Trainer, state: RunState, epoch: int) -> tuple[float, float]:
     """One pass over this epoch's sampler draw; returns (mean training loss, seconds)."""
     cfg = t.cfg
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout / stochastic depth
-    gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # augmentation, mixing
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, "model"))  # dropout / stochastic depth
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, "augment"))  # augmentation, mixing
     order = torch.as_tensor(t.train_idx)[t.sampler.indices(epoch)]
     t.train_model.train()
     t0 = time.perf_counter()

@@ -106,3 +106,13 @@ def test_bad_arguments_are_user_errors():
         EpochSampler(LABELS, "sqrt")
     with pytest.raises(UserError, match="rank"):
         EpochSampler(LABELS, rank=2, world_size=2)
+
+
+def test_one_epoch_seed_rule_for_every_stream():
+    from imgcls.data.samplers import STREAMS, epoch_seed
+    seeds = {(s, e, k): epoch_seed(s, e, k) for s in range(3) for e in range(3) for k in STREAMS}
+    assert len(set(seeds.values())) == len(seeds)  # unrelated for neighbouring seeds, epochs and streams
+    assert all(0 <= v < 2**63 for v in seeds.values())
+    # the sampler's draw is the one its stream's seed gives
+    g = torch.Generator().manual_seed(epoch_seed(7, 2, "sampler"))
+    assert torch.equal(EpochSampler(LABELS, "natural", seed=7).indices(2), torch.randperm(len(LABELS), generator=g))

@@ -18,6 +18,19 @@ from imgcls.registry import Registry
 SAMPLERS = Registry("--sampler")
 
 
+STREAMS = ("sampler", "model", "augment")  # the random streams of an epoch, each seeded on its own
+
+
+def epoch_seed(seed: int, epoch: int, stream: str) -> int:
+    """The seed of one random stream of one epoch: the only rule for seeding inside an epoch.
+
+    SeedSequence mixes (seed, epoch, stream) well, so neighbouring seeds, epochs or streams give unrelated
+    draws; the result fits torch.manual_seed (63 bits).
+    """
+    entropy = [seed, epoch, STREAMS.index(stream)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 class EpochSampler:
     """Per-epoch item indices for one rank, drawn by the SAMPLERS rule ``kind`` (see each builder below).
 
@@ -52,7 +65,7 @@ class EpochSampler:
 
     def indices(self, epoch: int) -> torch.Tensor:
         """This rank's indices for `epoch`: draw[rank::world_size] of a draw fixed by (seed, epoch)."""
-        g = torch.Generator().manual_seed(self._epoch_seed(epoch))
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "sampler"))
         if self.rule is None:
             n = len(self.labels)
             repeats = -(-self.num_samples // n)
@@ -62,10 +75,6 @@ class EpochSampler:
             per_sample = per_class[self.labels] / self.counts[self.labels]
             draw = torch.multinomial(per_sample, self.num_samples, replacement=True, generator=g)
         return draw[self.rank:: self.world_size]
-
-    def _epoch_seed(self, epoch: int) -> int:
-        # SeedSequence mixes (seed, epoch) well, so neighbouring seeds/epochs give unrelated draws.
-        return int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _natural(counts: torch.Tensor) -> torch.Tensor:
