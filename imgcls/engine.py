@@ -43,7 +43,7 @@ from .losses import build_loss
 from .metrics import classification_metrics
 from .models import create_model, pretrained_cfg
 from .plots import plot_confusion, plot_curves, plot_lr
-from .schedules import PerEpoch, Schedule, Switch, build_schedule
+from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
 _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir", "tta",
@@ -135,7 +135,7 @@ class Trainer:
     steps_per_epoch: int
     augment: TrainAugment
     mixer: MixupCutmix | None
-    criterion: nn.Module
+    criterion: nn.Module | Phases  # a loss, or losses that switch at given epochs
     model: nn.Module
     train_model: nn.Module        # the model wrapped for DDP / torch.compile
     optimizer: torch.optim.Optimizer
@@ -315,8 +315,9 @@ def train_one_epoch(t: Trainer, state: RunState, epoch: int) -> tuple[float, flo
     loss_sum = torch.zeros((), device=t.device)
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not (dist.is_main() and sys.stderr.isatty()), dynamic_ncols=True)
+    criterion = at_epoch(t.criterion, epoch)
     for step in bar:
-        loss = train_step(t, state, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], gen)
+        loss = train_step(t, state, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], gen, criterion)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"{t.rdir}: loss is {loss.item()} at epoch {epoch + 1} step {step + 1}; "
                                    f"last.pt keeps epoch {state.epoch}. Lower --lr or set --grad-clip")
@@ -329,7 +330,8 @@ def train_one_epoch(t: Trainer, state: RunState, epoch: int) -> tuple[float, flo
     return (loss_sum / t.steps_per_epoch).item(), time.perf_counter() - t0
 
 
-def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Generator,
+               criterion: nn.Module) -> torch.Tensor:
     """Augment, forward under autocast, loss, backward, update, schedule. Returns the (unscaled) loss;
     a non-finite loss is returned before any update, for the caller to stop on."""
     x = t.augment(t.images[batch.to(t.images.device)].to(t.device, non_blocking=True), gen)
@@ -340,7 +342,7 @@ def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Gene
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
         logits = t.train_model(x)
-    loss = t.criterion(logits.float(), target)
+    loss = criterion(logits.float(), target)
     if not torch.isfinite(loss):
         return loss
     t.optimizer.zero_grad(set_to_none=True)

@@ -116,3 +116,19 @@ def test_one_epoch_seed_rule_for_every_stream():
     # the sampler's draw is the one its stream's seed gives
     g = torch.Generator().manual_seed(epoch_seed(7, 2, "sampler"))
     assert torch.equal(EpochSampler(LABELS, "natural", seed=7).indices(2), torch.randperm(len(LABELS), generator=g))
+
+
+def test_a_sampler_rule_can_switch_at_an_epoch():
+    from imgcls.data.samplers import SAMPLERS
+
+    @SAMPLERS.register("test_deferred")
+    def deferred(counts, total_epochs, *, switch_epoch=2):  # natural permutation, then balanced from epoch k
+        balanced = (counts > 0).double() / (counts > 0).sum()
+        return lambda epoch: None if epoch < switch_epoch else balanced
+    try:
+        sampler = EpochSampler(LABELS, "test_deferred", num_samples=DRAWS, seed=3, settings={"switch_epoch": 1})
+        assert torch.allclose(sampler.class_probs(0), torch.as_tensor(COUNTS / COUNTS.sum()))
+        assert torch.bincount(sampler.indices(0)[: len(LABELS)]).max() == 1  # a permutation
+        _assert_frequencies(sampler, 1, np.full(len(COUNTS), 1 / len(COUNTS)))
+    finally:
+        del SAMPLERS["test_deferred"]

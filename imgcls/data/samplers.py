@@ -14,7 +14,8 @@ from imgcls.labels import effective_number
 from imgcls.registry import Registry
 
 # name -> builder(counts, total_epochs, *, hyperparameters) -> rule(epoch) giving the class probabilities of
-# that epoch's draws, or None for a natural permutation (each item once per len(labels) draws).
+# that epoch's draws, or None for a natural permutation (each item once per len(labels) draws). A rule may
+# switch at an epoch (deferred re-sampling: None before epoch k, balanced from k on).
 SAMPLERS = Registry("--sampler")
 
 
@@ -61,17 +62,18 @@ class EpochSampler:
 
     def class_probs(self, epoch: int) -> torch.Tensor:
         """Probability that one draw of this epoch comes from each class (float64, sums to 1)."""
-        return _natural(self.counts) if self.rule is None else self.rule(epoch)
+        probs = self.rule(epoch)
+        return _natural(self.counts) if probs is None else probs
 
     def indices(self, epoch: int) -> torch.Tensor:
         """This rank's indices for `epoch`: draw[rank::world_size] of a draw fixed by (seed, epoch)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, "sampler"))
-        if self.rule is None:
+        per_class = self.rule(epoch)
+        if per_class is None:
             n = len(self.labels)
             repeats = -(-self.num_samples // n)
             draw = torch.cat([torch.randperm(n, generator=g) for _ in range(repeats)])[: self.num_samples]
         else:
-            per_class = self.class_probs(epoch)
             per_sample = per_class[self.labels] / self.counts[self.labels]
             draw = torch.multinomial(per_sample, self.num_samples, replacement=True, generator=g)
         return draw[self.rank:: self.world_size]
@@ -89,7 +91,7 @@ def _balanced(counts: torch.Tensor) -> torch.Tensor:
 @SAMPLERS.register("natural")
 def natural(counts: torch.Tensor, total_epochs: int):
     """A random permutation: each item once per len(labels) draws."""
-    return None
+    return lambda epoch: None
 
 
 @SAMPLERS.register("weighted")
