@@ -99,3 +99,26 @@ def per_class_report(metrics: dict, class_names: Sequence[str]) -> str:
         f"{'balanced acc':>{width}}  {'':>9}  {'':>9}  {metrics['balanced_accuracy']:9.4f}  {n:9d}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# Class groups by training-set size, as the long-tail literature reports them (Kang et al. 2020 use 100/20 on
+# ImageNet-LT; our classes are fewer and larger, so many-shot starts at 500 and few-shot is under 50).
+GROUPS = (("head", 500, None), ("medium", 50, 500), ("tail", 0, 50))
+
+
+def group_f1(y_true, y_pred, train_counts) -> dict:
+    """Mean F1 of the head (>= 500 training images), medium (50-499) and tail (< 50) classes, and the worst
+    class F1, over the classes present in y_true; a group with no such class is NaN."""
+    train_counts = np.asarray(train_counts)
+    num_classes = len(train_counts)
+    y_true = _labels(y_true, "y_true", num_classes)
+    y_pred = _labels(y_pred, "y_pred", num_classes)
+    f1 = f1_score(y_true, y_pred, labels=np.arange(num_classes), average=None, zero_division=0)
+    present = np.bincount(y_true, minlength=num_classes) > 0
+    out = {}
+    for name, low, high in GROUPS:
+        member = present & (train_counts >= low) & (train_counts < (high if high is not None else np.inf))
+        out[f"{name}_f1"] = float(f1[member].mean()) if member.any() else float("nan")
+        out[f"{name}_classes"] = int(member.sum())
+    out["worst_class_f1"] = float(f1[present].min())
+    return out

@@ -129,3 +129,19 @@ def test_plots_reject_bad_input(tmp_path):
         plot_confusion([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "x.png")
     with pytest.raises(UserError, match="no learning rates"):
         plot_lr([], tmp_path / "x.png")
+
+
+def test_group_f1_matches_hand_computed_groups():
+    from imgcls.metrics import group_f1
+
+    # classes 0 (600 train images: head), 1 (100: medium), 2 (10: tail), 3 (5: tail, absent from y_true)
+    train_counts = [600, 100, 10, 5]
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 0, 0, 1, 1, 2, 2, 3])
+    # per class: 0: P 1, R .75 -> 6/7; 1: P .5, R .5 -> .5; 2: P .5, R .5 -> .5; class 3 not in y_true
+    out = group_f1(y_true, y_pred, train_counts)
+    assert out["head_f1"] == pytest.approx(6 / 7)
+    assert out["medium_f1"] == pytest.approx(0.5)
+    assert out["tail_f1"] == pytest.approx(0.5) and out["tail_classes"] == 1
+    assert out["worst_class_f1"] == pytest.approx(0.5)
+    assert np.isnan(group_f1([0, 0], [0, 0], train_counts)["tail_f1"])

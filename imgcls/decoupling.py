@@ -1,0 +1,97 @@
+"""Classifier re-training on frozen features (cRT; Kang et al. 2020, "Decoupling representation and classifier
+for long-tailed recognition").
+
+Stage one trains the whole network with plain sampling, which learns the best features; stage two freezes
+the backbone and trains a fresh linear classifier on its features with class-balanced sampling, which removes
+the head-class bias that natural sampling leaves in the classifier. Here stage two runs on features extracted
+once (no augmentation, eval-mode BatchNorm), so it costs one inference pass over the training images plus a
+few seconds of linear-model steps.
+
+`sampling_power` q draws class c with probability proportional to n_c ** q: q = 0 is the paper's
+class-balanced sampling, q = 0.5 square-root sampling, q = 1 natural sampling (a plain re-fit of the head).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.augment import eval_transform
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The classifier layer: the last nn.Linear in module order (both model families end with one)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to re-train")
+    return linears[-1]
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, images: torch.Tensor, positions, *, img_size, mean, std,
+                     device: torch.device, batch_size: int = 256, channels_last: bool = False) -> torch.Tensor:
+    """float32 (len(positions) x D): the input of the classifier layer for images[positions], in eval mode.
+
+    Read with a forward pre-hook on the last Linear, so it works for any backbone whose head ends in one
+    (dropout before it is the identity in eval mode)."""
+    head = final_linear(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        positions = np.asarray(positions, dtype=np.int64)
+        for start in range(0, len(positions), batch_size):
+            batch = torch.as_tensor(positions[start:start + batch_size])
+            x = eval_transform(images[batch].to(device), img_size, mean, std)
+            model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured) if captured else torch.zeros(0, head.in_features)
+
+
+def sampling_probs(labels: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
+    """Per-sample draw probabilities so that class c is drawn with probability n_c**power / sum_k n_k**power."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    per_class = torch.where(counts > 0, counts.clamp_min(1) ** power, torch.zeros_like(counts))
+    per_sample = (per_class / counts.clamp_min(1))[labels]
+    return (per_sample / per_sample.sum()).float()
+
+
+def retrain_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, power: float = 0.0,
+                       steps: int = 1000, batch_size: int = 512, lr: float = 0.1, weight_decay: float = 5e-4,
+                       seed: int = 0) -> nn.Linear:
+    """A new linear classifier fitted to frozen features with class-rebalanced sampling (SGD, momentum 0.9,
+    cosine decay to 0 over `steps`), as the paper's cRT; freshly initialised so no natural-sampling bias
+    carries over."""
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(features.shape[1], num_classes)
+    with torch.no_grad():  # seeded init (nn.Linear's own init would draw from the global generator)
+        bound = 1.0 / math.sqrt(features.shape[1])
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.zero_()
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    probs = sampling_probs(labels, num_classes, power)
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
+        batch = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
+        loss = nn.functional.cross_entropy(head(features[batch]), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return head.requires_grad_(False)
+
+
+def replace_classifier(model: nn.Module, new: nn.Linear) -> None:
+    """Copy a re-trained head into the model's classifier layer (same shapes, same device and dtype)."""
+    head = final_linear(model)
+    if head.weight.shape != new.weight.shape:
+        raise ValueError(f"re-trained head {tuple(new.weight.shape)} does not fit {tuple(head.weight.shape)}")
+    with torch.no_grad():
+        head.weight.copy_(new.weight)
+        head.bias.copy_(new.bias)
