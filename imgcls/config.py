@@ -64,7 +64,7 @@ class Config:
     # --- run ---
     version: str = _opt("v1", "preset to start from", choices=None)
     out: str = _opt("runs", "root folder; the run goes to OUT/<version>/fold<k>/")
-    fold: int = _opt(0, "which fold to train (0-based) or 'all' on the command line")
+    fold: int = _opt(0, "the fold this run trained (0-based; train.py --fold K or all sets it)")
     seed: int = _opt(0, "seed for splits, sampling, augmentation and init")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     workers: int = _opt(2, "processes/threads for decoding images")
@@ -142,8 +142,9 @@ class Config:
     channels_last: str = _opt("auto", "auto (on for CUDA and CPU: measured faster) | on | off", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model", parse_bool)
     eval_batch_size: int = _opt(256, "batch size for evaluation")
-    # --- prediction (used by run_all.sh and recorded with the run) ---
-    tta: bool = _opt(False, "test-time augmentation when predicting this version", parse_bool)
+    # --- prediction (recorded with the run; predict.py reads it) ---
+    tta: bool = _opt(False, "test-time augmentation when predicting this run: predict.py's default, which "
+                           "--tta / --no-tta override", parse_bool)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
