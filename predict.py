@@ -14,6 +14,7 @@ from pathlib import Path
 from imgcls.cli import ArgumentParser, run_cli
 from imgcls.errors import UserError
 from imgcls.tta import TTA_VIEWS
+from imgcls.validate import check_predict_args
 
 
 def latest_run(root: Path = Path("runs")) -> str:
@@ -46,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=("auto", "fp16", "bf16", "off"))
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="decode workers")
-    p.add_argument("--cache-dir", help="decode cache folder (default: the run's)")
+    p.add_argument("--cache-dir", help="decode cache folder; none = off (default: the run's)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_predict_args(args)
     if args.data and args.images:
         raise UserError("--data and --images: give one of them")
     if not args.checkpoint and not args.run:

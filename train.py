@@ -12,8 +12,9 @@ import json
 
 from imgcls import distributed as dist
 from imgcls.config import VERSIONS, add_config_flags, resolve
-from imgcls.cli import ArgumentParser, run_cli
+from imgcls.cli import ArgumentParser, print_lines, run_cli
 from imgcls.errors import UserError
+from imgcls.validate import check_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +40,12 @@ def main(argv=None) -> int:
     args = vars(build_parser().parse_args(argv))
     if args.pop("list_models"):
         from imgcls.models import list_models
-        print("\n".join(list_models()))
+        print_lines(list_models())
         return 0
     print_config = args.pop("print_config")
     version, fold_text = args.pop("version"), args.pop("fold")
     cfg = resolve(version, args)
+    check_config(cfg)  # every numeric flag, --device and --out, before any data is read
     if print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0

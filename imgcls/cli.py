@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -10,8 +11,18 @@ from .errors import UserError
 
 
 def run_cli(main: Callable[[], int]) -> None:
+    # A file name that is not valid UTF-8 reaches us as a str with surrogate escapes; printing it in a log line
+    # must not be what stops a run.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         sys.exit(main())
+    except BrokenPipeError:
+        # `train.py --list-models | head`: the reader has gone, which is not an error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -26,3 +37,9 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def print_lines(lines) -> None:
+    """Print and flush now, so that a closed pipe raises BrokenPipeError inside run_cli, where it is handled."""
+    print("\n".join(lines))
+    sys.stdout.flush()

@@ -77,7 +77,8 @@ class Config:
     label_col: str = _opt("subCategory", "label column of a Kaggle styles.csv")
     storage_size: tuple | None = _opt(None, "HxW images are decoded to once; none = the data's own size",
                                       parse_size)
-    cache_dir: str | None = _opt(None, "decode cache folder; none = ~/.cache/imgcls", parse_optional_str)
+    cache_dir: str | None = _opt("default", "decode cache folder; default = $XDG_CACHE_HOME/imgcls, else "
+                                            "~/.cache/imgcls; none = off", parse_optional_str)
     test_frac: float = _opt(0.2, "stratified holdout test fraction (never trained on)")
     folds: str = _opt("1", "number of folds: 1 = one holdout validation split; K >= 2 = stratified K-fold; "
                            "auto = V3's rule (2 if smallest class < 3 else min(3, smallest))")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import resource
 import shutil
@@ -38,6 +39,7 @@ from .data.augment import MixupCutmix, TrainAugment, eval_transform
 from .data.samplers import EpochSampler, epoch_seed
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
+from .fsio import atomic_write, clean_stale_temps
 from .inference import autocast_dtype, predict_dataset, use_channels_last
 from .losses import build_loss
 from .metrics import classification_metrics
@@ -178,6 +180,9 @@ def open_run(cfg: Config, say) -> checkpoint.Checkpoint | None:
     last_path = rdir / "last.pt"
     if cfg.restart and dist.is_main() and rdir.exists():
         shutil.rmtree(rdir)
+    if dist.is_main():  # temp files a killed run left behind (its writes were atomic, the temps are just litter)
+        clean_stale_temps(rdir)
+        clean_stale_temps(run_root(cfg))
     dist.barrier()
     saved = checkpoint.read(last_path) if last_path.exists() else None
     if cfg.resume and saved is None:
@@ -196,8 +201,8 @@ def setup(cfg: Config, data, saved: checkpoint.Checkpoint | None, say) -> Traine
                         f"0..{len(split['folds']) - 1}")
     if dist.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_root(cfg) / "split.json", rdir / "split.json")
-        (rdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write(rdir / "split.json", (run_root(cfg) / "split.json").read_bytes())
+        atomic_write(rdir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         write_skipped(dataset.skipped, str(rdir / "skipped.json"))
     device = dist.local_device(cfg.device)
     train_idx = np.asarray(split["folds"][fold]["train"], dtype=np.int64)
@@ -456,7 +461,7 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
     result = {"run_dir": str(rdir), "metric": float(metrics[cfg.metric]), "selected": selected}
     if dist.is_main():
         checkpoint.save(_record(t, net, state.best_epoch, result["metric"], selected), rdir / "best.pt")
-        (rdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write(rdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
         last = checkpoint.read(rdir / "last.pt")
         last.finished, last.result = True, result
@@ -494,12 +499,11 @@ def _bn_batches(images, idx, pre: checkpoint.Preprocessing, device, batch_size, 
 
 
 def _write_summary(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
 
 
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:

@@ -7,6 +7,7 @@ models and TTA views -> optional logit adjustment -> predictions.csv, and metric
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .data import load_dataset, write_skipped
 from .data.cache import decode_images
 from .data.splits import load_split
 from .errors import UserError
+from .fsio import atomic_write, clean_stale_temps
 from .inference import predict_dataset, use_channels_last
 from .metrics import classification_metrics, per_class_report
 from .models import create_model
@@ -138,6 +140,8 @@ def use_tta(args, members: list[Member]) -> bool:
 def predict(args, log=print) -> dict:
     device = dist.local_device(args.device)
     members = load_members(find_checkpoints(args.run, args.fold, args.checkpoint))
+    for member in members:
+        warn_if_unfinished(member.path, log)
     class_names = members[0].record.class_names
     tta = use_tta(args, members)
     views = tuple(args.views.split(",")) if tta else ("identity",)
@@ -160,12 +164,19 @@ def predict(args, log=print) -> dict:
     if args.logit_adjust:
         counts = np.sum([m.record.train_class_counts for m in members], axis=0)
         probs = logit_adjust(probs, counts, args.logit_adjust)
+    if not np.isfinite(probs).all():  # never write NaN as predictions (and overwrite good ones with them)
+        raise UserError(f"{members[0].path}: the model gives non-finite probabilities for "
+                        f"{int((~np.isfinite(probs).all(1)).sum())} image(s); nothing was written")
 
     out_csv = Path(args.out) if args.out else default_out(args, members, tta)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out_csv.parent)
     write_predictions(out_csv, paths, probs, class_names, labels)
-    if skipped:
-        write_skipped(skipped, str(out_csv.parent / "skipped.json"))
+    skipped_json = out_csv.parent / "skipped.json"
+    if not skipped:  # a skipped.json from an earlier predict here would describe other inputs
+        skipped_json.unlink(missing_ok=True)
+    else:
+        write_skipped(skipped, str(skipped_json))
         log(f"skipped {len(skipped)} input(s) (missing or unreadable), e.g. {skipped[0][0]} ({skipped[0][1]}); "
             f"all listed in {out_csv.parent / 'skipped.json'}")
     result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped)}
@@ -175,14 +186,26 @@ def predict(args, log=print) -> dict:
                        logit_adjust=args.logit_adjust,
                        train_time_s=sum(_train_time(m) for m in members),
                        peak_memory_mb=max(_peak_memory(m) for m in members))
-        (out_csv.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (out_csv.parent / "report.txt").write_text(per_class_report(metrics, class_names) + "\n")
+        atomic_write(out_csv.parent / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write(out_csv.parent / "report.txt", per_class_report(metrics, class_names) + "\n")
         plot_confusion(metrics["confusion_matrix"], class_names, out_csv.parent / "confusion.png")
         log(f"accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
             f"weighted_f1 {metrics['weighted_f1']:.4f} balanced_acc {metrics['balanced_accuracy']:.4f}")
         result["metrics"] = metrics
     log(f"wrote {out_csv}")
     return result
+
+
+def warn_if_unfinished(path: Path, log=print) -> None:
+    """One line when a checkpoint comes from a fold whose training has not finished (killed or still running).
+
+    train.py writes the fold's metrics.json only at the end; a last.pt without it means best.pt is only the
+    best epoch so far, and the numbers from it are not the run's.
+    """
+    fold_dir = path.parent
+    if (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").is_file():
+        log(f"warning: {fold_dir}: training has not finished (no metrics.json); {path.name} is the best epoch "
+            "so far, not the run's result (rerun train.py to finish it)")
 
 
 def _fold_metrics(member: Member) -> dict:
@@ -212,15 +235,15 @@ def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=
         header += [f"top{k}", f"top{k}_prob"]
     if labels is not None:
         header.append("true_label")
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for i, p in enumerate(paths):
-            row = [Path(p).stem, p, class_names[order[i, 0]], f"{probs[i, order[i, 0]]:.6f}"]
-            for c in order[i]:
-                row += [class_names[c], f"{probs[i, c]:.6f}"]
-            if labels is not None:
-                row.append(class_names[labels[i]])
-            writer.writerow(row)
-    tmp.replace(path)
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(header)
+    for i, p in enumerate(paths):
+        row = [Path(p).stem, p, class_names[order[i, 0]], f"{probs[i, order[i, 0]]:.6f}"]
+        for c in order[i]:
+            row += [class_names[c], f"{probs[i, c]:.6f}"]
+        if labels is not None:
+            row.append(class_names[labels[i]])
+        writer.writerow(row)
+    # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it has on disk
+    atomic_write(path, fh.getvalue().encode("utf-8", "surrogateescape"))

@@ -89,7 +89,7 @@ def test_cache_is_reused_without_decoding_and_invalidated_by_a_change(tmp_path, 
     monkeypatch.setattr(cache, "_decode_file", counting)
     logged = []
     second, ok2, _ = decode_images(paths, None, cache_dir, 2, log=logged.append)
-    assert calls == [] and "from cache" in logged[0]
+    assert calls == [] and "from cache" in logged[-1] and logged[0].startswith("decode cache: ")
     assert torch.equal(first, second) and ok2.all()
     assert {f: os.stat(os.path.join(cache_dir, f)).st_mtime_ns for f in files} == stamps
 

@@ -16,6 +16,7 @@ import torch
 from imgcls.data.cache import decode_images
 from imgcls.data.sources import Index, demo_set, load_index
 from imgcls.errors import UserError
+from imgcls.fsio import atomic_write
 
 __all__ = ["Dataset", "Index", "load_dataset", "load_index", "write_skipped"]
 
@@ -78,9 +79,9 @@ def load_dataset(data: str | None = None, label_col: str = "subCategory", size: 
 def write_skipped(skipped: list[tuple[str, str]], path: str) -> None:
     """Write every skipped item (file or row, reason) to a JSON file, e.g. runs/<name>/skipped.json."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"count": len(skipped), "skipped": [{"item": item, "reason": why} for item, why in skipped]},
-                  f, indent=1)
+    # ensure_ascii (json's default) writes a non-UTF-8 file name as \\udcXX escapes instead of failing
+    atomic_write(path, json.dumps({"count": len(skipped),
+                                   "skipped": [{"item": item, "reason": why} for item, why in skipped]}, indent=1))
 
 
 def _compact(images: torch.Tensor, keep: np.ndarray) -> torch.Tensor:

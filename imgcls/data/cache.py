@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,28 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-CACHE_FORMAT = 1  # bump when the decoded pixels would change for the same files (e.g. a new resize rule)
+from imgcls.fsio import atomic_write, clean_stale_temps
+
+CACHE_FORMAT = 2  # bump when the decoded pixels would change for the same files (2: JPEG draft, reduce)
+# Refused above this (one RGB copy is 3 bytes a pixel, per decode worker): a 50 MP image is 150 MB.
+MAX_DECODE_PIXELS = 50_000_000
 _CHUNK = 256  # images per task: amortises pool overhead, keeps the progress bar smooth
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is transposed relative to its display
+
+
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/imgcls, else ~/.cache/imgcls (the XDG base-directory convention)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imgcls")
+
+
+def resolve_cache_dir(value: str | None) -> str | None:
+    """The --cache-dir value -> a folder or None (off): 'default'/'auto' -> default_cache_dir(); 'none' -> off."""
+    if value is None or str(value).lower() in ("none", "off", ""):
+        return None
+    if str(value).lower() in ("default", "auto"):
+        return default_cache_dir()
+    return str(value)
 
 
 def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str | None, workers: int = 2,
@@ -33,10 +53,15 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
 
     size None picks the most common (H, W) of the data. Returns (images N3HW uint8, ok bool array, reasons):
     an undecodable file gets ok False, an all-zero image, and its reason (reasons[i] is "" when ok).
+    cache_dir: a folder, 'default' (see default_cache_dir) or None/'none' (off). The cache is only an
+    optimisation: a damaged cache file means decoding again, an unwritable folder means one warning.
     """
-    key = cache_key(paths, size)
+    cache_dir = resolve_cache_dir(cache_dir)
+    key = cache_key(paths, size) if cache_dir else ""
     if cache_dir:
-        cached = _load_cache(cache_dir, key)
+        log(f"decode cache: {cache_dir} ({_folder_size(cache_dir) / 2**20:.0f} MiB in use; --cache-dir none "
+            "turns it off)")
+        cached = _load_cache(cache_dir, key, len(paths), size, log)
         if cached is not None:
             log(f"decoded images: loaded {len(paths)} from cache {_cache_files(cache_dir, key)[0]}")
             return cached
@@ -54,6 +79,8 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
         for i in range(start, stop):
             try:
                 target[i] = _decode_file(paths[i], (height, width))
+            except NotDecodable as err:  # our own checks: the reason says it all
+                ok[i], reasons[i] = False, str(err)
             except Exception as err:  # any unreadable file is reported, never fatal
                 ok[i], reasons[i] = False, f"undecodable: {type(err).__name__}: {err}"
         return stop - start
@@ -63,12 +90,16 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
         for done in pool.map(work, range(0, len(paths), _CHUNK)):
             bar.update(done)
     if cache_dir:
-        _save_cache(cache_dir, key, images, ok, reasons)
+        _save_cache(cache_dir, key, images, ok, reasons, log)
     return images, ok, reasons
 
 
 def cache_key(paths: list[str], size: tuple[int, int] | None) -> str:
-    """Hash of the file list, each file's size and mtime (ns), the storage size and the cache format."""
+    """Hash of the file list, each file's size and mtime (ns), the storage size and the cache format.
+
+    Paths are hashed as the bytes the OS gave us (os.fsencode): a file name that is not valid UTF-8 arrives
+    as a str with surrogate escapes, which str.encode() would refuse.
+    """
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size}).encode())
     for path in paths:
         try:
@@ -76,15 +107,31 @@ def cache_key(paths: list[str], size: tuple[int, int] | None) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        h.update(f"{path}\0{stamp}\n".encode())
+        h.update(os.fsencode(path) + f"\0{stamp}\n".encode())
     return h.hexdigest()[:24]
+
+
+class NotDecodable(Exception):
+    """A file we refuse to open or decode, with the reason as its message (listed in skipped.json)."""
+
+
+def open_image(path: str) -> Image.Image:
+    """Image.open, after checking that `path` is a regular file.
+
+    Opening a FIFO named x.jpg blocks until something writes to it (forever), and a device file can be
+    endless: both are refused from os.stat alone, before any open.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotDecodable("not a regular file (a folder, FIFO, device or socket): not opened")
+    return Image.open(path)
 
 
 def most_common_size(paths: list[str], workers: int = 2) -> tuple[int, int]:
     """The most common (H, W) among the files, read from their headers only (no pixel decoding)."""
     def header_size(path: str):
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 turned = im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)  # stored on its side
                 return (im.width, im.height) if turned else (im.height, im.width)
         except Exception:
@@ -101,13 +148,26 @@ def _decode_file(path: str, size: tuple[int, int]) -> np.ndarray:
     """One file -> 3 x H x W uint8 RGB, whatever its mode (alpha, palette, gray, CMYK, 16-bit, EXIF-rotated).
 
     An image of another size is resized (bilinear, stretched) to the storage size, like the few 53x80 or
-    60x60 images among fashion-small's 60x80 ones.
+    60x60 images among fashion-small's 60x80 ones. A big JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
+    itself (Image.draft: still at least the storage size), so a 24 MP photo costs a few MB, not 72; a big
+    image of another format is box-reduced right after decoding, before the mode conversion copies it.
+    Images above MAX_DECODE_PIXELS (after draft) are refused from their header, before any pixel is decoded.
     """
-    with Image.open(path) as im:
+    height, width = size
+    with open_image(path) as im:
+        turned = im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)  # stored on its side: swap the request
+        want = (height, width) if turned else (width, height)
+        if im.format == "JPEG":
+            im.draft(im.mode, want)
+        if im.width * im.height > MAX_DECODE_PIXELS:
+            raise NotDecodable(f"too large to decode: {im.width}x{im.height} pixels (limit "
+                               f"{MAX_DECODE_PIXELS // 10**6} MP); shrink it first")
         im.load()  # raises on a truncated or corrupt file (Pillow's default; it is reported, not padded)
+        factor = min(im.width // want[0], im.height // want[1])
+        if factor >= 2 and im.mode not in ("P", "1"):  # reduce() needs pixel values that can be averaged
+            im = im.reduce(factor)
         ImageOps.exif_transpose(im, in_place=True)  # camera photos: upright as a viewer shows them
         rgb = to_rgb(im)
-    height, width = size
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
@@ -138,29 +198,44 @@ def _cache_files(cache_dir: str, key: str) -> tuple[str, str]:
     return os.path.join(cache_dir, f"decoded-{key}.npy"), os.path.join(cache_dir, f"decoded-{key}.json")
 
 
-def _save_cache(cache_dir: str, key: str, images: torch.Tensor, ok: np.ndarray, reasons: list[str]) -> None:
-    """Write pixels (.npy) and status (.json) via temporary names, so a killed run leaves no half cache."""
-    os.makedirs(cache_dir, exist_ok=True)
+def _save_cache(cache_dir: str, key: str, images: torch.Tensor, ok: np.ndarray, reasons: list[str],
+                log=print) -> None:
+    """Write pixels (.npy) then status (.json), each atomically; any failure is one warning, never fatal."""
     npy, meta = _cache_files(cache_dir, key)
-    tmp = f".{os.getpid()}.tmp"  # per process: two processes writing the same cache never share a temp file
-    with open(npy + tmp, "wb") as f:
-        np.save(f, images.numpy())
-    with open(meta + tmp, "w") as f:
-        json.dump({"ok": ok.tolist(), "reasons": reasons}, f)
-    os.replace(npy + tmp, npy)
-    os.replace(meta + tmp, meta)  # written last: its presence marks a complete cache
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        clean_stale_temps(cache_dir)  # what killed runs (or a full disk) left behind
+        atomic_write(npy, lambda fh: np.save(fh, images.numpy()))
+        # written last: its presence marks a complete cache
+        atomic_write(meta, json.dumps({"ok": ok.tolist(), "reasons": reasons}))
+    except Exception as err:  # unwritable folder, disk full, file size limit: the run goes on without it
+        log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: "
+            f"{str(err).strip()[:200]}); continuing without it (next start decodes again)")
 
 
-def _load_cache(cache_dir: str, key: str):
+def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | None, log=print):
+    """The cached (images, ok, reasons), or None when absent; a damaged cache is reported and ignored."""
     npy, meta = _cache_files(cache_dir, key)
     if not (os.path.isfile(npy) and os.path.isfile(meta)):
         return None
     try:
-        with open(meta) as f:
+        with open(meta, encoding="utf-8") as f:
             status = json.load(f)
-        images = torch.from_numpy(np.load(npy))  # one read into memory, no copy
-    except (OSError, ValueError):  # damaged (e.g. disk full while writing elsewhere): decode again
+        ok, reasons = status["ok"], status["reasons"]
+        images = np.load(npy, allow_pickle=False)  # one read into memory
+        if not (isinstance(ok, list) and isinstance(reasons, list) and len(ok) == len(reasons) == count):
+            raise ValueError(f"status lists {len(ok)} images, expected {count}")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:2] != (count, 3) \
+                or (size is not None and tuple(images.shape[2:]) != tuple(size)):
+            raise ValueError(f"pixels of shape {images.shape} {images.dtype}, expected {count} x 3 x H x W uint8")
+    except Exception as err:  # 0-byte or truncated .npy, a .json of another shape: decode again
+        log(f"decode cache {npy} unreadable ({type(err).__name__}: {str(err).strip()[:120]}); decoding again")
         return None
-    if len(status["ok"]) != images.shape[0]:
-        return None
-    return images, np.array(status["ok"], dtype=bool), status["reasons"]
+    return torch.from_numpy(images), np.array(ok, dtype=bool), [str(r) for r in reasons]
+
+
+def _folder_size(folder: str) -> int:
+    try:
+        return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
+    except OSError:
+        return 0

@@ -13,7 +13,9 @@ count is logged.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -88,9 +90,13 @@ def _kaggle_index(root: str, label_col: str) -> Index:
     """
     csv_path = os.path.join(root, "styles.csv")
     image_dir = os.path.join(root, "images")
-    existing = set(os.listdir(image_dir)) if os.path.isdir(image_dir) else set()
+    try:
+        existing = set(os.listdir(image_dir)) if os.path.isdir(image_dir) else set()
+    except OSError as err:
+        raise UserError(f"{image_dir}: cannot list the folder ({err.strerror}); check its permissions") from None
     items, skipped = [], []
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+    first_row: dict[str, tuple[int, str]] = {}  # id -> (row, label) of its first occurrence
+    with io.StringIO(read_csv_text(csv_path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
@@ -113,6 +119,10 @@ def _kaggle_index(root: str, label_col: str) -> Index:
             if not label:
                 skipped.append((where, f"empty {label_col}"))
                 continue
+            if image_id in first_row:
+                skipped.append(_duplicate(f"{where} (id {image_id})", first_row[image_id], label))
+                continue
+            first_row[image_id] = (row_no, label)
             name = f"{image_id}.jpg"
             if name not in existing:
                 skipped.append((f"{where} (images/{name})", "no image file"))
@@ -125,7 +135,8 @@ def _manifest_index(csv_path: str) -> Index:
     """A csv with columns path,label; relative paths are taken relative to the csv's folder."""
     base = os.path.dirname(csv_path)
     items, skipped = [], []
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    first_row: dict[str, tuple[int, str]] = {}  # real path -> (row, label) of its first occurrence
+    with io.StringIO(read_csv_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         if "path" not in columns or "label" not in columns:
@@ -139,34 +150,100 @@ def _manifest_index(csv_path: str) -> Index:
                 skipped.append((where, "empty path or label"))
                 continue
             full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
-            if not os.path.isfile(full):
+            if not os.path.exists(full):
                 skipped.append((f"{where} ({path})", "no image file"))
+                continue
+            same = os.path.realpath(full)  # the same file spelled twice (./a.png, a.png, a symlink)
+            if same in first_row:
+                skipped.append(_duplicate(f"{where} ({path})", first_row[same], label))
+                continue
+            first_row[same] = (row_no, label)
+            if not _is_regular(full):
+                skipped.append((f"{where} ({path})", NOT_REGULAR))
                 continue
             items.append((full, label))
     return _build_index(items, skipped)
 
 
 def _folder_index(root: str) -> Index:
-    """One sub-folder per class; image files inside it (searched recursively), sorted for reproducibility."""
+    """One sub-folder per class; image files inside it (searched recursively), sorted for reproducibility.
+
+    A folder that cannot be listed (no permission) is listed in skipped, like an undecodable image: silently
+    walking past it would drop a whole class without a word.
+    """
     items, skipped = [], []
-    for class_name in sorted(os.listdir(root)):
+
+    def unreadable(err: OSError) -> None:
+        skipped.append((err.filename or "?", f"unreadable folder: {err.strerror or err}"))
+
+    try:
+        class_names = sorted(os.listdir(root))
+    except OSError as err:
+        raise UserError(f"--data {root}: cannot list the folder ({err.strerror}); check its permissions") from None
+    for class_name in class_names:
         class_dir = os.path.join(root, class_name)
         if not os.path.isdir(class_dir) or class_name.startswith("."):
             continue
-        for dirpath, dirnames, filenames in os.walk(class_dir):
+        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable):
             dirnames.sort()
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 if name.startswith("."):
                     continue
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    items.append((path, class_name))
-                else:
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
                     skipped.append((path, "not an image file extension"))
+                elif not _is_regular(path):
+                    skipped.append((path, NOT_REGULAR))
+                else:
+                    items.append((path, class_name))
     if not items:
         raise UserError(f"{root}: no class sub-folders with images; expected {root}/<class>/<image>.jpg, "
-                        "a styles.csv, or a .csv manifest")
+                        "a styles.csv, or a .csv manifest"
+                        + (f" ({len(skipped)} item(s) unreadable or skipped, e.g. {skipped[0][0]}: "
+                           f"{skipped[0][1]})" if skipped else ""))
     return _build_index(items, skipped)
+
+
+NOT_REGULAR = "not a regular file (a folder, FIFO, device or socket): not opened"
+DUPLICATE = "duplicate of an earlier row (kept the first)"
+DUPLICATE_CONFLICT = "duplicate id with a different label (kept the first)"
+
+
+def _is_regular(path: str) -> bool:
+    """True for a regular file (following symlinks); a FIFO would block the decoder on open forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # unreadable or vanished: let the decoder report it like any undecodable file
+        return True
+
+
+def _duplicate(where: str, first: tuple[int, str], label: str) -> tuple[str, str]:
+    """The skipped entry for a repeated id/path; the first occurrence is the one kept.
+
+    Keeping the first even when the labels conflict (rather than refusing the whole data set): one bad row
+    must not block training on thousands of good ones, and keeping both would put the same image in train and
+    test with two labels. Which label is right cannot be known from the CSV, so the conflict gets its own
+    reason in skipped.json and in the summary line, where the user sees it.
+    """
+    first_row, first_label = first
+    reason = DUPLICATE if label == first_label else DUPLICATE_CONFLICT
+    detail = f"first at row {first_row}" + ("" if label == first_label else f" as {first_label!r}, here {label!r}")
+    return (f"{where}, {detail}", reason)
+
+
+def read_csv_text(csv_path: str) -> str:
+    """The text of a CSV: UTF-8 with or without a BOM (Excel writes one); else one error naming the row."""
+    try:
+        with open(csv_path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise UserError(f"{csv_path}: cannot read ({err.strerror}); check the path and its permissions") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise UserError(f"{csv_path}: row {line} is not UTF-8 (byte 0x{raw[err.start]:02x}); save the file as "
+                        "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def demo_set() -> tuple[Index, torch.Tensor]:

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from imgcls.errors import UserError
+from imgcls.fsio import atomic_write
 
 
 def auto_num_folds(class_counts) -> int:
@@ -111,7 +112,7 @@ def paths_digest(paths: list[str]) -> str:
         root = ""
     h = hashlib.sha256()
     for p in paths:
-        h.update((os.path.relpath(p, root) if root else p).encode() + b"\n")
+        h.update(os.fsencode(os.path.relpath(p, root) if root else p) + b"\n")  # any file name, UTF-8 or not
     return h.hexdigest()
 
 
@@ -119,9 +120,7 @@ def save_split(path: str, split: dict, paths: list[str]) -> None:
     """Write the split as JSON with the size and hash of the file list it indexes."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     record = dict(split, num_items=len(paths), paths_sha256=paths_digest(paths))
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, json.dumps(record))  # unique temp: two runs saving the same split never collide
 
 
 def load_split(path: str, paths: list[str]) -> dict:

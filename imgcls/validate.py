@@ -1,0 +1,161 @@
+"""Every numeric and path flag checked in one place, before any work: one line naming the flag and the fix.
+
+Without this a bad value surfaces deep inside torch or numpy (`--lr nan` trains on NaN, `--batch-size 0`
+divides by zero, `--device foo` is a RuntimeError) as a traceback, or worse, as a silently wrong result.
+The rules are data (RULES); `check_config` applies them to a resolved Config, `check_predict_args` to
+predict.py's flags.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+# field -> (low, high, low inclusive, high inclusive); None means unbounded. NaN and inf always fail.
+RULES: dict[str, tuple] = {
+    "seed": (0, None, True, True),
+    "workers": (0, None, True, True),
+    "drop_path": (0, 1, True, False),
+    "test_frac": (0, 1, True, False),
+    "val_frac": (0, 1, False, False),
+    "epochs": (1, None, True, True),
+    "batch_size": (1, None, True, True),
+    "eval_batch_size": (1, None, True, True),
+    "lr": (0, None, False, True),
+    "weight_decay": (0, None, True, True),
+    "eps": (0, None, False, True),
+    "momentum": (0, 1, True, False),
+    "grad_clip": (0, None, False, True),
+    "label_smoothing": (0, 1, True, False),
+    "focal_gamma": (0, None, True, True),
+    "cb_beta": (0, 1, True, False),
+    "tau": (0, None, True, True),
+    "epoch_samples": (1, None, True, True),
+    "hflip": (0, 1, True, True),
+    "rotation": (0, 180, True, True),
+    "brightness": (0, 1, True, True),  # factor uniform in [1-b, 1+b]: b > 1 would allow negative ones
+    "mixup_alpha": (0, None, True, True),
+    "cutmix_alpha": (0, None, True, True),
+    "mix_prob": (0, 1, True, True),
+    "switch_prob": (0, 1, True, True),
+    "warmup_epochs": (0, None, True, True),
+    "min_lr": (0, None, True, True),
+    "max_lr": (0, None, False, True),
+    "pct_start": (0, 1, False, False),
+    "div_factor": (0, None, False, True),
+    "final_div_factor": (0, None, False, True),
+    "plateau_factor": (0, 1, False, False),
+    "plateau_patience": (0, None, True, True),
+    "swa_start": (1, None, True, True),
+    "swa_freq": (1, None, True, True),
+    "swa_lr": (0, None, True, True),
+    "swa_anneal_epochs": (0, None, True, True),
+    "early_stop": (1, None, True, True),
+    "early_stop_min_delta": (0, None, True, True),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_range(name: str, value, low=None, high=None, low_inclusive=True, high_inclusive=True) -> None:
+    """UserError unless value is a finite number in the range; None (a switched-off option) passes."""
+    if value is None:
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        bad = not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+        bad = bad or (low is not None and (v < low if low_inclusive else v <= low))
+        bad = bad or (high is not None and (v > high if high_inclusive else v >= high))
+        if bad:
+            raise UserError(f"{flag(name)} {_show(value)}: {_expect(low, high, low_inclusive, high_inclusive)}")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def _expect(low, high, low_inc, high_inc) -> str:
+    if low is not None and high is not None:
+        return f"expected a number in {'[' if low_inc else '('}{low}, {high}{']' if high_inc else ')'}"
+    if low is not None:
+        return f"expected a number {'>=' if low_inc else '>'} {low}" + (" (a whole number)" if low_inc and
+                                                                         low == 1 else "")
+    return "expected a finite number"
+
+
+def check_device(text: str) -> None:
+    """--device: auto, cpu, cuda, cuda:N or mps, and only one this machine has."""
+    if text == "auto":
+        return
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {text}: unknown device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {text}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {text}: unsupported device type; use auto, cpu, cuda, cuda:N or mps")
+
+
+def check_out_folder(name: str, path: str) -> None:
+    """An output folder: not an existing file, and creatable/writable (checked at the nearest existing parent)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{name} {path}: is a file, not a folder; give a folder for the run")
+    _check_writable(name, path, p if p.is_dir() else _existing_parent(p))
+
+
+def check_out_file(name: str, path: str) -> None:
+    """An output file: not an existing folder, and its folder creatable/writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{name} {path}: is a folder; give a file path, e.g. {p / 'predictions.csv'}")
+    _check_writable(name, path, _existing_parent(p.parent if str(p.parent) else Path(".")))
+
+
+def _existing_parent(p: Path) -> Path:
+    p = p.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_writable(name: str, path: str, folder: Path) -> None:
+    if not folder.is_dir():
+        raise UserError(f"{name} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{name} {path}: {folder} is not writable; pick another {name} or fix its permissions")
+
+
+def check_config(cfg) -> None:
+    """Every rule in RULES, the betas, --device and --out, for a resolved imgcls.config.Config."""
+    for name, (low, high, low_inc, high_inc) in RULES.items():
+        check_range(name, getattr(cfg, name), low, high, low_inc, high_inc)
+    check_range("betas", cfg.betas, 0, 1, True, False)
+    if len(cfg.betas) != 2:
+        raise UserError(f"--betas {_show(cfg.betas)}: expected two numbers, e.g. 0.9,0.999")
+    check_device(cfg.device)
+    check_out_folder("--out", cfg.out)
+
+
+def check_predict_args(args) -> None:
+    """predict.py's flags (an argparse Namespace)."""
+    check_range("batch_size", args.batch_size, 1, None)
+    check_range("workers", args.workers, 0, None)
+    check_range("logit_adjust", args.logit_adjust)
+    check_device(args.device)
+    if args.out:
+        check_out_file("--out", args.out)
