@@ -3,6 +3,7 @@
 A name is an architecture, optionally with a checkpoint tag after a dot, as in timm:
 `convnext_base` (torchvision's ImageNet-1K weights), `convnext_base.fb_in22k` (official ImageNet-22K),
 `convnext_base.fb_in22k_ft_in1k`. The tag only chooses which checkpoint `pretrained="default"` loads.
+Architectures with a single known checkpoint (`efficientnet_lite0`, `tf_efficientnet_b0`, ...) take no tag.
 """
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from imgcls.errors import UserError
 
 from . import convnext as _convnext
 from . import efficientnet as _efficientnet
-from .weights import IMAGENET_MEAN, IMAGENET_STD, RECORDS, WeightRecord, fetch_state_dict, load_pretrained, \
-    read_checkpoint
+from .weights import IMAGENET_MEAN, IMAGENET_STD, RECORDS, UNTAGGED, WeightRecord, fetch_state_dict, \
+    load_pretrained, read_checkpoint
 
 __all__ = ["create_model", "list_models", "pretrained_cfg"]
 
-# architecture -> (family, builder, classifier keys)
-_ARCHS = {name: ("convnext", _convnext.convnext, ("classifier.2.weight", "classifier.2.bias"))
-          for name in _convnext.CONFIGS}
-_ARCHS.update({name: ("efficientnet", _efficientnet.efficientnet, ("classifier.1.weight", "classifier.1.bias"))
-               for name in _efficientnet.CONFIGS})
+# architecture -> (family, builder)
+_ARCHS = {name: ("convnext", _convnext.convnext) for name in _convnext.CONFIGS}
+_ARCHS.update({name: ("efficientnet", _efficientnet.efficientnet) for name in _efficientnet.CONFIGS})
 
 # The tiny test models have no checkpoint; their cfg describes how the engine's tests feed them ("format" is
 # the project's own key layout, which is torchvision's).
@@ -40,10 +39,10 @@ def _resolve(name: str) -> tuple[str, WeightRecord | None]:
     arch, _, tag = name.partition(".")
     if arch not in _ARCHS:
         raise UserError(f"--model {name}: unknown model; choose one of: {', '.join(list_models())}")
-    tags = RECORDS.get(arch, {})
+    tags = RECORDS.get(arch) or ({"": UNTAGGED[arch]} if arch in UNTAGGED else {})
     if tag and tag not in tags:
         raise UserError(f"--model {name}: unknown checkpoint tag {tag!r}; known: "
-                        f"{', '.join(tags) or 'none (this model has no checkpoint)'}")
+                        f"{', '.join(t for t in tags if t) or 'none (this model has no tagged checkpoint)'}")
     if not tags:
         return arch, None
     return arch, tags[tag or next(iter(tags))]
@@ -59,12 +58,13 @@ def create_model(name: str, num_classes: int, pretrained: str | None = None, dro
                  log=print) -> nn.Module:
     """Build model `name` with a `num_classes` head.
 
-    pretrained: None or "none" -> random init; "default" -> the checkpoint of `name`'s record (torch.hub cache,
-    else download, else a UserError saying where to put the file); anything else -> path of a checkpoint in
-    torchvision, timm or official layout. A head of another size is replaced; every other key must match.
+    pretrained: None or "none" -> random init; "default" -> the checkpoint of `name`'s record (its pip package
+    if it has one, else the torch.hub cache, else download, else a UserError saying where to put the file or
+    what to install); anything else -> path of a checkpoint in torchvision, timm, official or efficientnet_pytorch
+    layout. A head of another size is replaced; every other key must match.
     """
     arch, record = _resolve(name)
-    family, build, head_keys = _ARCHS[arch]
+    family, build = _ARCHS[arch]
     model = build(arch, num_classes, drop_path_rate)
     if pretrained is None or pretrained == "none":
         log(f"{name}: random init")
@@ -75,6 +75,6 @@ def create_model(name: str, num_classes: int, pretrained: str | None = None, dro
         sd, source = fetch_state_dict(record, name, log), record.file_name
     else:
         sd, source = read_checkpoint(pretrained), pretrained
-    load_pretrained(model, sd, family, head_keys, source, log)
+    load_pretrained(model, sd, family, source, log)
     log(f"{name}: loaded {source}")
     return model

@@ -93,6 +93,9 @@ class ConvNeXt(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier[2]
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear layer (new random init) for `num_classes` outputs."""
         self.num_classes = num_classes

@@ -1,15 +1,15 @@
-"""EfficientNet V1 (Tan & Le 2019, arXiv:1905.11946) and V2 (Tan & Le 2021, arXiv:2104.00298).
+"""EfficientNet V1 (Tan & Le 2019, arXiv:1905.11946), V2 (Tan & Le 2021, arXiv:2104.00298) and Lite.
 
-One `EfficientNet` class serves both: a stage is a run of MBConv blocks (inverted residual with depthwise conv
+One `EfficientNet` class serves all: a stage is a run of MBConv blocks (inverted residual with depthwise conv
 and squeeze-excite) or FusedMBConv blocks (expansion and depthwise conv fused into one kxk conv, V2's early
-stages). Module names follow torchvision's layout; timm checkpoints are renamed by `imgcls.models.weights`.
+stages). EfficientNet-Lite (Google's efficientnet/lite, for mobile and int8) is V1 without squeeze-excite, with
+ReLU6 and unscaled ends. Module names follow torchvision's layout; timm and efficientnet_pytorch checkpoints are
+renamed by `imgcls.models.weights`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
-
 import torch
 from torch import nn
 
@@ -17,8 +17,9 @@ from .layers import DropPath, SqueezeExcite, conv_bn_act, make_divisible
 
 
 @dataclass(frozen=True)
-class MBConvConfig:
-    """A stage of MBConv blocks (with SE, ratio 1/4 of the block input): one row of a paper table."""
+class StageConfig:
+    """One row of a paper table: a stage of `layers` blocks of one kind (a key of BLOCKS)."""
+    block: str              # "mbconv": inverted residual (SE unless the model has none); "fused": FusedMBConv
     expand_ratio: float
     kernel: int
     stride: int
@@ -27,18 +28,12 @@ class MBConvConfig:
     layers: int
 
 
-@dataclass(frozen=True)
-class FusedMBConvConfig:
-    """A stage of FusedMBConv blocks (no SE)."""
-    expand_ratio: float
-    kernel: int
-    stride: int
-    in_ch: int
-    out_ch: int
-    layers: int
+def mbconv(expand_ratio: float, kernel: int, stride: int, in_ch: int, out_ch: int, layers: int) -> StageConfig:
+    return StageConfig("mbconv", expand_ratio, kernel, stride, in_ch, out_ch, layers)
 
 
-StageConfig = Union[MBConvConfig, FusedMBConvConfig]
+def fused(expand_ratio: float, kernel: int, stride: int, in_ch: int, out_ch: int, layers: int) -> StageConfig:
+    return StageConfig("fused", expand_ratio, kernel, stride, in_ch, out_ch, layers)
 
 
 @dataclass(frozen=True)
@@ -53,6 +48,11 @@ class EfficientNetConfig:
     bn_momentum: float = 0.1
     tf_same: bool = False           # TensorFlow "SAME" padding on strided convs (timm's tf_* weights)
     round_limit: float = 0.9        # channel rounding rule, see make_divisible
+    act: str = "silu"               # a key of ACTIVATIONS
+    se: bool = True                 # squeeze-excite in MBConv blocks
+    # EfficientNet-Lite keeps the stem and head widths and the first and last stages' repeats unscaled, so the
+    # small and the big variants share the cheap ends (Google's efficientnet/lite builder).
+    scale_ends: bool = True
 
     def width(self, channels: int) -> int:
         return make_divisible(channels * self.width_mult, 8, self.round_limit)
@@ -60,25 +60,36 @@ class EfficientNetConfig:
     def depth(self, layers: int) -> int:
         return int(math.ceil(layers * self.depth_mult))
 
+    def stage_depth(self, index: int) -> int:
+        """Repeats of stage `index` after depth scaling."""
+        if not self.scale_ends and index in (0, len(self.stages) - 1):
+            return self.stages[index].layers
+        return self.depth(self.stages[index].layers)
 
-M, F = MBConvConfig, FusedMBConvConfig
+    def end_width(self, channels: int) -> int:
+        """Width of the stem or the head conv."""
+        return self.width(channels) if self.scale_ends else channels
+
 
 # EfficientNet-B0, Tan & Le 2019 Table 1 (stage 1 is the stem, stage 9 the head).
-V1_STAGES = (M(1, 3, 1, 32, 16, 1), M(6, 3, 2, 16, 24, 2), M(6, 5, 2, 24, 40, 2), M(6, 3, 2, 40, 80, 3),
-             M(6, 5, 1, 80, 112, 3), M(6, 5, 2, 112, 192, 4), M(6, 3, 1, 192, 320, 1))
+V1_STAGES = (mbconv(1, 3, 1, 32, 16, 1), mbconv(6, 3, 2, 16, 24, 2), mbconv(6, 5, 2, 24, 40, 2),
+             mbconv(6, 3, 2, 40, 80, 3), mbconv(6, 5, 1, 80, 112, 3), mbconv(6, 5, 2, 112, 192, 4),
+             mbconv(6, 3, 1, 192, 320, 1))
 # EfficientNetV2-S, Tan & Le 2021 Table 4; M and L from the authors' code (google/automl efficientnetv2).
-V2_S_STAGES = (F(1, 3, 1, 24, 24, 2), F(4, 3, 2, 24, 48, 4), F(4, 3, 2, 48, 64, 4), M(4, 3, 2, 64, 128, 6),
-               M(6, 3, 1, 128, 160, 9), M(6, 3, 2, 160, 256, 15))
-V2_M_STAGES = (F(1, 3, 1, 24, 24, 3), F(4, 3, 2, 24, 48, 5), F(4, 3, 2, 48, 80, 5), M(4, 3, 2, 80, 160, 7),
-               M(6, 3, 1, 160, 176, 14), M(6, 3, 2, 176, 304, 18), M(6, 3, 1, 304, 512, 5))
-V2_L_STAGES = (F(1, 3, 1, 32, 32, 4), F(4, 3, 2, 32, 64, 7), F(4, 3, 2, 64, 96, 7), M(4, 3, 2, 96, 192, 10),
-               M(6, 3, 1, 192, 224, 19), M(6, 3, 2, 224, 384, 25), M(6, 3, 1, 384, 640, 7))
+V2_S_STAGES = (fused(1, 3, 1, 24, 24, 2), fused(4, 3, 2, 24, 48, 4), fused(4, 3, 2, 48, 64, 4),
+               mbconv(4, 3, 2, 64, 128, 6), mbconv(6, 3, 1, 128, 160, 9), mbconv(6, 3, 2, 160, 256, 15))
+V2_M_STAGES = (fused(1, 3, 1, 24, 24, 3), fused(4, 3, 2, 24, 48, 5), fused(4, 3, 2, 48, 80, 5),
+               mbconv(4, 3, 2, 80, 160, 7), mbconv(6, 3, 1, 160, 176, 14), mbconv(6, 3, 2, 176, 304, 18),
+               mbconv(6, 3, 1, 304, 512, 5))
+V2_L_STAGES = (fused(1, 3, 1, 32, 32, 4), fused(4, 3, 2, 32, 64, 7), fused(4, 3, 2, 64, 96, 7),
+               mbconv(4, 3, 2, 96, 192, 10), mbconv(6, 3, 1, 192, 224, 19), mbconv(6, 3, 2, 224, 384, 25),
+               mbconv(6, 3, 1, 384, 640, 7))
 # EfficientNetV2-B0 (the authors' code, "efficientnetv2-base"); B1-B3 scale it.
-V2_BASE_STAGES = (F(1, 3, 1, 32, 16, 1), F(4, 3, 2, 16, 32, 2), F(4, 3, 2, 32, 48, 2), M(4, 3, 2, 48, 96, 3),
-                  M(6, 3, 1, 96, 112, 5), M(6, 3, 2, 112, 192, 8))
+V2_BASE_STAGES = (fused(1, 3, 1, 32, 16, 1), fused(4, 3, 2, 16, 32, 2), fused(4, 3, 2, 32, 48, 2),
+                  mbconv(4, 3, 2, 48, 96, 3), mbconv(6, 3, 1, 96, 112, 5), mbconv(6, 3, 2, 112, 192, 8))
 # Tiny nets for fast tests of the training engine (no checkpoints).
-TEST_V1_STAGES = (M(1, 3, 1, 8, 8, 1), M(4, 3, 2, 8, 16, 1), M(4, 5, 2, 16, 24, 1))
-TEST_V2_STAGES = (F(1, 3, 1, 8, 8, 1), F(4, 3, 2, 8, 16, 1), M(4, 3, 2, 16, 24, 1))
+TEST_V1_STAGES = (mbconv(1, 3, 1, 8, 8, 1), mbconv(4, 3, 2, 8, 16, 1), mbconv(4, 5, 2, 16, 24, 1))
+TEST_V2_STAGES = (fused(1, 3, 1, 8, 8, 1), fused(4, 3, 2, 8, 16, 1), mbconv(4, 3, 2, 16, 24, 1))
 
 
 def _v1(width: float, depth: float, dropout: float, bn_eps: float = 1e-5, bn_momentum: float = 0.1):
@@ -88,6 +99,18 @@ def _v1(width: float, depth: float, dropout: float, bn_eps: float = 1e-5, bn_mom
 def _v2_base(width: float, depth: float, dropout: float):
     # timm's tf_efficientnetv2_b*: BN eps 1e-3 (TF default), TF padding, plain nearest-multiple rounding.
     return EfficientNetConfig(V2_BASE_STAGES, width, depth, 1280, dropout, 1e-3, 0.1, True, 0.0)
+
+
+def _tf_v1(width: float, depth: float, dropout: float):
+    # B0-B7 as trained in TensorFlow (efficientnet_pytorch's files, timm's tf_efficientnet_b*): BN eps 1e-3 and
+    # TF padding; stage table, rounding and head as torchvision's B0-B7.
+    return EfficientNetConfig(V1_STAGES, width, depth, None, dropout, bn_eps=1e-3, tf_same=True)
+
+
+def _lite(width: float, depth: float, dropout: float):
+    # EfficientNet-Lite (Google's efficientnet/lite): B0's table without SE, ReLU6 (int8-friendly), fixed ends.
+    return EfficientNetConfig(V1_STAGES, width, depth, 1280, dropout, bn_eps=1e-3, tf_same=True, act="relu6",
+                              se=False, scale_ends=False)
 
 
 CONFIGS: dict[str, EfficientNetConfig] = {
@@ -108,6 +131,11 @@ CONFIGS: dict[str, EfficientNetConfig] = {
     "tf_efficientnetv2_b1": _v2_base(1.0, 1.1, 0.2),
     "tf_efficientnetv2_b2": _v2_base(1.1, 1.2, 0.3),
     "tf_efficientnetv2_b3": _v2_base(1.2, 1.4, 0.3),
+    **{f"tf_efficientnet_b{i}": _tf_v1(w, d, p) for i, (w, d, p) in enumerate([
+        (1.0, 1.0, 0.2), (1.0, 1.1, 0.2), (1.1, 1.2, 0.3), (1.2, 1.4, 0.3), (1.4, 1.8, 0.4), (1.6, 2.2, 0.4),
+        (1.8, 2.6, 0.5), (2.0, 3.1, 0.5)])},
+    **{f"efficientnet_lite{i}": _lite(w, d, p) for i, (w, d, p) in enumerate([
+        (1.0, 1.0, 0.2), (1.0, 1.1, 0.2), (1.1, 1.2, 0.3), (1.2, 1.4, 0.3), (1.4, 1.8, 0.3)])},
     "test_efficientnet": EfficientNetConfig(TEST_V1_STAGES, head_ch=64, dropout=0.0),
     "test_efficientnet_v2": EfficientNetConfig(TEST_V2_STAGES, head_ch=64, dropout=0.0, bn_eps=1e-3),
 }
@@ -131,34 +159,37 @@ class _ResidualBlock(nn.Module):
 
 
 class MBConv(_ResidualBlock):
-    """Inverted residual: [1x1 expand] -> kxk depthwise -> SE -> 1x1 project, residual when shapes allow."""
+    """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, residual when shapes allow."""
 
     def __init__(self, in_ch: int, out_ch: int, expand_ratio: float, kernel: int, stride: int,
-                 drop_path: float, bn: dict, tf_same: bool):
+                 drop_path: float, unit: dict, tf_same: bool, se: bool):
         mid = make_divisible(in_ch * expand_ratio, 8)
         layers: list[nn.Module] = []
         if mid != in_ch:
-            layers.append(conv_bn_act(in_ch, mid, 1, **bn))
-        layers += [
-            conv_bn_act(mid, mid, kernel, stride, groups=mid, tf_same=tf_same, **bn),
-            SqueezeExcite(mid, max(1, in_ch // 4)),
-            conv_bn_act(mid, out_ch, 1, act=False, **bn),
-        ]
+            layers.append(conv_bn_act(in_ch, mid, 1, **unit))
+        layers.append(conv_bn_act(mid, mid, kernel, stride, groups=mid, tf_same=tf_same, **unit))
+        if se:
+            layers.append(SqueezeExcite(mid, max(1, in_ch // 4)))
+        layers.append(conv_bn_act(mid, out_ch, 1, **{**unit, "act": False}))
         super().__init__(layers, residual=stride == 1 and in_ch == out_ch, drop_path=drop_path)
 
 
 class FusedMBConv(_ResidualBlock):
-    """Fused inverted residual: kxk expand conv -> [1x1 project]; with ratio 1 a single kxk conv."""
+    """Fused inverted residual: kxk expand conv -> [1x1 project]; with ratio 1 a single kxk conv (never SE)."""
 
     def __init__(self, in_ch: int, out_ch: int, expand_ratio: float, kernel: int, stride: int,
-                 drop_path: float, bn: dict, tf_same: bool):
+                 drop_path: float, unit: dict, tf_same: bool, se: bool):
         mid = make_divisible(in_ch * expand_ratio, 8)
         if mid != in_ch:
-            layers = [conv_bn_act(in_ch, mid, kernel, stride, tf_same=tf_same, **bn),
-                      conv_bn_act(mid, out_ch, 1, act=False, **bn)]
+            layers = [conv_bn_act(in_ch, mid, kernel, stride, tf_same=tf_same, **unit),
+                      conv_bn_act(mid, out_ch, 1, **{**unit, "act": False})]
         else:
-            layers = [conv_bn_act(in_ch, out_ch, kernel, stride, tf_same=tf_same, **bn)]
+            layers = [conv_bn_act(in_ch, out_ch, kernel, stride, tf_same=tf_same, **unit)]
         super().__init__(layers, residual=stride == 1 and in_ch == out_ch, drop_path=drop_path)
+
+
+BLOCKS = {"mbconv": MBConv, "fused": FusedMBConv}
+ACTIVATIONS = {"silu": nn.SiLU, "relu6": nn.ReLU6}
 
 
 class EfficientNet(nn.Module):
@@ -166,26 +197,27 @@ class EfficientNet(nn.Module):
 
     def __init__(self, cfg: EfficientNetConfig, num_classes: int = 1000, drop_path_rate: float = 0.0):
         super().__init__()
-        bn = {"bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum}
-        stem_ch = cfg.width(cfg.stages[0].in_ch)
-        layers: list[nn.Module] = [conv_bn_act(3, stem_ch, 3, 2, tf_same=cfg.tf_same, **bn)]
-        total = sum(cfg.depth(s.layers) for s in cfg.stages)
+        # Keyword arguments of every conv-BN-activation unit.
+        unit = {"bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum, "act": ACTIVATIONS[cfg.act]}
+        stem_ch = cfg.end_width(cfg.stages[0].in_ch)
+        layers: list[nn.Module] = [conv_bn_act(3, stem_ch, 3, 2, tf_same=cfg.tf_same, **unit)]
+        depths = [cfg.stage_depth(i) for i in range(len(cfg.stages))]
         block_idx = 0
         in_ch = stem_ch
-        for stage in cfg.stages:
-            block_cls = MBConv if isinstance(stage, MBConvConfig) else FusedMBConv
+        for stage, depth in zip(cfg.stages, depths):
             out_ch = cfg.width(stage.out_ch)
             blocks = []
-            for i in range(cfg.depth(stage.layers)):
+            for i in range(depth):
                 # Stochastic depth rises linearly with the global block index (as torchvision and timm do).
-                rate = drop_path_rate * block_idx / total
-                blocks.append(block_cls(in_ch if i == 0 else out_ch, out_ch, stage.expand_ratio, stage.kernel,
-                                        stage.stride if i == 0 else 1, rate, bn, cfg.tf_same))
+                rate = drop_path_rate * block_idx / sum(depths)
+                blocks.append(BLOCKS[stage.block](in_ch if i == 0 else out_ch, out_ch, stage.expand_ratio,
+                                                  stage.kernel, stage.stride if i == 0 else 1, rate, unit,
+                                                  cfg.tf_same, cfg.se))
                 block_idx += 1
             layers.append(nn.Sequential(*blocks))
             in_ch = out_ch
-        head_ch = cfg.width(cfg.head_ch) if cfg.head_ch is not None else 4 * in_ch
-        layers.append(conv_bn_act(in_ch, head_ch, 1, **bn))
+        head_ch = cfg.end_width(cfg.head_ch) if cfg.head_ch is not None else 4 * in_ch
+        layers.append(conv_bn_act(in_ch, head_ch, 1, **unit))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = head_ch
@@ -201,6 +233,9 @@ class EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier[1]
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear layer (new random init) for `num_classes` outputs."""

