@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "all"),
                    help="which part of the run's own data (default: the held-out test split)")
     p.add_argument("--out", help="predictions.csv path (default: RUN/predict-<split>[-tta]/predictions.csv)")
-    p.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
-                   help="post-hoc logit adjustment: subtract TAU * log(train prior); 0 = off")
+    p.add_argument("--logit-adjust", type=float, default=None, metavar="TAU",
+                   help="post-hoc logit adjustment: subtract TAU * log(train prior); default: the tau the run "
+                        "chose in training (v4: on validation), else 0 (off)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", default="auto", choices=("auto", "fp16", "bf16", "off"))
     p.add_argument("--batch-size", type=int, default=256)

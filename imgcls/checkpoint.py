@@ -128,6 +128,7 @@ class Checkpoint:
     epoch: int
     metric: float
     selected: str
+    decision_tau: float = 0.0     # predict.py's default post-hoc logit adjustment (decision.py)
     # resume state, last.pt only
     progress: RunState | None = None
     optimizer: dict | None = None

@@ -37,6 +37,8 @@ from .config import Config
 from .data import load_dataset, write_skipped
 from .data.augment import MixupCutmix, TrainAugment, eval_transform
 from .data.samplers import EpochSampler, epoch_seed
+from .decision import adjust, choose_tau
+from .decoupling import extract_features, replace_classifier, retrain_classifier
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
@@ -171,7 +173,9 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
         log_epoch(t, state, epoch, lr, train_loss, seconds, val)
         save_progress(t, state, val)
     net, selected, metrics = select_result(t, state)
-    return finish(t, state, net, selected, metrics)
+    net, metrics = retrain_head(t, state, net, selected, metrics)
+    tau, metrics = choose_decision(t, net, metrics)
+    return finish(t, state, net, selected, metrics, tau)
 
 
 def open_run(cfg: Config, say) -> checkpoint.Checkpoint | None:
@@ -291,9 +295,21 @@ def _log_start(t: Trainer) -> None:
         t.say(f"loss {cfg.loss}: class weights min {weights.min():.4g} max {weights.max():.4g} "
               f"(ratio {weights.max() / weights.min():.1f}x); per class: "
               + ", ".join(f"{n}={v:.3g}" for n, v in zip(t.class_names, weights.tolist())))
+        warning = weight_span_warning(cfg.loss, weights)
+        if warning:
+            t.say(warning)
     t.say(f"{t.rdir}: {cfg.model} on {len(t.train_idx)} train / {len(t.val_idx)} val images, "
           f"{len(t.class_names)} classes, input {t.pre.img_size[0]}x{t.pre.img_size[1]}, {cfg.epochs} epochs x "
           f"{t.steps_per_epoch} steps, device {t.device}, amp {t.amp_dtype}, world size {dist.world_size()}")
+
+
+def weight_span_warning(loss: str, weights: torch.Tensor) -> str | None:
+    """One line when class weights span more than 100x (V3's beta 0.9999 gives ~3,900x on the Kaggle set)."""
+    span = float(weights.max() / weights.min())
+    if span <= 100:
+        return None
+    return (f"warning: --loss {loss} class weights span {span:.0f}x: the tail's few images dominate the loss; "
+            "try --cb-beta 0.999, or --version v4 (re-balance only the classifier, after training)")
 
 
 def restore(t: Trainer, saved: checkpoint.Checkpoint) -> RunState:
@@ -367,11 +383,16 @@ def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Gene
     return loss
 
 
-def evaluate(t: Trainer, net: nn.Module) -> dict:
-    """Validation metrics of `net` on this fold's validation images (every rank gets the whole set's)."""
-    probs = predict_dataset(net, t.images, t.val_idx, img_size=t.pre.img_size, mean=t.pre.mean, std=t.pre.std,
-                            device=t.device, batch_size=t.cfg.eval_batch_size, amp=t.cfg.amp,
-                            channels_last=t.channels_last)
+def val_probs(t: Trainer, net: nn.Module) -> np.ndarray:
+    """Class probabilities of `net` on this fold's validation images (every rank gets the whole set's)."""
+    return predict_dataset(net, t.images, t.val_idx, img_size=t.pre.img_size, mean=t.pre.mean, std=t.pre.std,
+                           device=t.device, batch_size=t.cfg.eval_batch_size, amp=t.cfg.amp,
+                           channels_last=t.channels_last)
+
+
+def evaluate(t: Trainer, net: nn.Module, probs: np.ndarray | None = None) -> dict:
+    """Validation metrics of `net` (or of given validation probabilities), plus the NLL as "loss"."""
+    probs = val_probs(t, net) if probs is None else probs
     y = t.labels.numpy()[t.val_idx]
     metrics = classification_metrics(y, probs.argmax(1), t.class_names)
     metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
@@ -450,7 +471,59 @@ def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict]:
     return (swa_net, "swa", swa_metrics) if swa_metrics[metric] >= chosen[2][metric] else chosen
 
 
-def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict) -> dict:
+def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
+                 metrics: dict) -> tuple[nn.Module, dict]:
+    """cRT (decoupling.py): a new classifier on the frozen features of the training images, drawn by
+    --crt-sampler. The model before it is kept as stage1.pt; a resumed run starts from that file again, so
+    re-running this stage gives the same head."""
+    cfg = t.cfg
+    if cfg.crt_sampler is None:
+        return net, metrics
+    stage1 = t.rdir / "stage1.pt"
+    if stage1.exists():
+        net.load_state_dict(checkpoint.read(stage1).model)
+    elif dist.is_main():
+        checkpoint.save(_record(t, net, state.best_epoch, float(metrics[cfg.metric]), selected), stage1)
+    start = time.time()
+    features = extract_features(net, t.images, t.train_idx, img_size=t.pre.img_size, mean=t.pre.mean,
+                                std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
+                                channels_last=t.channels_last)
+    head = retrain_classifier(features, t.labels[t.train_idx], len(t.class_names), sampler=cfg.crt_sampler,
+                                   settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
+                                   lr=cfg.crt_lr, seed=cfg.seed)
+    replace_classifier(net, head.to(t.device))
+    after = evaluate(t, net)
+    t.say(f"classifier re-trained ({cfg.crt_sampler} sampling, {cfg.crt_steps} steps, "
+          f"{time.time() - start:.0f}s): val {cfg.metric} {metrics[cfg.metric]:.4f} -> {after[cfg.metric]:.4f}, "
+          f"acc {metrics['accuracy']:.4f} -> {after['accuracy']:.4f}")
+    after["crt_seconds"] = time.time() - start
+    return net, after
+
+
+def choose_decision(t: Trainer, net: nn.Module, metrics: dict) -> tuple[float, dict]:
+    """The run's post-hoc logit adjustment: --decision-tau, or with 'auto' the tau of decision.TAU_GRID with
+    the best validation macro-F1. metrics become those of the adjusted rule, with the unadjusted ones kept
+    under "before_decision"."""
+    cfg = t.cfg
+    if cfg.decision_tau == 0:
+        return 0.0, metrics
+    probs = val_probs(t, net)
+    if cfg.decision_tau == "auto":
+        tau, scores = choose_tau(probs, t.labels.numpy()[t.val_idx], t.train_counts)
+    else:
+        tau, scores = float(cfg.decision_tau), None
+    adjusted = evaluate(t, net, probs=adjust(probs, t.train_counts, tau))
+    adjusted.update(decision_tau=tau, before_decision={k: metrics[k] for k in
+                                                       ("accuracy", "macro_f1", "balanced_accuracy", "loss")})
+    if scores is not None:
+        adjusted["decision_tau_scores"] = scores
+    t.say(f"decision rule: tau {tau:+.1f} ({'chosen on validation' if scores else '--decision-tau'}): val "
+          f"macro_f1 {metrics['macro_f1']:.4f} -> {adjusted['macro_f1']:.4f}, "
+          f"acc {metrics['accuracy']:.4f} -> {adjusted['accuracy']:.4f}")
+    return tau, adjusted
+
+
+def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict, tau: float = 0.0) -> dict:
     """best.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished."""
     cfg, rdir = t.cfg, t.rdir
     metrics.update(
@@ -460,7 +533,9 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         if t.device.type == "cuda" else "process_max_rss", split="val", fold=t.fold)
     result = {"run_dir": str(rdir), "metric": float(metrics[cfg.metric]), "selected": selected}
     if dist.is_main():
-        checkpoint.save(_record(t, net, state.best_epoch, result["metric"], selected), rdir / "best.pt")
+        record = _record(t, net, state.best_epoch, result["metric"], selected)
+        record.decision_tau = tau
+        checkpoint.save(record, rdir / "best.pt")
         atomic_write(rdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
         last = checkpoint.read(rdir / "last.pt")

@@ -24,6 +24,7 @@ from .data.cache import decode_images
 from .data.splits import load_split
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
+from .decision import adjust as logit_adjust  # noqa: F401  (predict's name for it)
 from .inference import predict_dataset, use_channels_last
 from .metrics import classification_metrics, per_class_report
 from .models import create_model
@@ -78,16 +79,6 @@ def build_model(member: Member, device: torch.device) -> torch.nn.Module:
         raise UserError(f"{member.path}: weights do not fit {record.model_name} with "
                         f"{record.num_classes} classes ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval()
-
-
-def logit_adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:
-    """Menon et al. 2021, post-hoc: softmax(log p - tau * log prior), prior from the training counts."""
-    prior = np.asarray(class_counts, dtype=np.float64)
-    prior = np.clip(prior / prior.sum(), 1e-12, None)
-    logits = np.log(np.clip(probs.astype(np.float64), 1e-30, None)) - tau * np.log(prior)
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def select_images(args, members: list[Member], log=print):
@@ -151,19 +142,22 @@ def predict(args, log=print) -> dict:
     log(f"predicting {len(paths)} images with {len(members)} model(s) x {len(views)} view(s) "
         f"({', '.join(views)}) on {device}")
     probs = np.zeros((len(paths), len(class_names)), dtype=np.float32)
-    for member in members:
+    taus = [member_tau(args.logit_adjust, m) for m in members]
+    for member, tau in zip(members, taus):
         pre = member.record.preprocessing
         model = build_model(member, device)
-        probs += predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre.img_size),
+        member_probs = predict_dataset(model, images, np.arange(len(paths)), img_size=tuple(pre.img_size),
                                  mean=pre.mean, std=pre.std, device=device, batch_size=args.batch_size,
                                  views=views, amp=args.amp,
                                  channels_last=use_channels_last("auto", device),
                                  progress=lambda batches, name=member.path.parent.name: tqdm(
                                      batches, desc=f"predict {name}", unit="batch", leave=False,
-                                     disable=not sys.stderr.isatty())) / len(members)
-    if args.logit_adjust:
-        counts = np.sum([m.record.train_class_counts for m in members], axis=0)
-        probs = logit_adjust(probs, counts, args.logit_adjust)
+                                     disable=not sys.stderr.isatty()))
+        # each member's own decision rule (its tau, its training prior), then the ensemble mean
+        probs += logit_adjust(member_probs, member.record.train_class_counts, tau) / len(members)
+    if any(taus):
+        log(f"decision rule: logit adjustment tau {', '.join(f'{t:+.1f}' for t in taus)} "
+            f"({'--logit-adjust' if args.logit_adjust is not None else 'chosen in training'})")
     if not np.isfinite(probs).all():  # never write NaN as predictions (and overwrite good ones with them)
         raise UserError(f"{members[0].path}: the model gives non-finite probabilities for "
                         f"{int((~np.isfinite(probs).all(1)).sum())} image(s); nothing was written")
@@ -183,7 +177,7 @@ def predict(args, log=print) -> dict:
     if labels is not None:
         metrics = classification_metrics(labels, probs.argmax(1), class_names)
         metrics.update(views=list(views), models=[str(m.path) for m in members], split=args.split,
-                       logit_adjust=args.logit_adjust,
+                       logit_adjust=taus,
                        train_time_s=sum(_train_time(m) for m in members),
                        peak_memory_mb=max(_peak_memory(m) for m in members))
         atomic_write(out_csv.parent / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -194,6 +188,11 @@ def predict(args, log=print) -> dict:
         result["metrics"] = metrics
     log(f"wrote {out_csv}")
     return result
+
+
+def member_tau(given: float | None, member: Member) -> float:
+    """--logit-adjust when given, else the tau the run chose in training (0 for runs without one)."""
+    return float(given) if given is not None else float(member.record.decision_tau)
 
 
 def warn_if_unfinished(path: Path, log=print) -> None:

@@ -42,6 +42,13 @@ def test_weighted_v1_draws_every_class_equally():
     _assert_frequencies(sampler, 0, expected)
 
 
+def test_sqrt_draws_each_class_in_proportion_to_the_root_of_its_count():
+    sampler = EpochSampler(LABELS, "sqrt", num_samples=DRAWS, seed=0)
+    expected = np.sqrt(COUNTS) / np.sqrt(COUNTS).sum()  # Kang et al. 2020, square-root sampling (q = 1/2)
+    assert np.allclose(sampler.class_probs(0).numpy(), expected)
+    _assert_frequencies(sampler, 0, expected)
+
+
 def test_class_balanced_uses_the_effective_number():
     beta = 0.99
     sampler = EpochSampler(LABELS, "class_balanced", num_samples=DRAWS, settings={"cb_beta": beta}, seed=2)
@@ -103,7 +110,7 @@ def test_draw_depends_only_on_seed_and_epoch_and_leaves_global_rng_alone():
 
 def test_bad_arguments_are_user_errors():
     with pytest.raises(UserError, match="--sampler"):
-        EpochSampler(LABELS, "sqrt")
+        EpochSampler(LABELS, "no_such_sampler")
     with pytest.raises(UserError, match="rank"):
         EpochSampler(LABELS, rank=2, world_size=2)
 

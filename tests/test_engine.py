@@ -19,13 +19,14 @@ from imgcls import checkpoint, engine
 from imgcls.config import resolve
 from imgcls.data import load_dataset
 from imgcls.data.augment import eval_transform
+from imgcls.decision import adjust
 from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
 from tests.helpers import tiny_overrides, write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"v1": "test_efficientnet", "v2": "test_convnext", "v2.1": "test_convnext",
-              "v3": "test_efficientnet_v2"}
+              "v3": "test_efficientnet_v2", "v4": "test_efficientnet"}
 RUN_FILES = ["config.json", "split.json", "summary.csv", "best.pt", "last.pt", "metrics.json", "lr.png",
              "curves.png", "confusion.png", "skipped.json"]
 
@@ -46,6 +47,7 @@ def _fit(version, data_dir, out, fold=0, **extra):
     ("v2", {"swa_start": 1, "swa_freq": 1, "warmup_epochs": 1}),
     ("v2.1", {"swa_start": 2, "warmup_epochs": 1}),
     ("v3", {}),
+    ("v4", {"crt_steps": 20}),
 ])
 def test_every_version_trains_and_writes_every_file(version, extra, data_dir, tmp_path):
     cfg, result = _fit(version, data_dir, tmp_path, **extra)
@@ -81,7 +83,9 @@ def _evaluate_saved(rdir: Path, data_dir: Path, out: Path) -> dict:
     pre = best["preprocessing"]
     with torch.no_grad():
         x = eval_transform(data.images[torch.as_tensor(val)], tuple(pre["img_size"]), pre["mean"], pre["std"])
-        pred = model(x).argmax(1).numpy()
+        probs = torch.softmax(model(x), 1).numpy()
+    # with the run's own decision rule (v4 chooses a tau on validation; the others keep 0)
+    pred = adjust(probs, best["train_class_counts"], best.get("decision_tau", 0.0)).argmax(1)
     return classification_metrics(data.labels.numpy()[val], pred, best["class_names"])
 
 

@@ -136,3 +136,12 @@ def dynamic(counts: torch.Tensor, total_epochs: int):
 def dynamic_reverse(counts: torch.Tensor, total_epochs: int):
     """natural -> balanced, the direction of deferred re-balancing (DRW, progressive balancing)."""
     return _linear(counts, total_epochs, reverse=True)
+
+
+@SAMPLERS.register("sqrt")
+def square_root(counts: torch.Tensor, total_epochs: int):
+    """Square-root sampling (Mahajan et al. 2018; Kang et al. 2020): class c drawn with probability
+    proportional to sqrt(n_c), halfway (in log space) between natural and balanced."""
+    root = counts.sqrt()
+    probs = root / root.sum()
+    return lambda epoch: probs
