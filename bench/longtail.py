@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     for init in args.inits.split(","):
         recipes = args.recipes.split(",") if init == "imagenet" else args.scratch_recipes.split(",")
         plan += [(init, seed, recipe) for recipe in recipes for seed in args.seeds]
+    plan.sort(key=lambda job: job[2] != "v4")  # v4 (which also gives plain CE) first: the runs that matter most
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: train(args, *job), plan))
