@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default=",".join(TTA_VIEWS), help="TTA views with --tta (default %(default)s)")
     p.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx (static int8, calibrated on the run's training images)")
+    p.add_argument("--logit-adjust", type=float, default=None, metavar="TAU",
+                   help="post-hoc logit adjustment inside the graph; default: the tau the run chose in training "
+                        "(v4), else 0 (off)")
     p.add_argument("--calibration-images", type=int, default=256, help="images for int8 calibration")
     return p
 
@@ -44,18 +47,19 @@ def main(argv=None) -> int:
     views = parse_views(args.views) if args.tta else ("identity",)
     run = Path(args.run)
     out = Path(args.out) if args.out else (run.parent if run.is_file() else run) / f"export-{args.format}"
-    module = export.deployable(members, views, channels_last=args.format == "torchscript")
+    taus = [float(args.logit_adjust) if args.logit_adjust is not None else m.record.decision_tau for m in members]
+    module = export.deployable(members, views, channels_last=args.format == "torchscript", taus=taus)
     if args.format == "onnx":
         model_file = export.export_onnx(module, out / "model.onnx")
     else:
         model_file = export.export_torchscript(module, out / "model.pt")
-    state = members[0].state
+    record = members[0].record
     written = [model_file]
     if args.int8:
         calib = quantize.calibration_images(members, count=args.calibration_images)
         written.append(quantize.quantize_onnx(model_file, out / "model.int8.onnx", calib))
-    export.write_metadata(out, state["class_names"], state["preprocessing"], views,
-                          [str(m.path) for m in members], model_file.name)
+    export.write_metadata(out, record.class_names, record.preprocessing.to_dict(), views,
+                          [str(m.path) for m in members], model_file.name, taus)
     print(f"exported {len(members)} model(s) x {len(views)} view(s): "
           + ", ".join(str(p) for p in written) + f"; classes.json and preprocessing.json in {out}")
     return 0

@@ -44,11 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which part of the run's own data (default test)")
     images.add_argument("--label-col", help="label column of a Kaggle styles.csv (default: the run's)")
     how = p.add_argument_group("prediction")
-    how.add_argument("--tta", action="store_true", help="test-time augmentation (see --views)")
+    how.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                     help="test-time augmentation (see --views); default: the run's own setting (its version's "
+                          "preset, e.g. on for v2.1 and v3)")
     how.add_argument("--views", default=",".join(TTA_VIEWS),
                      help="TTA views, comma-separated (default %(default)s; scaleF for any F)")
-    how.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
-                     help="post-hoc logit adjustment: subtract TAU * log(train prior); 0 = off (default)")
+    how.add_argument("--logit-adjust", type=float, default=None, metavar="TAU",
+                     help="post-hoc logit adjustment: subtract TAU * log(train prior); default: the tau the run "
+                          "chose in training (v4: on validation), else 0 (off)")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="FILE.csv",
                      help="predictions CSV; its metrics/report/confusion/skipped go to a folder named after it "

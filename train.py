@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         return 0
     print_config = args.pop("print_config")
     version, fold_text = args.pop("version"), args.pop("fold")
-    cfg = resolve(version, args)
+    cfg = resolve(version, args, log=print if dist.is_main() else None)
     check_config(cfg)  # every numeric flag, --device and --out, before any data is read
     if print_config:
         print(json.dumps(cfg.to_dict(), indent=2))

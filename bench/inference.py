@@ -37,7 +37,7 @@ from imgcls.metrics import classification_metrics  # noqa: E402
 def held_out(clf, limit: int | None):
     """uint8 images and labels (model class order) of the run's held-out test split."""
     member = clf.members[0]
-    cfg = member.state["config"]
+    cfg = member.record.config
     data = load_dataset(cfg.get("data"), label_col=cfg.get("label_col", "subCategory"), size=clf.storage_size,
                         cache_dir=cfg.get("cache_dir"), workers=2, log=lambda *a, **k: None)
     test = np.asarray(load_split(str(member.path.parent / "split.json"), data.paths)["test"], dtype=np.int64)
@@ -158,12 +158,12 @@ def main(argv=None) -> int:
         acc, f1, agree = quality[name]
         rows.append(f"| {name} | {s1:.0f} | {s64:.0f} | {ratio1:.2f}x | {ratio:.2f}x | {acc:.4f} | {f1:.4f} | "
                     f"{agree:.4f} |")
-    state = clf.members[0].state
+    model_name = clf.members[0].record.model_name
     table = "\n".join(["| backend | img/s batch 1 | img/s batch 64 | vs PyTorch fp32 (b1) | vs PyTorch fp32 (b64) | "
                        "test accuracy | test macro-F1 | top-1 = fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|",
                        *rows])
     text = (f"# Inference on the CPU\n\n    {' '.join(['OMP_WAIT_POLICY=PASSIVE', 'python', *sys.argv])}\n\n"
-            f"Run {args.run}: {state['model_name']}, {len(clf.classes)} classes, storage "
+            f"Run {args.run}: {model_name}, {len(clf.classes)} classes, storage "
             f"{'x'.join(map(str, clf.storage_size))}, input {'x'.join(map(str, clf.preprocessing['img_size']))}, "
             f"{len(clf.members)} model(s), no TTA. {len(images)} held-out test images; {args.threads} threads "
             f"(torch and onnxruntime); img/s: median of {args.repeats} interleaved timings of {args.seconds:.0f} s each; "

@@ -18,7 +18,9 @@ import torch
 from PIL import Image, ImageOps
 
 from . import checkpoint
+from . import distributed as dist
 from .data.cache import decode_images, to_rgb
+from .decision import adjust
 from .data.sources import IMAGE_EXTENSIONS
 from .errors import UserError
 from .inference import predict_dataset, use_channels_last
@@ -39,9 +41,9 @@ class Prediction:
 
 @dataclass
 class Member:
-    """One trained model of an ensemble: where it came from and its checkpoint dict."""
+    """One trained model of an ensemble: where it came from and its checkpoint record."""
     path: Path
-    state: dict
+    record: checkpoint.Checkpoint
 
 
 @dataclass
@@ -88,30 +90,30 @@ def find_checkpoints(source: str | Path, fold: str | int = "all") -> list[Path]:
 
 
 def load_members(paths: list[Path]) -> list[Member]:
-    members = [Member(p, checkpoint.load(p)) for p in paths]
-    first = members[0].state
+    members = [Member(p, checkpoint.read(p)) for p in paths]
+    first = members[0].record
     for m in members[1:]:
         for key in ("class_names", "num_classes"):
-            if m.state[key] != first[key]:
+            if getattr(m.record, key) != getattr(first, key):
                 raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
-        if m.state["preprocessing"] != first["preprocessing"]:
+        if m.record.preprocessing.to_dict() != first.preprocessing.to_dict():
             raise UserError(f"{m.path}: other preprocessing (sizes, mean, std) than {members[0].path}")
     return members
 
 
 def build_model(member: Member, device: torch.device | str = "cpu") -> torch.nn.Module:
-    state = member.state
-    model = create_model(state["model_name"], state["num_classes"], log=_QUIET)  # weights follow
+    record = member.record
+    model = create_model(record.model_name, record.num_classes, log=_QUIET)  # weights follow
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(record.model)
     except RuntimeError as exc:
-        raise UserError(f"{member.path}: weights do not fit {state['model_name']} with "
-                        f"{state['num_classes']} classes ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{member.path}: weights do not fit {record.model_name} with "
+                        f"{record.num_classes} classes ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval()
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    return dist.local_device(name)
 
 
 def parse_views(views) -> tuple[str, ...]:
@@ -192,16 +194,20 @@ class Classifier:
     """A trained model or fold ensemble, ready to predict. Made by `imgcls.load`."""
 
     def __init__(self, members: list[Member], views=("identity",), device="cpu", batch_size: int = 256,
-                 amp: str = "off", int8_model: str | Path | None = None):
+                 amp: str = "off", int8_model: str | Path | None = None, taus=None):
         self.members = members
-        state = members[0].state
-        self.classes: list[str] = list(state["class_names"])
-        pre = state["preprocessing"]
-        self.preprocessing = {"storage_size": tuple(pre["storage_size"]), "img_size": tuple(pre["img_size"]),
-                              "mean": tuple(pre["mean"]), "std": tuple(pre["std"]),
+        record = members[0].record
+        self.classes: list[str] = list(record.class_names)
+        pre = record.preprocessing
+        self.preprocessing = {"storage_size": tuple(pre.storage_size), "img_size": tuple(pre.img_size),
+                              "mean": tuple(pre.mean), "std": tuple(pre.std),
                               "resize": "decode to RGB, PIL bilinear to storage_size; then bilinear "
                                         "(antialiased when shrinking) to img_size; (x/255 - mean) / std"}
         self.views = parse_views(views)
+        self.tta = self.views != ("identity",)
+        # Each member's decision rule: softmax(log p - tau * log prior) with its own training prior
+        # (decision.py; v4 chooses tau on validation). 0 = the model's own probabilities.
+        self.taus = [float(t) for t in taus] if taus is not None else [0.0] * len(members)
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.batch_size, self.amp = batch_size, amp
         self.int8_model = Path(int8_model) if int8_model else None
@@ -210,7 +216,7 @@ class Classifier:
 
     def __repr__(self) -> str:
         kind = f"int8 {self.int8_model}" if self.int8_model else f"{len(self.members)} model(s) on {self.device}"
-        return (f"Classifier({self.members[0].state['model_name']}, {len(self.classes)} classes, {kind}, "
+        return (f"Classifier({self.members[0].record.model_name}, {len(self.classes)} classes, {kind}, "
                 f"views {','.join(self.views)})")
 
     @property
@@ -229,12 +235,14 @@ class Classifier:
             self._models = [build_model(m, self.device) for m in self.members]
         probs = np.zeros((len(pixels), len(self.classes)), dtype=np.float32)
         pre = self.preprocessing
-        for model, member in zip(self._models, self.members):
-            probs += predict_dataset(model, pixels, np.arange(len(pixels)), img_size=pre["img_size"],
-                                     mean=pre["mean"], std=pre["std"], device=self.device,
-                                     batch_size=self.batch_size, views=self.views, amp=self.amp,
-                                     channels_last=use_channels_last("auto", self.device),
-                                     progress=progress and (lambda b, m=member: progress(b, m))) / len(self.members)
+        for model, member, tau in zip(self._models, self.members, self.taus):
+            member_probs = predict_dataset(model, pixels, np.arange(len(pixels)), img_size=pre["img_size"],
+                                           mean=pre["mean"], std=pre["std"], device=self.device,
+                                           batch_size=self.batch_size, views=self.views, amp=self.amp,
+                                           channels_last=use_channels_last("auto", self.device),
+                                           progress=progress and (lambda b, m=member: progress(b, m)))
+            # each member's own decision rule (its tau, its training prior), then the ensemble mean
+            probs += adjust(member_probs, member.record.train_class_counts, tau) / len(self.members)
         return probs
 
     def _int8_probs(self, pixels: torch.Tensor) -> np.ndarray:
@@ -264,19 +272,22 @@ class Classifier:
 
 def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None, views=None,
          device: str = "auto", batch_size: int = 256, amp: str = "off", int8: bool = False,
-         log=_QUIET) -> Classifier:
+         logit_adjust: float | None = None, log=_QUIET) -> Classifier:
     """A Classifier from a run folder (fold ensemble, the preset's TTA), a fold folder or a checkpoint file.
 
     tta None follows the run's preset (config "tta"); views default to identity,hflip,scale0.9,scale1.1 when
-    TTA is on. int8=True runs the int8 ONNX model (made once and kept in RUN/export-int8/, calibrated on
+    TTA is on. logit_adjust None applies each checkpoint's own decision tau (v4 chooses one on validation;
+    0 for the others), a number overrides it. int8=True runs the int8 ONNX model (made once and kept in RUN/export-int8/, calibrated on
     the run's training images; needs onnx and onnxruntime).
     """
     members = load_members(find_checkpoints(source, fold))
     if tta is None:
-        tta = bool(members[0].state.get("config", {}).get("tta", False))
+        tta = bool(members[0].record.config.get("tta", False))
+    taus = [float(logit_adjust) if logit_adjust is not None else float(m.record.decision_tau) for m in members]
     chosen = parse_views(views) if (tta and views) else (TTA_VIEWS if tta else ("identity",))
     int8_model = None
     if int8:
         from .quantize import int8_model_for
-        int8_model = int8_model_for(members, chosen, log=log)
-    return Classifier(members, chosen, device=device, batch_size=batch_size, amp=amp, int8_model=int8_model)
+        int8_model = int8_model_for(members, chosen, taus, log=log)
+    return Classifier(members, chosen, device=device, batch_size=batch_size, amp=amp, int8_model=int8_model,
+                      taus=taus)

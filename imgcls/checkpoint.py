@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,3 +61,107 @@ def load(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+# --- The record: what best.pt, swa.pt and last.pt hold, as one typed object. ------------------------------
+# On disk it is a plain dict of tensors and Python values (torch.load(weights_only=True) reads it); the
+# dataclasses below are the only place its keys are spelled.
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Preprocessing:
+    """Everything predict.py needs to feed the model the way it was trained."""
+    model: str
+    img_size: tuple
+    mean: tuple
+    std: tuple
+    storage_size: tuple
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "img_size": list(self.img_size), "mean": list(self.mean),
+                "std": list(self.std), "storage_size": list(self.storage_size)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(model=d["model"], img_size=tuple(d["img_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   storage_size=tuple(d["storage_size"]))
+
+
+@dataclass
+class RunState:
+    """The training loop's own progress: saved whole in last.pt and restored whole on resume."""
+    epoch: int = 0                # epochs finished
+    num_updates: int = 0          # optimizer updates applied (an fp16 step the GradScaler skipped is not one)
+    skipped_updates: int = 0      # steps whose gradients overflowed under fp16 and were skipped
+    history: list = field(default_factory=list)     # one row of summary.csv per epoch
+    lr_history: list = field(default_factory=list)  # the lr of every training step
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    train_time: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**d)
+
+
+@dataclass
+class Checkpoint:
+    """A trained model with what it takes to use it (best.pt, swa.pt) and, in last.pt, to resume training.
+
+    ``selected``: "best" (the best epoch), "swa" (the SWA average) or "last" (the latest epoch, last.pt).
+    """
+    model_name: str
+    num_classes: int
+    class_names: list
+    preprocessing: Preprocessing
+    config: dict
+    fold: int
+    train_class_counts: list
+    model: dict                   # state_dict
+    epoch: int
+    metric: float
+    selected: str
+    decision_tau: float = 0.0     # predict.py's default post-hoc logit adjustment (decision.py)
+    # resume state, last.pt only
+    progress: RunState | None = None
+    optimizer: dict | None = None
+    schedule: dict | None = None
+    scaler: dict | None = None
+    swa_model: dict | None = None
+    rng: dict | None = None
+    finished: bool = False
+    result: dict | None = None
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["preprocessing"] = self.preprocessing.to_dict()
+        out["progress"] = None if self.progress is None else self.progress.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, path: str | Path = "checkpoint") -> "Checkpoint":
+        version = d.get("format")
+        if version != FORMAT_VERSION:
+            raise UserError(f"{path}: checkpoint format {version} is not {FORMAT_VERSION}, the one this imgcls "
+                            f"reads; retrain (train.py --restart) with this version")
+        values = dict(d, preprocessing=Preprocessing.from_dict(d["preprocessing"]))
+        if d.get("progress") is not None:
+            values["progress"] = RunState.from_dict(d["progress"])
+        return cls(**values)
+
+
+def save(record: Checkpoint, path: str | Path) -> None:
+    save_atomic(record.to_dict(), path)
+
+
+def read(path: str | Path) -> Checkpoint:
+    """The typed record in ``path`` (a UserError naming the file when it is missing, foreign or old)."""
+    return Checkpoint.from_dict(load(path), path)

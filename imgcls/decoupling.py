@@ -7,8 +7,8 @@ the head-class bias that natural sampling leaves in the classifier. Here stage t
 once (no augmentation, eval-mode BatchNorm), so it costs one inference pass over the training images plus a
 few seconds of linear-model steps.
 
-`sampling_power` q draws class c with probability proportional to n_c ** q: q = 0 is the paper's
-class-balanced sampling, q = 0.5 square-root sampling, q = 1 natural sampling (a plain re-fit of the head).
+Which classes the re-training draws is a SAMPLERS rule (data/samplers.py): "weighted" (every class equally
+likely) is the paper's class-balanced sampling, "sqrt" square-root sampling, "natural" a plain re-fit.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .data.augment import eval_transform
+from .data.samplers import EpochSampler
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
@@ -54,20 +55,20 @@ def extract_features(model: nn.Module, images: torch.Tensor, positions, *, img_s
     return torch.cat(captured) if captured else torch.zeros(0, head.in_features)
 
 
-def sampling_probs(labels: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
-    """Per-sample draw probabilities so that class c is drawn with probability n_c**power / sum_k n_k**power."""
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    per_class = torch.where(counts > 0, counts.clamp_min(1) ** power, torch.zeros_like(counts))
-    per_sample = (per_class / counts.clamp_min(1))[labels]
-    return (per_sample / per_sample.sum()).float()
+def sample_probs(labels: torch.Tensor, sampler: str, settings: dict | None = None) -> torch.Tensor:
+    """Per-sample draw probabilities of the SAMPLERS rule `sampler` (its first epoch's class probabilities,
+    spread evenly over each class's items)."""
+    rule = EpochSampler(labels, kind=sampler, total_epochs=1, settings=settings)
+    per_class = rule.class_probs(0)
+    return (per_class[labels] / rule.counts[labels]).float()
 
 
-def retrain_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, power: float = 0.0,
-                       steps: int = 1000, batch_size: int = 512, lr: float = 0.1, weight_decay: float = 5e-4,
+def retrain_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                       sampler: str = "weighted", settings: dict | None = None, steps: int = 600, batch_size: int = 512, lr: float = 0.1, weight_decay: float = 5e-4,
                        seed: int = 0) -> nn.Linear:
-    """A new linear classifier fitted to frozen features with class-rebalanced sampling (SGD, momentum 0.9,
-    cosine decay to 0 over `steps`), as the paper's cRT; freshly initialised so no natural-sampling bias
-    carries over."""
+    """A new linear classifier fitted to frozen features, its batches drawn by the SAMPLERS rule `sampler`
+    (SGD, momentum 0.9, cosine decay to 0 over `steps`), as the paper's cRT; freshly initialised so no
+    natural-sampling bias carries over. Weight decay 5e-4 is the paper's."""
     generator = torch.Generator().manual_seed(seed)
     head = nn.Linear(features.shape[1], num_classes)
     with torch.no_grad():  # seeded init (nn.Linear's own init would draw from the global generator)
@@ -75,7 +76,7 @@ def retrain_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes
         head.weight.uniform_(-bound, bound, generator=generator)
         head.bias.zero_()
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    probs = sampling_probs(labels, num_classes, power)
+    probs = sample_probs(labels, sampler, settings)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))

@@ -12,13 +12,14 @@ in epoch k and resumed from the end of epoch k-1 replays epoch k bit for bit on 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import math
 import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,14 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
 from . import checkpoint
+from .checkpoint import RunState
 from . import distributed as dist
 from .config import Config
 from .data import load_dataset, write_skipped
 from .data.augment import MixupCutmix, TrainAugment, eval_transform
-from .data.samplers import EpochSampler
+from .data.samplers import EpochSampler, epoch_seed
+from .decision import adjust, choose_tau
+from .decoupling import extract_features, replace_classifier, retrain_classifier
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
@@ -43,7 +47,7 @@ from .losses import build_loss
 from .metrics import classification_metrics
 from .models import create_model, pretrained_cfg
 from .plots import objective_label, plot_confusion, plot_curves, plot_lr
-from .schedules import build_scheduler
+from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
 _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir", "tta",
@@ -98,20 +102,6 @@ def prepare_data(cfg: Config, log=print):
     return dataset, split
 
 
-@dataclass
-class Preprocessing:
-    """Everything predict.py needs to feed the model the way it was trained."""
-    model: str
-    img_size: tuple
-    mean: tuple
-    std: tuple
-    storage_size: tuple
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "img_size": list(self.img_size), "mean": list(self.mean),
-                "std": list(self.std), "storage_size": list(self.storage_size)}
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -128,8 +118,35 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
+@dataclass
+class Trainer:
+    """Everything one fold's loop works with, built once by `setup` (the data flow's parts, in order)."""
+    cfg: Config
+    fold: int
+    rdir: Path
+    device: torch.device
+    say: Callable
+    images: torch.Tensor          # uint8 N x 3 x H x W, on the device when it is a GPU
+    labels: torch.Tensor          # int64 N, on the CPU
+    labels_dev: torch.Tensor      # the same on the device
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    class_names: list
+    train_counts: np.ndarray
+    pre: checkpoint.Preprocessing
+    channels_last: bool
+    sampler: EpochSampler
+    steps_per_epoch: int
+    augment: TrainAugment
+    mixer: MixupCutmix | None
+    criterion: nn.Module | Phases  # a loss, or losses that switch at given epochs
+    model: nn.Module
+    train_model: nn.Module        # the model wrapped for DDP / torch.compile
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    swa: AveragedModel | None
 
 
 def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
@@ -137,269 +154,407 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
 
     data: (dataset, split) from prepare_data, so that `--fold all` loads and splits once for every fold.
     """
-    main = dist.is_main()
-    say = log if main else (lambda *a, **k: None)
-    device = dist.local_device(cfg.device)
-    rdir = run_dir(cfg, fold)
-    last_path, best_path = rdir / "last.pt", rdir / "best.pt"
-    if cfg.restart and main and rdir.exists():
+    cfg = dataclasses.replace(cfg, fold=fold)  # config.json and the checkpoints record the fold trained
+    say = log if dist.is_main() else (lambda *a, **k: None)
+    saved = open_run(cfg, say)
+    if saved is not None and saved.finished:
+        say(f"{run_dir(cfg, fold)}: already finished ({cfg.metric} {saved.result['metric']:.4f}); "
+            f"--restart to train again")
+        return saved.result
+    t = setup(cfg, data if data is not None else prepare_data(cfg, say), saved, say)
+    state = restore(t, saved) if saved is not None else RunState()
+    for epoch in range(state.epoch, cfg.epochs):
+        if state.stopped_early:
+            break
+        train_loss, seconds = train_one_epoch(t, state, epoch)
+        lr = t.optimizer.param_groups[0]["lr"]
+        val = evaluate(t, t.model)
+        end_epoch(t, state, epoch, val)
+        log_epoch(t, state, epoch, lr, train_loss, seconds, val)
+        save_progress(t, state, val)
+    net, selected, metrics = select_result(t, state)
+    net, metrics = retrain_head(t, state, net, selected, metrics)
+    tau, metrics = choose_decision(t, net, metrics)
+    return finish(t, state, net, selected, metrics, tau)
+
+
+def open_run(cfg: Config, say) -> checkpoint.Checkpoint | None:
+    """The interrupted or finished run in the run folder (None: start afresh), checked against cfg."""
+    rdir = run_dir(cfg, cfg.fold)
+    last_path = rdir / "last.pt"
+    if cfg.restart and dist.is_main() and rdir.exists():
         shutil.rmtree(rdir)
-    if main:  # temp files a killed run left behind (its writes were atomic, the temps are just litter)
+    if dist.is_main():  # temp files a killed run left behind (its writes were atomic, the temps are just litter)
         clean_stale_temps(rdir)
         clean_stale_temps(run_root(cfg))
     dist.barrier()
-    state = checkpoint.load(last_path) if last_path.exists() else None
-    if cfg.resume and state is None:
+    saved = checkpoint.read(last_path) if last_path.exists() else None
+    if cfg.resume and saved is None:
         raise UserError(f"--resume: {last_path} not found; nothing to resume (drop --resume to start this run)")
-    if state is not None:
-        _check_resumable(state["config"], cfg, last_path)
-        if state["finished"]:
-            say(f"{rdir}: already finished ({cfg.metric} {state['result']['metric']:.4f}); "
-                f"--restart to train again")
-            return state["result"]
+    if saved is not None:
+        _check_resumable(saved.config, cfg, last_path)
+    return saved
 
-    dataset, split = data if data is not None else prepare_data(cfg, say)
+
+def setup(cfg: Config, data, saved: checkpoint.Checkpoint | None, say) -> Trainer:
+    """The run folder's files, then model, data order, augmentation, loss and optimisation for one fold."""
+    dataset, split = data
+    fold, rdir = cfg.fold, run_dir(cfg, cfg.fold)
     if not 0 <= fold < len(split["folds"]):
         raise UserError(f"--fold {fold}: this run has {len(split['folds'])} fold(s), "
                         f"0..{len(split['folds']) - 1}")
-    if main:
+    if dist.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write(rdir / "split.json", (run_root(cfg) / "split.json").read_bytes())
         atomic_write(rdir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         write_skipped(dataset.skipped, str(rdir / "skipped.json"))
+    device = dist.local_device(cfg.device)
     train_idx = np.asarray(split["folds"][fold]["train"], dtype=np.int64)
-    val_idx = np.asarray(split["folds"][fold]["val"], dtype=np.int64)
-    labels = dataset.labels
     class_names = list(dataset.class_names)
-    num_classes = len(class_names)
-    train_counts = np.bincount(labels.numpy()[train_idx], minlength=num_classes)
-
-    # --- model, preprocessing ---
     pcfg = pretrained_cfg(cfg.model)
     storage = tuple(dataset.images.shape[-2:])
-    pre = Preprocessing(cfg.model, tuple(cfg.img_size or storage), tuple(pcfg["mean"]), tuple(pcfg["std"]),
-                        storage)
+    pre = checkpoint.Preprocessing(model=cfg.model, img_size=tuple(cfg.img_size or storage),
+                                   mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), storage_size=storage)
+    parts = dict(
+        cfg=cfg, fold=fold, rdir=rdir, device=device, say=say, train_idx=train_idx,
+        labels=dataset.labels, labels_dev=dataset.labels.to(device),
+        images=dataset.images.to(device) if device.type == "cuda" else dataset.images,
+        val_idx=np.asarray(split["folds"][fold]["val"], dtype=np.int64), class_names=class_names,
+        train_counts=np.bincount(dataset.labels.numpy()[train_idx], minlength=len(class_names)), pre=pre,
+        channels_last=use_channels_last(cfg.channels_last, device))
+    parts.update(_model_parts(cfg, parts, resuming=saved is not None))
+    parts.update(_data_parts(cfg, parts))
+    parts.update(_optimisation_parts(cfg, parts))
+    t = Trainer(**parts)
+    if saved is None:
+        _log_start(t)
+    return t
+
+
+def _model_parts(cfg: Config, parts: dict, resuming: bool) -> dict:
     torch.manual_seed(cfg.seed)
     # On resume the weights come from last.pt: no pretrained lookup (and no network) is needed.
-    model = create_model(cfg.model, num_classes, pretrained=None if state else cfg.pretrained,
-                         drop_path_rate=cfg.drop_path, log=say)
-    channels_last = use_channels_last(cfg.channels_last, device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    images = dataset.images.to(device) if device.type == "cuda" else dataset.images
-    labels_dev = labels.to(device)
+    model = create_model(cfg.model, len(parts["class_names"]), pretrained=None if resuming else cfg.pretrained,
+                         drop_path_rate=cfg.drop_path, log=parts["say"])
+    model.to(parts["device"], memory_format=torch.channels_last if parts["channels_last"]
+             else torch.contiguous_format)
+    return {"model": model}
 
-    # --- sampling, augmentation, loss ---
-    sampler = EpochSampler(labels.numpy()[train_idx], kind=cfg.sampler, num_samples=cfg.epoch_samples,
-                           seed=cfg.seed, total_epochs=cfg.epochs, beta=cfg.cb_beta,
-                           rank=dist.rank(), world_size=dist.world_size())
-    epoch_draws = cfg.epoch_samples or len(train_idx)
+
+def _data_parts(cfg: Config, parts: dict) -> dict:
+    """Sampler, augmentation, mixing and loss: what turns the training fold into loss values."""
+    sampler = EpochSampler(parts["labels"].numpy()[parts["train_idx"]], kind=cfg.sampler,
+                           num_samples=cfg.epoch_samples, seed=cfg.seed, total_epochs=cfg.epochs,
+                           rank=dist.rank(), world_size=dist.world_size(), settings=cfg.to_dict())
+    epoch_draws = cfg.epoch_samples or len(parts["train_idx"])
     steps_per_epoch = (epoch_draws // dist.world_size()) // cfg.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {epoch_draws} training images of fold "
-                        f"{fold} (per process); use a smaller batch size")
+                        f"{cfg.fold} (per process); use a smaller batch size")
+    pre = parts["pre"]
     augment = TrainAugment(pre.img_size, pre.mean, pre.std, hflip=cfg.hflip, rotation=cfg.rotation,
                            brightness=cfg.brightness)
     mixing = cfg.mix_prob > 0 and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0)
-    mixer = MixupCutmix(num_classes, mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
+    mixer = MixupCutmix(len(parts["class_names"]), mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
                         prob=cfg.mix_prob, switch_prob=cfg.switch_prob,
                         label_smoothing=cfg.label_smoothing) if mixing else None
     # Label smoothing lives in exactly one place: the mixer's soft targets when mixing, else the loss.
-    criterion = build_loss(cfg.loss, train_counts, label_smoothing=0.0 if mixing else cfg.label_smoothing,
-                           focal_gamma=cfg.focal_gamma, cb_beta=cfg.cb_beta, tau=cfg.tau)
-    if getattr(criterion, "class_weights", None) is not None and state is None:
-        w = criterion.class_weights
-        say(f"loss {cfg.loss}: class weights min {w.min():.4g} max {w.max():.4g} "
-            f"(ratio {w.max() / w.min():.1f}x); per class: "
-            + ", ".join(f"{n}={v:.3g}" for n, v in zip(class_names, w.tolist())))
-    criterion.to(device)
+    criterion = build_loss(cfg.loss, parts["train_counts"], cfg.to_dict(),
+                           label_smoothing=0.0 if mixing else cfg.label_smoothing)
+    return dict(sampler=sampler, steps_per_epoch=steps_per_epoch, augment=augment, mixer=mixer,
+                criterion=criterion.to(parts["device"]))
 
-    # --- optimisation ---
+
+def _optimisation_parts(cfg: Config, parts: dict) -> dict:
+    """Optimizer, lr schedule (SWALR as its late phase), AMP scaler, SWA average, DDP / compile wrapping."""
+    model, device = parts["model"], parts["device"]
     optimizer = make_optimizer(cfg, model)
-    scheduler, interval = build_scheduler(
-        cfg.scheduler, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-        warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr, max_lr=cfg.max_lr or cfg.lr,
-        pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
-        plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience, plateau_mode="max")
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    schedule = build_schedule(cfg.scheduler, optimizer, epochs=cfg.epochs,
+                              steps_per_epoch=parts["steps_per_epoch"], settings=cfg.to_dict())
     if cfg.swa_start is not None and not 1 <= cfg.swa_start <= cfg.epochs:
         raise UserError(f"--swa-start {cfg.swa_start}: must be an epoch in 1..{cfg.epochs} (or none)")
-    swa_model = AveragedModel(model) if cfg.swa_start is not None else None
-    swa_scheduler = None
-
-    progress = {"epoch": 0, "history": [], "lr_history": [], "best_metric": -math.inf, "best_epoch": 0,
-                "bad_epochs": 0, "stopped_early": False, "train_time": 0.0}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if swa_model is not None:
-            swa_model.load_state_dict(state["swa_model"])
-        if state.get("swa_scheduler") is not None:
-            swa_scheduler = SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=cfg.swa_anneal_epochs)
-            swa_scheduler.load_state_dict(state["swa_scheduler"])
-        progress = state["progress"]
-        torch.set_rng_state(state["rng"]["torch"])
-        say(f"{rdir}: resuming after epoch {progress['epoch']}/{cfg.epochs}")
-
+    if cfg.swa_start is not None:  # SWALR owns the lr from the end of epoch swa_start on
+        schedule = Switch(schedule, cfg.swa_start, lambda: PerEpoch(
+            SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=cfg.swa_anneal_epochs)))
+    # fp16 takes the same path on every device: autocast + GradScaler (torch.amp works on the CPU too).
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     train_model = model
     if dist.world_size() > 1:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
+    return dict(optimizer=optimizer, schedule=schedule, scaler=scaler, amp_dtype=amp_dtype,
+                swa=AveragedModel(model) if cfg.swa_start is not None else None, train_model=train_model)
 
-    meta = {"model_name": cfg.model, "num_classes": num_classes, "class_names": class_names,
-            "preprocessing": pre.to_dict(), "config": cfg.to_dict(), "fold": fold,
-            "train_class_counts": train_counts.tolist()}
-    eval_kw = dict(img_size=pre.img_size, mean=pre.mean, std=pre.std, device=device,
-                   batch_size=cfg.eval_batch_size, amp=cfg.amp, channels_last=channels_last)
 
-    def evaluate(net: nn.Module) -> dict:
-        probs = predict_dataset(net, images, val_idx, **eval_kw)
-        y = labels.numpy()[val_idx]
-        m = classification_metrics(y, probs.argmax(1), class_names)
-        m["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-        return m
+def _log_start(t: Trainer) -> None:
+    cfg = t.cfg
+    weights = getattr(t.criterion, "class_weights", None)
+    if weights is not None:
+        t.say(f"loss {cfg.loss}: class weights min {weights.min():.4g} max {weights.max():.4g} "
+              f"(ratio {weights.max() / weights.min():.1f}x); per class: "
+              + ", ".join(f"{n}={v:.3g}" for n, v in zip(t.class_names, weights.tolist())))
+        warning = weight_span_warning(cfg.loss, weights)
+        if warning:
+            t.say(warning)
+    t.say(f"{t.rdir}: {cfg.model} on {len(t.train_idx)} train / {len(t.val_idx)} val images, "
+          f"{len(t.class_names)} classes, input {t.pre.img_size[0]}x{t.pre.img_size[1]}, {cfg.epochs} epochs x "
+          f"{t.steps_per_epoch} steps, device {t.device}, amp {t.amp_dtype}, world size {dist.world_size()}")
 
-    if state is None:
-        say(f"{rdir}: {cfg.model} on {len(train_idx)} train / {len(val_idx)} val images, {num_classes} classes, "
-            f"input {pre.img_size[0]}x{pre.img_size[1]}, {cfg.epochs} epochs x {steps_per_epoch} steps, "
-            f"device {device}, amp {amp_dtype}, world size {dist.world_size()}")
 
-    for epoch in range(progress["epoch"], cfg.epochs):
-        if progress["stopped_early"]:
-            break
-        swa_phase = cfg.swa_start is not None and epoch + 1 > cfg.swa_start  # SWALR owns the lr now
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout / stochastic depth
-        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch) + 1)  # augmentation, mixing
-        order = torch.as_tensor(train_idx)[sampler.indices(epoch)]
-        train_model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (main and sys.stderr.isatty()), dynamic_ncols=True)
-        for step in bar:
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = augment(images[batch.to(images.device)].to(device, non_blocking=True), gen)
-            target = labels_dev[batch.to(device)]
-            if mixer is not None:
-                x, target = mixer(x, target, gen)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = train_model(x)
-            loss = criterion(logits.float(), target)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"{rdir}: loss is {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                       f"last.pt keeps epoch {progress['epoch']}. Lower --lr or set --grad-clip")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            progress["lr_history"].append(optimizer.param_groups[0]["lr"])
-            if interval == "step" and not swa_phase:
-                scheduler.step()
-            loss_sum += loss.detach()
-            if step % 10 == 0 or step + 1 == steps_per_epoch:
-                _report_step(bar, say, epoch, cfg.epochs, step, steps_per_epoch, loss,
-                             optimizer.param_groups[0]["lr"], (step + 1) * cfg.batch_size * dist.world_size(), t0)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        train_loss = (loss_sum / steps_per_epoch).item()
-        lr_now = optimizer.param_groups[0]["lr"]
+def weight_span_warning(loss: str, weights: torch.Tensor) -> str | None:
+    """One line when class weights span more than 100x (V3's beta 0.9999 gives ~3,900x on the Kaggle set)."""
+    span = float(weights.max() / weights.min())
+    if span <= 100:
+        return None
+    return (f"warning: --loss {loss} class weights span {span:.0f}x: the tail's few images dominate the loss; "
+            "try --cb-beta 0.999, or --version v4 (re-balance only the classifier, after training)")
 
-        val = evaluate(model)
-        score = float(val[cfg.metric])
-        if cfg.swa_start is not None and epoch + 1 >= cfg.swa_start:
-            if (epoch + 1 - cfg.swa_start) % cfg.swa_freq == 0:
-                swa_model.update_parameters(model)
-            if swa_scheduler is None:
-                swa_scheduler = SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=cfg.swa_anneal_epochs)
-            swa_scheduler.step()
-        elif interval == "epoch":
-            scheduler.step()
-        elif interval == "metric":
-            scheduler.step(score)
 
-        progress["train_time"] += train_seconds
-        improved = score > progress["best_metric"] + cfg.early_stop_min_delta
-        if score > progress["best_metric"]:
-            progress["best_metric"], progress["best_epoch"] = score, epoch + 1
-            if main:
-                checkpoint.save_atomic(dict(meta, model=model.state_dict(), epoch=epoch + 1,
-                                            metric=score, selected="best"), best_path)
-        progress["bad_epochs"] = 0 if improved else progress["bad_epochs"] + 1
-        if cfg.early_stop is not None and progress["bad_epochs"] >= cfg.early_stop:
-            progress["stopped_early"] = True
-        progress["epoch"] = epoch + 1
-        progress["history"].append({
-            "epoch": epoch + 1, "lr": lr_now, "train_loss": train_loss,
-            "train_img_s": steps_per_epoch * cfg.batch_size * dist.world_size() / train_seconds,
-            "val_loss": val["loss"], "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"],
-            "val_balanced_acc": val["balanced_accuracy"], "time_s": train_seconds})
-        row = progress["history"][-1]
-        say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr_now:.2e} train_loss {train_loss:.4f} "
-            f"{row['train_img_s']:.0f} img/s val_loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
-            f"macro_f1 {val['macro_f1']:.4f} bal_acc {val['balanced_accuracy']:.4f} ({train_seconds:.1f}s)"
-            + (" *" if progress["best_epoch"] == epoch + 1 else ""))
-        if main:
-            checkpoint.save_atomic(dict(
-                meta, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                swa_model=swa_model.state_dict() if swa_model is not None else None,
-                swa_scheduler=swa_scheduler.state_dict() if swa_scheduler is not None else None,
-                progress=progress, finished=False, rng={"torch": torch.get_rng_state()}), last_path)
-            _write_summary(progress["history"], rdir / "summary.csv")
-            plot_lr(progress["lr_history"], rdir / "lr.png")
-            plot_curves(progress["history"], rdir / "curves.png", title=f"{cfg.version}/fold{fold}",
-                        objective=objective_label(cfg.to_dict()), best_epoch=progress["best_epoch"],
-                        swa_start=cfg.swa_start)
-        dist.barrier()
-        if progress["stopped_early"]:
-            say(f"early stopping: no {cfg.metric} improvement > {cfg.early_stop_min_delta} for "
-                f"{cfg.early_stop} epochs (best {progress['best_metric']:.4f} at epoch {progress['best_epoch']})")
+def restore(t: Trainer, saved: checkpoint.Checkpoint) -> RunState:
+    """Every trained object back to the end of the saved epoch; returns the saved run state."""
+    t.model.load_state_dict(saved.model)
+    t.optimizer.load_state_dict(saved.optimizer)
+    t.schedule.load_state_dict(saved.schedule)
+    t.scaler.load_state_dict(saved.scaler)
+    if t.swa is not None:
+        t.swa.load_state_dict(saved.swa_model)
+    torch.set_rng_state(saved.rng["torch"])
+    t.say(f"{t.rdir}: resuming after epoch {saved.progress.epoch}/{t.cfg.epochs}")
+    return saved.progress
 
-    # --- the run's result: the better of the best plain model and the SWA average ---
+
+def train_one_epoch(t: Trainer, state: RunState, epoch: int) -> tuple[float, float]:
+    """One pass over this epoch's sampler draw; returns (mean training loss, seconds)."""
+    cfg = t.cfg
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, "model"))  # dropout / stochastic depth
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, "augment"))  # augmentation, mixing
+    order = torch.as_tensor(t.train_idx)[t.sampler.indices(epoch)]
+    t.train_model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=t.device)
+    bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (dist.is_main() and sys.stderr.isatty()), dynamic_ncols=True)
+    criterion = at_epoch(t.criterion, epoch)
+    for step in bar:
+        loss = train_step(t, state, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], gen, criterion)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{t.rdir}: loss is {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                   f"last.pt keeps epoch {state.epoch}. Lower --lr or set --grad-clip")
+        loss_sum += loss.detach()
+        if step % 10 == 0 or step + 1 == t.steps_per_epoch:
+            _report_step(bar, t.say, epoch, cfg.epochs, step, t.steps_per_epoch, loss,
+                         t.optimizer.param_groups[0]["lr"], (step + 1) * cfg.batch_size * dist.world_size(), t0)
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
+    return (loss_sum / t.steps_per_epoch).item(), time.perf_counter() - t0
+
+
+def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Generator,
+               criterion: nn.Module) -> torch.Tensor:
+    """Augment, forward under autocast, loss, backward, update, schedule. Returns the (unscaled) loss;
+    a non-finite loss is returned before any update, for the caller to stop on."""
+    x = t.augment(t.images[batch.to(t.images.device)].to(t.device, non_blocking=True), gen)
+    target = t.labels_dev[batch.to(t.device)]
+    if t.mixer is not None:
+        x, target = t.mixer(x, target, gen)
+    if t.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
+        logits = t.train_model(x)
+    loss = criterion(logits.float(), target)
+    if not torch.isfinite(loss):
+        return loss
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if t.cfg.grad_clip:
+        t.scaler.unscale_(t.optimizer)
+        nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
+    scale = t.scaler.get_scale() if t.scaler.is_enabled() else None
+    t.scaler.step(t.optimizer)  # skipped by the scaler when fp16 gradients overflowed
+    t.scaler.update()
+    state.lr_history.append(t.optimizer.param_groups[0]["lr"])
+    if scale is not None and t.scaler.get_scale() < scale:  # the scaler backs off exactly when it skipped
+        state.skipped_updates += 1
+    else:
+        state.num_updates += 1
+    t.schedule.step_update(state.num_updates)
+    return loss
+
+
+def val_probs(t: Trainer, net: nn.Module) -> np.ndarray:
+    """Class probabilities of `net` on this fold's validation images (every rank gets the whole set's)."""
+    return predict_dataset(net, t.images, t.val_idx, img_size=t.pre.img_size, mean=t.pre.mean, std=t.pre.std,
+                           device=t.device, batch_size=t.cfg.eval_batch_size, amp=t.cfg.amp,
+                           channels_last=t.channels_last)
+
+
+def evaluate(t: Trainer, net: nn.Module, probs: np.ndarray | None = None) -> dict:
+    """Validation metrics of `net` (or of given validation probabilities), plus the NLL as "loss"."""
+    probs = val_probs(t, net) if probs is None else probs
+    y = t.labels.numpy()[t.val_idx]
+    metrics = classification_metrics(y, probs.argmax(1), t.class_names)
+    metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+    return metrics
+
+
+def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict) -> None:
+    """The epoch's consequences: schedule, SWA average, best checkpoint, early stopping."""
+    cfg, done, score = t.cfg, epoch + 1, float(val[t.cfg.metric])
+    t.schedule.step(done, score)
+    if t.swa is not None and done >= cfg.swa_start and (done - cfg.swa_start) % cfg.swa_freq == 0:
+        t.swa.update_parameters(t.model)
+    improved = score > state.best_metric + cfg.early_stop_min_delta
+    if score > state.best_metric:
+        state.best_metric, state.best_epoch = score, done
+        if dist.is_main():
+            checkpoint.save(_record(t, t.model, done, score, "best"), t.rdir / "best.pt")
+    state.bad_epochs = 0 if improved else state.bad_epochs + 1
+    if cfg.early_stop is not None and state.bad_epochs >= cfg.early_stop:
+        state.stopped_early = True
+    state.epoch = done
+
+
+def log_epoch(t: Trainer, state: RunState, epoch: int, lr: float, train_loss: float, seconds: float,
+              val: dict) -> None:
+    """One row of summary.csv (kept in the run state) and its log line."""
+    cfg = t.cfg
+    state.train_time += seconds
+    state.history.append({
+        "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+        "train_img_s": t.steps_per_epoch * cfg.batch_size * dist.world_size() / seconds,
+        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"],
+        "val_balanced_acc": val["balanced_accuracy"], "time_s": seconds})
+    row = state.history[-1]
+    t.say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e} train_loss {train_loss:.4f} "
+          f"{row['train_img_s']:.0f} img/s val_loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
+          f"macro_f1 {val['macro_f1']:.4f} bal_acc {val['balanced_accuracy']:.4f} ({seconds:.1f}s)"
+          + (" *" if state.best_epoch == epoch + 1 else ""))
+
+
+def save_progress(t: Trainer, state: RunState, val: dict) -> None:
+    """last.pt (everything a resume needs), summary.csv and the plots, at the end of every epoch."""
+    if dist.is_main():
+        record = _record(t, t.model, state.epoch, float(val[t.cfg.metric]), "last")
+        record.progress, record.rng = state, {"torch": torch.get_rng_state()}
+        record.optimizer, record.schedule = t.optimizer.state_dict(), t.schedule.state_dict()
+        record.scaler = t.scaler.state_dict()
+        record.swa_model = t.swa.state_dict() if t.swa is not None else None
+        checkpoint.save(record, t.rdir / "last.pt")
+        _write_summary(state.history, t.rdir / "summary.csv")
+        plot_lr(state.lr_history, t.rdir / "lr.png")
+        plot_curves(state.history, t.rdir / "curves.png", title=f"{t.cfg.version}/fold{t.fold}",
+                    objective=objective_label(t.cfg.to_dict()), best_epoch=state.best_epoch,
+                    swa_start=t.cfg.swa_start)
+    dist.barrier()
+    if state.stopped_early:
+        t.say(f"early stopping: no {t.cfg.metric} improvement > {t.cfg.early_stop_min_delta} for "
+              f"{t.cfg.early_stop} epochs (best {state.best_metric:.4f} at epoch {state.best_epoch})")
+
+
+def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict]:
+    """The run's model: the better of the best plain epoch and the SWA average (BatchNorm recomputed)."""
     dist.barrier()  # rank 0 has written best.pt; torchrun's ranks share this machine's disk
-    best_state = checkpoint.load(best_path)
-    model.load_state_dict(best_state["model"])
-    result_model, selected, result_metrics = model, "best", evaluate(model)
-    if swa_model is not None and int(swa_model.n_averaged) > 0:
-        swa_net = swa_model.module
-        update_bn(_bn_batches(images, train_idx, pre, device, cfg.eval_batch_size, channels_last), swa_net)
-        swa_metrics = evaluate(swa_net)
-        if main:  # kept whichever wins, so both candidates can be inspected
-            checkpoint.save_atomic(dict(meta, model=swa_net.state_dict(), epoch=progress["epoch"],
-                                        metric=float(swa_metrics[cfg.metric]), selected="swa"),
-                                   rdir / "swa.pt")
-        say(f"SWA ({int(swa_model.n_averaged)} averages) {cfg.metric} {swa_metrics[cfg.metric]:.4f} vs best "
-            f"epoch {best_state['epoch']} {result_metrics[cfg.metric]:.4f}")
-        if swa_metrics[cfg.metric] >= result_metrics[cfg.metric]:
-            result_model, selected, result_metrics = swa_net, "swa", swa_metrics
-    result_metrics.update(
-        selected=selected, best_epoch=progress["best_epoch"], epochs_run=progress["epoch"],
-        stopped_early=progress["stopped_early"], train_time_s=progress["train_time"],
-        peak_memory_mb=peak_memory_mb(device), peak_memory_kind="cuda_max_allocated"
-        if device.type == "cuda" else "process_max_rss", split="val", fold=fold)
-    result = {"run_dir": str(rdir), "metric": float(result_metrics[cfg.metric]), "selected": selected}
-    if main:
-        checkpoint.save_atomic(dict(meta, model=result_model.state_dict(), epoch=progress["best_epoch"],
-                                    metric=result["metric"], selected=selected), best_path)
-        atomic_write(rdir / "metrics.json", json.dumps(result_metrics, indent=2) + "\n")
-        plot_confusion(result_metrics["confusion_matrix"], class_names, rdir / "confusion.png")
-        final = checkpoint.load(last_path)
-        final.update(finished=True, result=result)
-        checkpoint.save_atomic(final, last_path)
-        say(f"{rdir}: done; result = {selected} model, {cfg.metric} {result['metric']:.4f}, "
-            f"acc {result_metrics['accuracy']:.4f}, macro_f1 {result_metrics['macro_f1']:.4f}, "
-            f"train time {progress['train_time']:.0f}s")
+    best = checkpoint.read(t.rdir / "best.pt")
+    t.model.load_state_dict(best.model)
+    chosen = (t.model, "best", evaluate(t, t.model))
+    if t.swa is None or int(t.swa.n_averaged) == 0:
+        return chosen
+    swa_net = t.swa.module
+    update_bn(_bn_batches(t.images, t.train_idx, t.pre, t.device, t.cfg.eval_batch_size, t.channels_last),
+              swa_net)
+    swa_metrics = evaluate(t, swa_net)
+    metric = t.cfg.metric
+    if dist.is_main():  # kept whichever wins, so both candidates can be inspected
+        checkpoint.save(_record(t, swa_net, state.epoch, float(swa_metrics[metric]), "swa"), t.rdir / "swa.pt")
+    t.say(f"SWA ({int(t.swa.n_averaged)} averages) {metric} {swa_metrics[metric]:.4f} vs best "
+          f"epoch {best.epoch} {chosen[2][metric]:.4f}")
+    return (swa_net, "swa", swa_metrics) if swa_metrics[metric] >= chosen[2][metric] else chosen
+
+
+def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
+                 metrics: dict) -> tuple[nn.Module, dict]:
+    """cRT (decoupling.py): a new classifier on the frozen features of the training images, drawn by
+    --crt-sampler. The model before it is kept as stage1.pt; a resumed run starts from that file again, so
+    re-running this stage gives the same head."""
+    cfg = t.cfg
+    if cfg.crt_sampler is None:
+        return net, metrics
+    stage1 = t.rdir / "stage1.pt"
+    if stage1.exists():
+        net.load_state_dict(checkpoint.read(stage1).model)
+    elif dist.is_main():
+        checkpoint.save(_record(t, net, state.best_epoch, float(metrics[cfg.metric]), selected), stage1)
+    start = time.time()
+    features = extract_features(net, t.images, t.train_idx, img_size=t.pre.img_size, mean=t.pre.mean,
+                                std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
+                                channels_last=t.channels_last)
+    head = retrain_classifier(features, t.labels[t.train_idx], len(t.class_names), sampler=cfg.crt_sampler,
+                                   settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
+                                   lr=cfg.crt_lr, seed=cfg.seed)
+    replace_classifier(net, head.to(t.device))
+    after = evaluate(t, net)
+    t.say(f"classifier re-trained ({cfg.crt_sampler} sampling, {cfg.crt_steps} steps, "
+          f"{time.time() - start:.0f}s): val {cfg.metric} {metrics[cfg.metric]:.4f} -> {after[cfg.metric]:.4f}, "
+          f"acc {metrics['accuracy']:.4f} -> {after['accuracy']:.4f}")
+    after["crt_seconds"] = time.time() - start
+    return net, after
+
+
+def choose_decision(t: Trainer, net: nn.Module, metrics: dict) -> tuple[float, dict]:
+    """The run's post-hoc logit adjustment: --decision-tau, or with 'auto' the tau of decision.TAU_GRID with
+    the best validation macro-F1. metrics become those of the adjusted rule, with the unadjusted ones kept
+    under "before_decision"."""
+    cfg = t.cfg
+    if cfg.decision_tau == 0:
+        return 0.0, metrics
+    probs = val_probs(t, net)
+    if cfg.decision_tau == "auto":
+        tau, scores = choose_tau(probs, t.labels.numpy()[t.val_idx], t.train_counts)
+    else:
+        tau, scores = float(cfg.decision_tau), None
+    adjusted = evaluate(t, net, probs=adjust(probs, t.train_counts, tau))
+    adjusted.update(decision_tau=tau, before_decision={k: metrics[k] for k in
+                                                       ("accuracy", "macro_f1", "balanced_accuracy", "loss")})
+    if scores is not None:
+        adjusted["decision_tau_scores"] = scores
+    t.say(f"decision rule: tau {tau:+.1f} ({'chosen on validation' if scores else '--decision-tau'}): val "
+          f"macro_f1 {metrics['macro_f1']:.4f} -> {adjusted['macro_f1']:.4f}, "
+          f"acc {metrics['accuracy']:.4f} -> {adjusted['accuracy']:.4f}")
+    return tau, adjusted
+
+
+def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict, tau: float = 0.0) -> dict:
+    """best.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished."""
+    cfg, rdir = t.cfg, t.rdir
+    metrics.update(
+        selected=selected, best_epoch=state.best_epoch, epochs_run=state.epoch,
+        stopped_early=state.stopped_early, train_time_s=state.train_time,
+        peak_memory_mb=peak_memory_mb(t.device), peak_memory_kind="cuda_max_allocated"
+        if t.device.type == "cuda" else "process_max_rss", split="val", fold=t.fold)
+    result = {"run_dir": str(rdir), "metric": float(metrics[cfg.metric]), "selected": selected}
+    if dist.is_main():
+        record = _record(t, net, state.best_epoch, result["metric"], selected)
+        record.decision_tau = tau
+        checkpoint.save(record, rdir / "best.pt")
+        atomic_write(rdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
+        last = checkpoint.read(rdir / "last.pt")
+        last.finished, last.result = True, result
+        checkpoint.save(last, rdir / "last.pt")
+        t.say(f"{rdir}: done; result = {selected} model, {cfg.metric} {result['metric']:.4f}, "
+              f"acc {metrics['accuracy']:.4f}, macro_f1 {metrics['macro_f1']:.4f}, "
+              f"train time {state.train_time:.0f}s")
     dist.barrier()
     return result
+
+
+def _record(t: Trainer, net: nn.Module, epoch: int, metric: float, selected: str) -> checkpoint.Checkpoint:
+    return checkpoint.Checkpoint(
+        model_name=t.cfg.model, num_classes=len(t.class_names), class_names=t.class_names,
+        preprocessing=t.pre, config=t.cfg.to_dict(), fold=t.fold, train_class_counts=t.train_counts.tolist(),
+        model=net.state_dict(), epoch=epoch, metric=metric, selected=selected)
 
 
 def _report_step(bar, say, epoch, epochs, step, steps, loss, lr, seen, t0) -> None:
@@ -412,7 +567,7 @@ def _report_step(bar, say, epoch, epochs, step, steps, loss, lr, seen, t0) -> No
             f"{img_s:.0f} img/s")
 
 
-def _bn_batches(images, idx, pre: Preprocessing, device, batch_size, channels_last):
+def _bn_batches(images, idx, pre: checkpoint.Preprocessing, device, batch_size, channels_last):
     """Un-augmented training batches for recomputing the SWA model's BatchNorm statistics."""
     for start in range(0, len(idx), batch_size):
         batch = torch.as_tensor(idx[start:start + batch_size])

@@ -60,7 +60,7 @@ class Deployable(nn.Module):
     models (fold ensemble) and the TTA views; the batch size is free."""
 
     def __init__(self, models: Sequence[nn.Module], storage_size, img_size, mean, std,
-                 views: Sequence[str] = ("identity",), channels_last: bool = False):
+                 views: Sequence[str] = ("identity",), channels_last: bool = False, decision=None):
         super().__init__()
         if not models or not views:
             raise ValueError("Deployable needs at least one model and one view")
@@ -73,6 +73,20 @@ class Deployable(nn.Module):
         # (x / 255 - mean) / std as one multiply-add; it commutes with the matrices (their rows sum to one).
         self.register_buffer("scale", 1.0 / (255.0 * std_t))
         self.register_buffer("shift", -mean_t / std_t)
+        # Post-hoc logit adjustment per member, decision.adjust's softmax(log p - tau log prior) written as
+        # p * prior^-tau renormalised: decision = [(train_class_counts, tau), ...]; tau 0 leaves p as it is.
+        decision = list(decision) if decision is not None else [(None, 0.0)] * len(models)
+        self.adjusted = [float(tau) != 0.0 for _, tau in decision]
+        weights = []
+        for counts, tau in decision:
+            if float(tau) == 0.0:
+                weights.append(torch.ones(self.num_classes_of(counts)))
+                continue
+            counts_t = torch.as_tensor(counts, dtype=torch.float64)
+            log_prior = torch.log(torch.clamp(counts_t / counts_t.sum(), min=1e-12))
+            w = torch.exp(-float(tau) * (log_prior - log_prior.min()))  # scaled: only ratios matter
+            weights.append((w / w.max()).float())
+        self.register_buffer("class_weights", torch.stack(weights) if any(self.adjusted) else torch.ones(1))
         self.views = tuple(views)
         self.storage_size = tuple(int(v) for v in storage_size)
         self.channels_last = channels_last
@@ -83,22 +97,36 @@ class Deployable(nn.Module):
         # NHWC is faster for these convolutions on the CPU (bench/results/models.md); a no-op in ONNX.
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    @staticmethod
+    def num_classes_of(counts) -> int:
+        return len(counts) if counts is not None else 1
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        total = None
+        member_sums = [None] * len(self.models)
         for v in range(len(self.views)):
             x = self.preprocess(images, v)
-            for model in self.models:
+            for m, model in enumerate(self.models):
                 p = torch.softmax(model(x).float(), dim=1)
-                total = p if total is None else total + p
-        return total / (len(self.views) * len(self.models))
+                member_sums[m] = p if member_sums[m] is None else member_sums[m] + p
+        total = None
+        for m, p in enumerate(member_sums):
+            p = p / len(self.views)
+            if self.adjusted[m]:
+                p = p * self.class_weights[m]
+                p = p / p.sum(dim=1, keepdim=True)
+            total = p if total is None else total + p
+        return total / len(self.models)
 
 
-def deployable(members, views=("identity",), channels_last: bool = False) -> Deployable:
-    """A Deployable (on the CPU) from loaded ensemble members (imgcls.api.Member)."""
+def deployable(members, views=("identity",), channels_last: bool = False, taus=None) -> Deployable:
+    """A Deployable (on the CPU) from loaded ensemble members (imgcls.api.Member); taus: each member's
+    logit adjustment (None: the checkpoints' own decision_tau)."""
     from .api import build_model
-    pre = members[0].state["preprocessing"]
-    return Deployable([build_model(m, "cpu") for m in members], pre["storage_size"], pre["img_size"],
-                      pre["mean"], pre["std"], views=views, channels_last=channels_last)
+    pre = members[0].record.preprocessing
+    taus = [m.record.decision_tau for m in members] if taus is None else taus
+    return Deployable([build_model(m, "cpu") for m in members], pre.storage_size, pre.img_size, pre.mean,
+                      pre.std, views=views, channels_last=channels_last,
+                      decision=[(m.record.train_class_counts, t) for m, t in zip(members, taus)])
 
 
 def example_input(storage_size, batch: int = 2) -> torch.Tensor:
@@ -144,7 +172,7 @@ def export_torchscript(module: Deployable, path: str | Path) -> Path:
 
 
 def write_metadata(out_dir: str | Path, class_names: Sequence[str], preprocessing: dict, views: Sequence[str],
-                   sources: Sequence[str], model_file: str) -> None:
+                   sources: Sequence[str], model_file: str, taus: Sequence[float] = ()) -> None:
     """classes.json and preprocessing.json beside the model: what the file expects and what it returns."""
     out_dir = Path(out_dir)
     (out_dir / "classes.json").write_text(json.dumps(list(class_names), indent=2) + "\n")
@@ -156,7 +184,8 @@ def write_metadata(out_dir: str | Path, class_names: Sequence[str], preprocessin
         "output": {"name": "probs", "meaning": "class probabilities, in the order of classes.json"},
         "inside_the_model": {"resize_to": list(preprocessing["img_size"]), "resize": "bilinear, antialiased "
                              "when shrinking", "mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]),
-                             "tta_views": list(views), "ensemble_of": list(sources)},
+                             "tta_views": list(views), "ensemble_of": list(sources),
+                             "logit_adjust_tau": [float(t) for t in taus] or [0.0] * len(sources)},
         "to_get_the_input": "decode to RGB, resize to height x width with PIL bilinear (as imgcls does), "
                             "stack as uint8 N x 3 x H x W",
     }

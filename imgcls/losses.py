@@ -17,60 +17,18 @@ any non-negative vector, so the weights and the focal factor ride along in the t
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from imgcls.errors import UserError
+from imgcls.labels import class_balanced_weights, inverse_frequency_weights, log_prior, smoothed_one_hot
+from imgcls.registry import Registry
 
-LOSS_NAMES = ("ce", "weighted_ce", "focal", "cb_focal", "logit_adjusted", "balanced_softmax")
-
-
-def _counts_tensor(class_counts: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
-    """Class counts as float64 (beta**n at beta 0.9999 needs the precision); every class needs >= 1 image."""
-    counts = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
-    if counts.numel() == 0:
-        raise UserError(f"class_counts: empty; {what} needs the number of training images per class")
-    if bool((counts < 1).any()):
-        empty = [i for i, n in enumerate(counts.tolist()) if n < 1]
-        raise UserError(
-            f"class_counts: class index(es) {empty} have no training images; {what} needs every class "
-            "present in the training split (drop the class or add images)"
-        )
-    return counts
-
-
-def _normalise_to_num_classes(weights: torch.Tensor) -> torch.Tensor:
-    """Scale so the weights sum to the number of classes (mean 1): the loss scale stays comparable to CE."""
-    return (weights * (weights.numel() / weights.sum())).to(torch.float32)
-
-
-def inverse_frequency_weights(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Per-class weights 1 / count, normalised to sum to the number of classes (float32, shape [C])."""
-    counts = _counts_tensor(class_counts, "inverse-frequency weights")
-    return _normalise_to_num_classes(1.0 / counts)
-
-
-def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: float) -> torch.Tensor:
-    """Class-balanced weights of Cui et al. 2019, "Class-Balanced Loss Based on Effective Number of Samples".
-
-    weight_c = (1 - beta) / (1 - beta^n_c), i.e. one over the effective number of samples, normalised to sum
-    to the number of classes. beta = 0 gives equal weights; beta -> 1 approaches inverse frequency.
-    """
-    if not 0.0 <= beta < 1.0:
-        raise UserError(f"--cb-beta {beta}: must be in [0, 1); 0.9999 is the paper's value for long tails")
-    counts = _counts_tensor(class_counts, "class-balanced weights")
-    # 1 - beta^n computed as -expm1(n * log(beta)) keeps precision when beta is close to 1.
-    effective_num = -torch.expm1(counts * math.log(beta)) / (1.0 - beta) if beta > 0 else torch.ones_like(counts)
-    return _normalise_to_num_classes(1.0 / effective_num)
-
-
-def _log_prior(class_counts: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
-    counts = _counts_tensor(class_counts, what)
-    return torch.log(counts / counts.sum()).to(torch.float32)
+LOSSES = Registry("--loss")
 
 
 def soft_targets(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -82,8 +40,7 @@ def soft_targets(target: torch.Tensor, num_classes: int, label_smoothing: float 
     if target.dim() == 1:
         if target.dtype.is_floating_point:
             raise UserError("loss target: 1-D targets must be int64 class indices; use [B, C] for soft targets")
-        onehot = F.one_hot(target.long(), num_classes).to(torch.float32)
-        return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+        return smoothed_one_hot(target, num_classes, label_smoothing)
     if target.dim() == 2 and target.shape[1] == num_classes:
         return target.to(torch.float32)
     raise UserError(
@@ -157,46 +114,52 @@ class ImbalancedLoss(nn.Module):
         )
 
 
-def build_loss(
-    name: str,
-    class_counts: Sequence[int] | torch.Tensor | None,
-    label_smoothing: float = 0.0,
-    focal_gamma: float = 2.0,
-    cb_beta: float = 0.9999,
-    tau: float = 1.0,
-    focal_alpha: Sequence[float] | torch.Tensor | None = None,
-) -> ImbalancedLoss:
-    """The loss called ``name`` (one of LOSS_NAMES) for a training split with ``class_counts`` per class.
+def build_loss(name: str, class_counts: Sequence[int] | torch.Tensor | None,
+               settings: Mapping[str, Any] | None = None, **hyper) -> ImbalancedLoss:
+    """The loss ``name`` (a key of LOSSES) for a training split with ``class_counts`` images per class.
 
-    ce: cross entropy (label smoothing; soft targets). weighted_ce: CE with inverse_frequency_weights.
-    focal: focal loss (Lin et al. 2017) with ``focal_gamma`` and optional per-class ``focal_alpha``.
-    cb_focal: focal loss weighted by class_balanced_weights(class_counts, cb_beta) (V3).
-    logit_adjusted: CE on logits + tau * log(prior) (Menon et al. 2021).
-    balanced_softmax: Ren et al. 2020, the same as logit_adjusted with tau = 1.
-    ``class_counts`` may be None for ce and focal, which do not use them.
-    Label smoothing applies to every loss (hard labels only). The result exposes ``.class_weights``.
+    Its hyperparameters come from ``settings`` (a Config's values) and ``hyper``; each loss takes the ones
+    its builder declares. Label smoothing applies to every loss (hard labels only). ``class_counts`` may be
+    None for the losses that do not use them (ce, focal). The result exposes ``.class_weights``.
     """
-    if name not in LOSS_NAMES:
-        raise UserError(f"--loss {name!r}: unknown; choose one of {', '.join(LOSS_NAMES)}")
-    if focal_alpha is not None and name != "focal":
-        raise UserError(f"--focal-alpha: only used by --loss focal, not {name}; drop it or change the loss")
-    if class_counts is None and name not in ("ce", "focal"):
-        raise UserError(f"--loss {name}: needs the per-class training counts (class_counts)")
-    weights = shift = None
-    gamma = 0.0
-    if name == "weighted_ce":
-        weights = inverse_frequency_weights(class_counts)
-    elif name == "focal":
-        gamma = focal_gamma
-        if focal_alpha is not None:
-            weights = torch.as_tensor(focal_alpha, dtype=torch.float32)
-            if bool((weights < 0).any()):
-                raise UserError("--focal-alpha: per-class alpha must be >= 0")
-    elif name == "cb_focal":
-        gamma = focal_gamma
-        weights = class_balanced_weights(class_counts, cb_beta)
-    elif name == "logit_adjusted":
-        shift = tau * _log_prior(class_counts, "logit adjustment")
-    elif name == "balanced_softmax":
-        shift = _log_prior(class_counts, "balanced softmax")
-    return ImbalancedLoss(weights, gamma, shift, label_smoothing)
+    return LOSSES.build(name, class_counts, settings=dict(settings or {}, **hyper))
+
+
+@LOSSES.register("ce")
+def ce(class_counts, *, label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Cross entropy (label smoothing; soft targets)."""
+    return ImbalancedLoss(label_smoothing=label_smoothing)
+
+
+@LOSSES.register("weighted_ce")
+def weighted_ce(class_counts, *, label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Cross entropy weighted by inverse_frequency_weights."""
+    return ImbalancedLoss(inverse_frequency_weights(class_counts), label_smoothing=label_smoothing)
+
+
+@LOSSES.register("focal")
+def focal(class_counts, *, focal_gamma: float = 2.0, label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Focal loss (Lin et al. 2017) with ``focal_gamma``, no class weights."""
+    return ImbalancedLoss(focal_gamma=focal_gamma, label_smoothing=label_smoothing)
+
+
+@LOSSES.register("cb_focal")
+def cb_focal(class_counts, *, focal_gamma: float = 2.0, cb_beta: float = 0.9999,
+             label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Focal loss weighted by class_balanced_weights(class_counts, cb_beta) (V3)."""
+    return ImbalancedLoss(class_balanced_weights(class_counts, cb_beta), focal_gamma=focal_gamma,
+                          label_smoothing=label_smoothing)
+
+
+@LOSSES.register("logit_adjusted")
+def logit_adjusted(class_counts, *, tau: float = 1.0, label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Cross entropy on logits + tau * log(prior) (Menon et al. 2021)."""
+    return ImbalancedLoss(logit_shift=tau * log_prior(class_counts, "logit adjustment"),
+                          label_smoothing=label_smoothing)
+
+
+@LOSSES.register("balanced_softmax")
+def balanced_softmax(class_counts, *, label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Ren et al. 2020: the same as logit_adjusted with tau = 1."""
+    return ImbalancedLoss(logit_shift=log_prior(class_counts, "balanced softmax"),
+                          label_smoothing=label_smoothing)

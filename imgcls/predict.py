@@ -23,22 +23,13 @@ from .api import Member, build_model, find_checkpoints, list_images, load_member
 from .data import load_dataset, write_skipped
 from .data.sources import IMAGE_EXTENSIONS
 from .data.splits import load_split
+from .decision import adjust as logit_adjust  # noqa: F401  (predict's name for it)
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .metrics import classification_metrics, per_class_report
 from .plots import plot_confusion
 
 PRINT_AT_MOST = 20  # a console line per image up to this many images (or always with --print)
-
-
-def logit_adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:
-    """Menon et al. 2021, post-hoc: softmax(log p - tau * log prior), prior from the training counts."""
-    prior = np.asarray(class_counts, dtype=np.float64)
-    prior = np.clip(prior / prior.sum(), 1e-12, None)
-    logits = np.log(np.clip(probs.astype(np.float64), 1e-30, None)) - tau * np.log(prior)
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def unlabeled_source(data: str, class_names) -> tuple[list[str], list[tuple[str, str]]] | None:
@@ -73,8 +64,8 @@ def unlabeled_source(data: str, class_names) -> tuple[list[str], list[tuple[str,
 def select_images(args, clf: api.Classifier, log=print):
     """-> (images uint8 N3HW, paths, labels (int64 in the model's class order, or None), skipped)."""
     members = clf.members
-    state = members[0].state
-    cfg = state["config"]
+    record = members[0].record
+    cfg = record.config
     if args.images or (args.data and unlabeled_source(args.data, clf.classes) is not None):
         if args.images:
             files = [p for item in args.images for p in (list_images(Path(item)) if os.path.isdir(item) else [item])]
@@ -104,7 +95,7 @@ def select_images(args, clf: api.Classifier, log=print):
         elif args.split == "val":
             if len(members) > 1:
                 raise UserError("--split val: each fold has its own validation set; pick one with --fold K")
-            positions = np.asarray(split["folds"][state["fold"]]["val"], dtype=np.int64)
+            positions = np.asarray(split["folds"][record.fold]["val"], dtype=np.int64)
     sel = torch.as_tensor(positions)
     return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
 
@@ -126,7 +117,7 @@ def load_classifier(args, log=print) -> api.Classifier:
         raise UserError(f"--checkpoint {args.checkpoint}: file not found")
     clf = api.load(source, fold="all" if args.checkpoint else args.fold, tta=args.tta, views=args.views,
                    device=args.device, batch_size=args.batch_size, amp=args.amp,
-                   int8=getattr(args, "int8", False), log=log)
+                   int8=getattr(args, "int8", False), logit_adjust=args.logit_adjust, log=log)
     for member in clf.members:
         warn_if_unfinished(member.path, log)
     return clf
@@ -155,7 +146,7 @@ def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
     member = clf.members[0]
     base = member.path.parent if args.checkpoint else member.path.parent.parent
     source = "images" if args.images else ("data" if args.data else args.split)
-    folder = base / f"predict-{source}{'-tta' if args.tta else ''}{'-int8' if clf.int8_model else ''}"
+    folder = base / f"predict-{source}{'-tta' if clf.tta else ''}{'-int8' if clf.int8_model else ''}"
     return folder / "predictions.csv", folder
 
 
@@ -170,9 +161,9 @@ def predict(args, log=print) -> dict:
     probs = clf.probabilities(images, progress=lambda batches, member: tqdm(
         batches, desc=f"predict {member.path.parent.name}", unit="batch", leave=False,
         disable=not sys.stderr.isatty()))
-    if args.logit_adjust:
-        counts = np.sum([m.state["train_class_counts"] for m in clf.members], axis=0)
-        probs = logit_adjust(probs, counts, args.logit_adjust)
+    if any(clf.taus):
+        log(f"decision rule: logit adjustment tau {', '.join(f'{t:+.1f}' for t in clf.taus)} "
+            f"({'--logit-adjust' if args.logit_adjust is not None else 'chosen in training'})")
     if not np.isfinite(probs).all():  # never write NaN as predictions (and overwrite good ones with them)
         raise UserError(f"{clf.members[0].path}: the model gives non-finite probabilities for "
                         f"{int((~np.isfinite(probs).all(1)).sum())} image(s); nothing was written")
@@ -198,7 +189,7 @@ def predict(args, log=print) -> dict:
         companions.mkdir(parents=True, exist_ok=True)
         metrics = classification_metrics(labels, probs.argmax(1), clf.classes)
         metrics.update(views=list(clf.views), models=[str(m.path) for m in clf.members], split=args.split,
-                       logit_adjust=args.logit_adjust, int8=bool(clf.int8_model),
+                       logit_adjust=clf.taus, int8=bool(clf.int8_model),
                        train_time_s=sum(_train_time(m) for m in clf.members),
                        peak_memory_mb=max(_peak_memory(m) for m in clf.members))
         atomic_write(companions / "metrics.json", json.dumps(metrics, indent=2) + "\n")

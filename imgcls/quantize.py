@@ -93,9 +93,9 @@ def calibration_images(members, count: int = CALIBRATION_IMAGES, seed: int = 0, 
     """`count` images drawn (seeded) from the run's training data: everything but its held-out test split."""
     from .data import load_dataset
     from .data.splits import load_split
-    state = members[0].state
-    cfg = state.get("config", {})
-    storage = tuple(state["preprocessing"]["storage_size"])
+    record = members[0].record
+    cfg = record.config
+    storage = tuple(record.preprocessing.storage_size)
     dataset = load_dataset(cfg.get("data"), label_col=cfg.get("label_col", "subCategory"), size=storage,
                            cache_dir=cfg.get("cache_dir"), workers=int(cfg.get("workers", 2) or 2), log=log)
     split_file = Path(members[0].path).parent / "split.json"
@@ -108,7 +108,7 @@ def calibration_images(members, count: int = CALIBRATION_IMAGES, seed: int = 0, 
     return dataset.images[torch.as_tensor(chosen)]
 
 
-def int8_model_for(members, views, log=print) -> Path:
+def int8_model_for(members, views, taus=None, log=print) -> Path:
     """The run's int8 ONNX model for these members and views: RUN/export-int8/model.int8.onnx, made on the
     first call (export + calibration + quantisation) and reused while its sources and views match."""
     from . import export
@@ -116,15 +116,16 @@ def int8_model_for(members, views, log=print) -> Path:
     out = run_dir / "export-int8"
     int8_path, meta_path = out / "model.int8.onnx", out / "int8.json"
     key = {"sources": [str(Path(m.path).resolve()) for m in members],
-           "mtimes": [Path(m.path).stat().st_mtime for m in members], "views": list(views)}
+           "mtimes": [Path(m.path).stat().st_mtime for m in members], "views": list(views),
+           "taus": [float(t) for t in (taus if taus is not None else [m.record.decision_tau for m in members])]}
     if int8_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == key:
         return int8_path
     log(f"making the int8 model in {out} (once): export, calibrate on training images, quantise")
-    module = export.deployable(members, views)
+    module = export.deployable(members, views, taus=taus)
     fp32_path = export.export_onnx(module, out / "model.onnx")
     quantize_onnx(fp32_path, int8_path, calibration_images(members, log=log))
-    export.write_metadata(out, members[0].state["class_names"], members[0].state["preprocessing"], views,
-                          [str(m.path) for m in members], int8_path.name)
+    export.write_metadata(out, members[0].record.class_names, members[0].record.preprocessing.to_dict(), views,
+                          [str(m.path) for m in members], int8_path.name, key["taus"])
     meta_path.write_text(json.dumps(key) + "\n")
     return int8_path
 

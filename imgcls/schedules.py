@@ -1,29 +1,119 @@
-"""Learning-rate schedules as plain ``torch.optim.lr_scheduler`` objects.
+"""Learning-rate schedules behind one contract, after timm's scheduler: the training loop always calls
 
-``build_scheduler`` returns the scheduler and when the engine must call ``.step()``:
+    schedule.step_update(num_updates)   after every optimizer update that was applied
+    schedule.step(epoch, metric)        after every epoch's evaluation (epoch = epochs finished, 1-based)
 
-- "step":   once per optimizer update (cosine, onecycle, constant),
-- "epoch":  once per epoch (none of the built-in names, kept for the engine's dispatch),
-- "metric": once per epoch with the validation metric, ``scheduler.step(metric)`` (plateau).
+and each schedule acts on the call it needs and ignores the other: the per-update curves (cosine, onecycle,
+constant) follow ``num_updates``, ReduceLROnPlateau follows the metric, and SWA's SWALR is a late phase
+(``Switch``) that takes over from the main schedule at an epoch. An update that fp16's GradScaler skipped
+(overflowing gradients) does not count in ``num_updates``, so the curve follows the updates that happened.
 
-Per-update schedules are defined over ``total = epochs * steps_per_epoch`` updates; the engine must pass
-the real number of updates per epoch (for a sampler with a fixed epoch length of N that is
-ceil(N / batch) or floor with drop_last). Resuming: either load the saved ``state_dict()`` into a freshly
-built scheduler, or build with ``start_step`` = updates already done; both continue the same curve.
+Per-update schedules are defined over ``total = epochs * steps_per_epoch`` updates: the engine passes the
+real number of updates per epoch. Resuming loads the saved ``state_dict()`` into a freshly built schedule.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from imgcls.errors import UserError
+from imgcls.registry import Registry
 
-SCHEDULE_NAMES = ("plateau", "cosine", "onecycle", "constant")
+SCHEDULES = Registry("--scheduler")
+
+
+class Schedule:
+    """The contract. The base class ignores both calls; a schedule overrides the one it needs."""
+
+    def step_update(self, num_updates: int) -> None:
+        pass
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PerUpdate(Schedule):
+    """A torch scheduler whose lr is a function of the number of applied updates (stepped once per update)."""
+
+    def __init__(self, scheduler: LRScheduler):
+        self.scheduler = scheduler
+
+    def step_update(self, num_updates: int) -> None:
+        while self.scheduler.last_epoch < num_updates:  # once per applied update; none for a skipped one
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+class PerEpoch(PerUpdate):
+    """A torch scheduler stepped once per epoch, with the validation metric when it takes one (plateau)."""
+
+    def __init__(self, scheduler, with_metric: bool = False):
+        super().__init__(scheduler)
+        self.with_metric = with_metric
+
+    def step_update(self, num_updates: int) -> None:
+        pass
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        self.scheduler.step(metric) if self.with_metric else self.scheduler.step()
+
+
+class Switch(Schedule):
+    """``first`` until epoch ``at`` (1-based) has been evaluated; from then on ``make_second()``, built then.
+
+    The second phase is stepped for epoch ``at`` itself and owns every later update and epoch (SWALR after
+    ``--swa-start``). The same shape switches any schedule late in training.
+    """
+
+    def __init__(self, first: Schedule, at: int, make_second: Callable[[], Schedule]):
+        self.first, self.at, self.make_second = first, at, make_second
+        self.second: Schedule | None = None
+
+    def step_update(self, num_updates: int) -> None:
+        (self.second or self.first).step_update(num_updates)
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        if epoch < self.at:
+            self.first.step(epoch, metric)
+            return
+        if self.second is None:
+            self.second = self.make_second()
+        self.second.step(epoch, metric)
+
+    def state_dict(self) -> dict:
+        return {"first": self.first.state_dict(),
+                "second": None if self.second is None else self.second.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first.load_state_dict(state["first"])
+        if state["second"] is not None:
+            self.second = self.make_second()
+            self.second.load_state_dict(state["second"])
+
+
+def build_schedule(name: str, optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
+                   settings: dict | None = None) -> Schedule:
+    """The schedule ``name`` (a key of SCHEDULES) on ``optimizer``, its hyperparameters taken from
+    ``settings`` (a Config's values; each schedule takes the ones it declares)."""
+    SCHEDULES.lookup(name)
+    if epochs < 1 or steps_per_epoch < 1:
+        raise UserError(f"--epochs {epochs} / steps per epoch {steps_per_epoch}: both must be >= 1")
+    return SCHEDULES.build(name, optimizer, epochs, steps_per_epoch, settings=settings)
 
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
@@ -45,103 +135,84 @@ def warmup_cosine_factor(step: int, warmup: int, total: int, min_factor: float) 
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _warmup_constant_factor(step: int, warmup: int) -> float:
-    return (step + 1) / (warmup + 1) if step < warmup else 1.0
-
-
-def _per_group(optimizer: Optimizer, make: Callable[[float], Callable[[int], float]]) -> list:
-    """One lambda per parameter group: min_lr is absolute, so the factor depends on each group's base lr."""
-    return [make(group["lr"]) for group in optimizer.param_groups]
-
-
 def _cycles_momentum(optimizer: Optimizer) -> bool:
     """OneCycleLR cycles Adam's beta1 or SGD's momentum, but must not switch momentum on for plain SGD."""
     defaults = optimizer.defaults
     return "betas" in defaults or float(defaults.get("momentum", 0.0)) > 0.0
 
 
-def build_scheduler(
-    name: str,
-    optimizer: Optimizer,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-    warmup_epochs: float = 0.0,
-    min_lr: float = 0.0,
-    max_lr: float | None = None,
-    pct_start: float = 0.1,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1000.0,
-    plateau_factor: float = 0.1,
-    plateau_patience: int = 3,
-    plateau_mode: str = "max",
-    start_step: int = 0,
-) -> tuple[LRScheduler | ReduceLROnPlateau, str]:
-    """Build the schedule ``name`` (one of SCHEDULE_NAMES) on ``optimizer``; returns (scheduler, interval).
+@SCHEDULES.register("cosine")
+def cosine(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0,
+           min_lr: float = 0.0) -> Schedule:
+    """Linear warmup over ``warmup_epochs``, then cosine from the optimizer's lr to ``min_lr`` (absolute,
+    for every parameter group), per update."""
+    total, warmup = epochs * steps_per_epoch, _warmup_steps(warmup_epochs, steps_per_epoch)
+    if warmup >= total:
+        raise UserError(f"--warmup-epochs {warmup_epochs}: must be shorter than --epochs {epochs}")
 
-    plateau:  ReduceLROnPlateau(mode, factor, patience, min_lr) stepped with the validation metric.
-    cosine:   linear warmup over ``warmup_epochs`` then cosine from the optimizer's lr to ``min_lr``.
-    onecycle: OneCycleLR over exactly ``epochs * steps_per_epoch`` updates; ``max_lr`` defaults to the
-              optimizer's lr; starts at max_lr / div_factor, ends at max_lr / (div_factor * final_div_factor);
-              like torch's default it cycles Adam's beta1 (or SGD momentum, if set) 0.95 -> 0.85 -> 0.95.
-    constant: the optimizer's lr (after an optional linear warmup).
-    ``start_step``: updates already done (resume without a saved scheduler state); ignored by plateau.
-    """
-    if name not in SCHEDULE_NAMES:
-        raise UserError(f"--scheduler {name!r}: unknown; choose one of {', '.join(SCHEDULE_NAMES)}")
-    if epochs < 1 or steps_per_epoch < 1:
-        raise UserError(f"--epochs {epochs} / steps per epoch {steps_per_epoch}: both must be >= 1")
-    total = epochs * steps_per_epoch
+    def factor(base_lr: float) -> Callable[[int], float]:
+        min_factor = min_lr / base_lr if base_lr > 0 else 0.0
+        return lambda step: warmup_cosine_factor(step, warmup, total, min_factor)
+    return PerUpdate(LambdaLR(optimizer, [factor(group["lr"]) for group in optimizer.param_groups]))
+
+
+@SCHEDULES.register("constant")
+def constant(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0) -> Schedule:
+    """The optimizer's lr, after an optional linear warmup, per update."""
     warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
-
-    if name == "plateau":
-        if warmup:
-            raise UserError("--warmup-epochs: not supported with --scheduler plateau; set it to 0")
-        if plateau_mode not in ("min", "max"):
-            raise UserError(f"--plateau-mode {plateau_mode!r}: choose min or max")
-        scheduler = ReduceLROnPlateau(
-            optimizer, mode=plateau_mode, factor=plateau_factor, patience=plateau_patience, min_lr=min_lr
-        )
-        return scheduler, "metric"
-
-    if name == "cosine":
-        if warmup >= total:
-            raise UserError(f"--warmup-epochs {warmup_epochs}: must be shorter than --epochs {epochs}")
-
-        def make(base_lr: float) -> Callable[[int], float]:
-            min_factor = min_lr / base_lr if base_lr > 0 else 0.0
-            return lambda step: warmup_cosine_factor(step, warmup, total, min_factor)
-
-        scheduler = LambdaLR(optimizer, _per_group(optimizer, make))
-    elif name == "constant":
-        scheduler = LambdaLR(optimizer, lambda step: _warmup_constant_factor(step, warmup))
-    else:  # onecycle
-        if warmup:
-            raise UserError("--warmup-epochs: onecycle has its own warmup (--pct-start); set it to 0")
-        if not 0.0 < pct_start < 1.0:
-            raise UserError(f"--pct-start {pct_start}: must be in (0, 1)")
-        scheduler = OneCycleLR(
-            optimizer,
-            max_lr=optimizer.param_groups[0]["lr"] if max_lr is None else max_lr,
-            total_steps=total,
-            pct_start=pct_start,
-            div_factor=div_factor,
-            final_div_factor=final_div_factor,
-            cycle_momentum=_cycles_momentum(optimizer),
-        )
-
-    if start_step:
-        if not 0 <= start_step <= total:
-            raise UserError(f"start_step {start_step}: must be between 0 and the {total} planned updates")
-        # Replaying the closed-form steps is cheap (thousands of scalar updates) and uses only public API.
-        # The warning about stepping before optimizer.step() is expected here: no update happened yet.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(start_step):
-                scheduler.step()
-    return scheduler, "step"
+    return PerUpdate(LambdaLR(optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup else 1.0))
 
 
-def current_lr(optimizer: Optimizer) -> float:
-    """The first parameter group's learning rate (what the engine logs and plot_lr draws)."""
-    return float(optimizer.param_groups[0]["lr"])
+@SCHEDULES.register("onecycle")
+def onecycle(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0,
+             max_lr: float | None = None, pct_start: float = 0.1, div_factor: float = 25.0,
+             final_div_factor: float = 1000.0) -> Schedule:
+    """OneCycleLR over exactly ``epochs * steps_per_epoch`` updates; ``max_lr`` defaults to the optimizer's
+    lr; starts at max_lr / div_factor, ends at max_lr / (div_factor * final_div_factor); like torch's default
+    it cycles Adam's beta1 (or SGD momentum, if set) 0.95 -> 0.85 -> 0.95."""
+    if _warmup_steps(warmup_epochs, steps_per_epoch):
+        raise UserError("--warmup-epochs: onecycle has its own warmup (--pct-start); set it to 0")
+    if not 0.0 < pct_start < 1.0:
+        raise UserError(f"--pct-start {pct_start}: must be in (0, 1)")
+    return PerUpdate(OneCycleLR(
+        optimizer, max_lr=optimizer.param_groups[0]["lr"] if max_lr is None else max_lr,
+        total_steps=epochs * steps_per_epoch, pct_start=pct_start, div_factor=div_factor,
+        final_div_factor=final_div_factor, cycle_momentum=_cycles_momentum(optimizer)))
+
+
+@SCHEDULES.register("plateau")
+def plateau(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0,
+            min_lr: float = 0.0, plateau_factor: float = 0.1, plateau_patience: int = 3,
+            plateau_mode: str = "max") -> Schedule:
+    """ReduceLROnPlateau(mode, factor, patience, min_lr), stepped once per epoch with the validation metric
+    (mode max: the metric should rise)."""
+    if _warmup_steps(warmup_epochs, steps_per_epoch):
+        raise UserError("--warmup-epochs: not supported with --scheduler plateau; set it to 0")
+    if plateau_mode not in ("min", "max"):
+        raise UserError(f"--plateau-mode {plateau_mode!r}: choose min or max")
+    return PerEpoch(ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=plateau_factor,
+                                      patience=plateau_patience, min_lr=min_lr), with_metric=True)
+
+
+class Phases:
+    """Components that take over from one another at given epochs: ``Phases((0, a), (k, b))`` is ``a`` for
+    epochs 0..k-1 (0-based) and ``b`` from epoch k on. A loss builder may return one (deferred re-weighting:
+    plain CE, then class-balanced weights at epoch k); the engine trains each epoch with ``at_epoch(...)``."""
+
+    def __init__(self, *phases: tuple[int, object]):
+        starts = [start for start, _ in phases]
+        if not phases or starts[0] != 0 or starts != sorted(set(starts)):
+            raise ValueError(f"phases must start at epoch 0 and increase: {starts}")
+        self.phases = phases
+
+    def at(self, epoch: int):
+        return [item for start, item in self.phases if start <= epoch][-1]
+
+    def to(self, device) -> "Phases":
+        """Move every phase's tensors (a loss's class weights) to ``device``, as nn.Module.to does."""
+        return Phases(*((start, item.to(device) if hasattr(item, "to") else item) for start, item in self.phases))
+
+
+def at_epoch(component, epoch: int):
+    """The component in effect at ``epoch`` (0-based): a Phases' current phase, anything else itself."""
+    return component.at(epoch) if isinstance(component, Phases) else component

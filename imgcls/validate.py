@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .data.samplers import SAMPLERS
 
 # field -> (low, high, low inclusive, high inclusive); None means unbounded. NaN and inf always fail.
 RULES: dict[str, tuple] = {
@@ -57,6 +58,9 @@ RULES: dict[str, tuple] = {
     "swa_anneal_epochs": (0, None, True, True),
     "early_stop": (1, None, True, True),
     "early_stop_min_delta": (0, None, True, True),
+    "crt_steps": (1, None, True, True),
+    "crt_batch_size": (1, None, True, True),
+    "crt_lr": (0, None, False, True),
 }
 
 
@@ -145,6 +149,10 @@ def check_config(cfg) -> None:
     for name, (low, high, low_inc, high_inc) in RULES.items():
         check_range(name, getattr(cfg, name), low, high, low_inc, high_inc)
     check_range("betas", cfg.betas, 0, 1, True, False)
+    if cfg.crt_sampler is not None and cfg.crt_sampler not in SAMPLERS:
+        raise UserError(f"--crt-sampler {cfg.crt_sampler}: unknown; choose none or one of {', '.join(SAMPLERS)}")
+    if cfg.decision_tau != "auto":  # the grid 'auto' searches is -1..1; a fixed tau may go further
+        check_range("decision_tau", cfg.decision_tau, -10, 10)
     if len(cfg.betas) != 2:
         raise UserError(f"--betas {_show(cfg.betas)}: expected two numbers, e.g. 0.9,0.999")
     check_device(cfg.device)

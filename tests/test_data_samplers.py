@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from imgcls.data.samplers import EpochSampler, effective_number_weights
+from imgcls.data.samplers import EpochSampler
+from imgcls.labels import class_balanced_weights
 from imgcls.errors import UserError
 
 COUNTS = np.array([500, 120, 40, 9, 3, 1])
@@ -41,14 +42,21 @@ def test_weighted_v1_draws_every_class_equally():
     _assert_frequencies(sampler, 0, expected)
 
 
+def test_sqrt_draws_each_class_in_proportion_to_the_root_of_its_count():
+    sampler = EpochSampler(LABELS, "sqrt", num_samples=DRAWS, seed=0)
+    expected = np.sqrt(COUNTS) / np.sqrt(COUNTS).sum()  # Kang et al. 2020, square-root sampling (q = 1/2)
+    assert np.allclose(sampler.class_probs(0).numpy(), expected)
+    _assert_frequencies(sampler, 0, expected)
+
+
 def test_class_balanced_uses_the_effective_number():
     beta = 0.99
-    sampler = EpochSampler(LABELS, "class_balanced", num_samples=DRAWS, beta=beta, seed=2)
+    sampler = EpochSampler(LABELS, "class_balanced", num_samples=DRAWS, settings={"cb_beta": beta}, seed=2)
     effective = (1 - beta ** COUNTS) / (1 - beta)  # Cui et al. 2019, eq. for E_n
     expected = COUNTS / effective / (COUNTS / effective).sum()
     assert np.allclose(sampler.class_probs(3).numpy(), expected)
     _assert_frequencies(sampler, 3, expected)
-    weights = effective_number_weights(COUNTS, beta)
+    weights = class_balanced_weights(COUNTS, beta).double().numpy()
     assert np.isclose(weights.sum(), len(COUNTS)) and np.allclose(weights / weights[0], effective[0] / effective)
 
 
@@ -102,6 +110,32 @@ def test_draw_depends_only_on_seed_and_epoch_and_leaves_global_rng_alone():
 
 def test_bad_arguments_are_user_errors():
     with pytest.raises(UserError, match="--sampler"):
-        EpochSampler(LABELS, "sqrt")
+        EpochSampler(LABELS, "no_such_sampler")
     with pytest.raises(UserError, match="rank"):
         EpochSampler(LABELS, rank=2, world_size=2)
+
+
+def test_one_epoch_seed_rule_for_every_stream():
+    from imgcls.data.samplers import STREAMS, epoch_seed
+    seeds = {(s, e, k): epoch_seed(s, e, k) for s in range(3) for e in range(3) for k in STREAMS}
+    assert len(set(seeds.values())) == len(seeds)  # unrelated for neighbouring seeds, epochs and streams
+    assert all(0 <= v < 2**63 for v in seeds.values())
+    # the sampler's draw is the one its stream's seed gives
+    g = torch.Generator().manual_seed(epoch_seed(7, 2, "sampler"))
+    assert torch.equal(EpochSampler(LABELS, "natural", seed=7).indices(2), torch.randperm(len(LABELS), generator=g))
+
+
+def test_a_sampler_rule_can_switch_at_an_epoch():
+    from imgcls.data.samplers import SAMPLERS
+
+    @SAMPLERS.register("test_deferred")
+    def deferred(counts, total_epochs, *, switch_epoch=2):  # natural permutation, then balanced from epoch k
+        balanced = (counts > 0).double() / (counts > 0).sum()
+        return lambda epoch: None if epoch < switch_epoch else balanced
+    try:
+        sampler = EpochSampler(LABELS, "test_deferred", num_samples=DRAWS, seed=3, settings={"switch_epoch": 1})
+        assert torch.allclose(sampler.class_probs(0), torch.as_tensor(COUNTS / COUNTS.sum()))
+        assert torch.bincount(sampler.indices(0)[: len(LABELS)]).max() == 1  # a permutation
+        _assert_frequencies(sampler, 1, np.full(len(COUNTS), 1 / len(COUNTS)))
+    finally:
+        del SAMPLERS["test_deferred"]

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from imgcls.decision import TAU_GRID, adjust, choose_tau
-from imgcls.decoupling import extract_features, final_linear, replace_classifier, retrain_classifier, sampling_probs
+from imgcls.decoupling import extract_features, final_linear, replace_classifier, retrain_classifier, sample_probs
 from imgcls.models import create_model
 
 
@@ -20,10 +20,10 @@ def _blobs(counts, dim=8, spread=1.6, seed=0):
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
-def test_sampling_probs_give_each_class_mass_proportional_to_count_to_the_power(power):
+@pytest.mark.parametrize("sampler, power", [("weighted", 0.0), ("sqrt", 0.5), ("natural", 1.0)])
+def test_retraining_draws_each_class_with_mass_proportional_to_count_to_the_power(sampler, power):
     labels = torch.tensor([0] * 9 + [1] * 4 + [2] * 1 + [3] * 0 + [4] * 2)
-    probs = sampling_probs(labels, num_classes=5, power=power)
+    probs = sample_probs(labels, sampler)
     counts = np.array([9, 4, 1, 0, 2], dtype=float)
     expected = np.where(counts > 0, counts ** power, 0) / (counts[counts > 0] ** power).sum()
     mass = np.bincount(labels.numpy(), weights=probs.double().numpy(), minlength=5)
@@ -35,12 +35,12 @@ def test_balanced_crt_agrees_with_class_weighted_logistic_regression():
     """Balanced sampling minimises the class-balanced cross-entropy; scikit-learn's class_weight='balanced'
     logistic regression minimises the same objective exactly, so their decisions must nearly coincide."""
     x, y = _blobs([400, 120, 30, 8], spread=3.0)
-    head = retrain_classifier(x, y, 4, power=0.0, steps=1500, batch_size=256, lr=0.2, weight_decay=0.0)
+    head = retrain_classifier(x, y, 4, sampler="weighted", steps=1500, batch_size=256, lr=0.2, weight_decay=0.0)
     ours = head(x).argmax(1).numpy()
     ref = LogisticRegression(class_weight="balanced", C=100.0, max_iter=5000).fit(x.numpy(), y.numpy()).predict(x.numpy())
     assert (ours == ref).mean() >= 0.95
     # and rebalancing does what it is for: higher balanced accuracy than a natural-sampling re-fit
-    natural = retrain_classifier(x, y, 4, power=1.0, steps=1500, batch_size=256, lr=0.2, weight_decay=0.0)
+    natural = retrain_classifier(x, y, 4, sampler="natural", steps=1500, batch_size=256, lr=0.2, weight_decay=0.0)
     assert balanced_accuracy_score(y, ours) > balanced_accuracy_score(y, natural(x).argmax(1).numpy()) + 0.02
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,13 +19,14 @@ from imgcls import checkpoint, engine
 from imgcls.config import resolve
 from imgcls.data import load_dataset
 from imgcls.data.augment import eval_transform
+from imgcls.decision import adjust
 from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
 from tests.helpers import tiny_overrides, write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"v1": "test_efficientnet", "v2": "test_convnext", "v2.1": "test_convnext",
-              "v3": "test_efficientnet_v2"}
+              "v3": "test_efficientnet_v2", "v4": "test_efficientnet"}
 RUN_FILES = ["config.json", "split.json", "summary.csv", "best.pt", "last.pt", "metrics.json", "lr.png",
              "curves.png", "confusion.png", "skipped.json"]
 
@@ -45,6 +47,7 @@ def _fit(version, data_dir, out, fold=0, **extra):
     ("v2", {"swa_start": 1, "swa_freq": 1, "warmup_epochs": 1}),
     ("v2.1", {"swa_start": 2, "warmup_epochs": 1}),
     ("v3", {}),
+    ("v4", {"crt_steps": 20}),
 ])
 def test_every_version_trains_and_writes_every_file(version, extra, data_dir, tmp_path):
     cfg, result = _fit(version, data_dir, tmp_path, **extra)
@@ -80,7 +83,9 @@ def _evaluate_saved(rdir: Path, data_dir: Path, out: Path) -> dict:
     pre = best["preprocessing"]
     with torch.no_grad():
         x = eval_transform(data.images[torch.as_tensor(val)], tuple(pre["img_size"]), pre["mean"], pre["std"])
-        pred = model(x).argmax(1).numpy()
+        probs = torch.softmax(model(x), 1).numpy()
+    # with the run's own decision rule (v4 chooses a tau on validation; the others keep 0)
+    pred = adjust(probs, best["train_class_counts"], best.get("decision_tau", 0.0)).argmax(1)
     return classification_metrics(data.labels.numpy()[val], pred, best["class_names"])
 
 
@@ -181,3 +186,73 @@ def test_torchrun_two_process_gloo_metrics_equal_single_process_evaluation(data_
     assert metrics["confusion_matrix"] == single["confusion_matrix"]
     # Only rank 0 writes: one summary line per epoch, not two.
     assert len(list(csv.DictReader(open(rdir / "summary.csv")))) == 2
+
+
+def test_fp16_on_cpu_skips_overflowing_updates_and_resumes_exactly(data_dir, tmp_path):
+    """--amp fp16 on the CPU takes CUDA's path (autocast + GradScaler). A loss scale of 2**24, written into a
+    real last.pt, makes the next fp16 backward passes overflow: the scaler skips those updates and halves its
+    scale each time, the schedule does not advance on them, training goes on, and a resume is exact."""
+    extra = dict(amp="fp16", epochs=3, epoch_samples=64)  # v3: onecycle per update; 8 steps per epoch
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(prefix):
+        def log(line, *args, **kwargs):
+            if str(line).startswith(prefix):
+                raise Killed  # after the epoch trained, before its last.pt: last.pt keeps the epoch before
+        return log
+
+    runs = {}
+    for name in ("a", "b"):
+        cfg = resolve("v3", tiny_overrides(data_dir, tmp_path / name, model=TINY_MODEL["v3"], **extra))
+        with pytest.raises(Killed):
+            engine.fit(cfg, 0, log=kill_at("epoch 2/3"))
+        last_path = tmp_path / name / "v3" / "fold0" / "last.pt"
+        state = checkpoint.load(last_path)
+        assert state["progress"]["epoch"] == 1
+        before = dict(state["progress"])
+        state["scaler"]["scale"] = 2.0**24
+        checkpoint.save_atomic(state, last_path)
+        runs[name] = (cfg, last_path, before)
+    cfg_a, last_a, before = runs["a"]
+    engine.fit(cfg_a, 0, log=lambda *a, **k: None)
+    cfg_b, last_b, _ = runs["b"]
+    with pytest.raises(Killed):
+        engine.fit(cfg_b, 0, log=kill_at("epoch 3/3"))
+    engine.fit(cfg_b, 0, log=lambda *a, **k: None)
+
+    a, b = checkpoint.load(last_a), checkpoint.load(last_b)
+    progress = a["progress"]
+    skipped_late = progress["skipped_updates"] - before["skipped_updates"]
+    # The scaler halved its scale once per skipped step (no growth: its interval is 2000 steps).
+    assert skipped_late == round(math.log2(2.0**24 / a["scaler"]["scale"])) >= 1
+    assert progress["num_updates"] + progress["skipped_updates"] == 24
+    assert progress["num_updates"] > before["num_updates"]  # training went on after the overflow
+    # AdamW counts the steps it took: the skipped ones are not among them; nor did the schedule advance.
+    assert all(int(s["step"]) == progress["num_updates"] for s in a["optimizer"]["state"].values())
+    assert a["schedule"]["last_epoch"] == progress["num_updates"]
+    assert len(progress["lr_history"]) == 24
+    # Exact resume, skipped steps included.
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["scaler"] == b["scaler"] and a["schedule"] == b["schedule"]
+    for key in ("num_updates", "skipped_updates", "lr_history", "best_epoch", "best_metric"):
+        assert progress[key] == b["progress"][key], key
+
+
+def test_a_loss_entry_can_switch_phase_at_an_epoch(data_dir, tmp_path):
+    """A registry entry returning Phases trains epoch 1 with its first loss and epoch 2 on with the second; here
+    the second has all-zero class weights, so its 0/0 loss stops the run exactly at epoch 2 step 1."""
+    from imgcls.losses import LOSSES, ImbalancedLoss
+    from imgcls.schedules import Phases
+
+    def late_zero(class_counts, *, label_smoothing=0.0):
+        return Phases((0, ImbalancedLoss()), (1, ImbalancedLoss(torch.zeros(len(class_counts)))))
+    LOSSES.register("test_late_zero")(late_zero)
+    try:
+        cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="test_convnext", loss="test_late_zero"))
+        with pytest.raises(engine.TrainingDiverged, match=r"epoch 2 step 1;"):
+            engine.fit(cfg, 0, log=lambda *a, **k: None)
+    finally:
+        del LOSSES["test_late_zero"]

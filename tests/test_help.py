@@ -13,8 +13,11 @@ def test_train_help_groups_flags_by_area_with_each_presets_value():
         assert f"\n{group}\n" in text
     assert "preset or" not in text
     flat = " ".join(text.split())
-    assert "(v1 0.001, v2 0.0001, v2.1 0.0001, v3 0.001)" in flat  # --lr, from VERSIONS
-    assert "(v1 False, v2 False, v2.1 True, v3 True)" in flat     # --tta
+    # --lr and --tta: every preset's own value, in VERSIONS order
+    lr = ", ".join(f"{v} {p.get('lr', 0.001)}" for v, p in VERSIONS.items())
+    assert lr.startswith("v1 0.001, v2 0.0001, v2.1 0.0001, v3 0.001") and f"({lr})" in flat
+    tta = ", ".join(f"{v} {p.get('tta', False)}" for v, p in VERSIONS.items())
+    assert tta.startswith("v1 False, v2 False, v2.1 True, v3 True") and f"({tta})" in flat
 
 
 def test_preset_values_reads_the_presets():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,11 @@ QUIET = dict(log=lambda *a, **k: None)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 2-fold v2.1-style run on tiny generated images."""
+    """A 2-fold v2.1-style run on tiny generated images (TTA off, so that a bare predict is one view)."""
     root = tmp_path_factory.mktemp("pred")
     data = write_folder_dataset(root / "data")
     cfg = resolve("v2.1", tiny_overrides(data, root / "runs", model="test_convnext", folds="2", epochs=2,
-                                         swa_start=None, early_stop=None, warmup_epochs=0))
+                                         swa_start=None, early_stop=None, warmup_epochs=0, tta=False))
     for fold in (0, 1):
         engine.fit(cfg, fold, **QUIET)
     return root, data, cfg
@@ -136,3 +137,30 @@ def test_errors_name_the_problem(trained, tmp_path):
     with pytest.raises(UserError, match="weights do not fit test_convnext with 5 classes"):
         predict(args_for("--checkpoint", tmp_path / "bad.pt", "--data", data, "--cache-dir", tmp_path / "c"),
                 **QUIET)
+
+
+def test_the_runs_tta_setting_is_the_default_and_flags_override_it(trained, tmp_path):
+    root, _, _ = trained
+    assert checkpoint.read(root / "runs" / "v2.1" / "fold1" / "best.pt").config["fold"] == 1
+    run = tmp_path / "v2.1"
+    shutil.copytree(root / "runs" / "v2.1" / "fold0", run / "fold0")
+    record = checkpoint.read(run / "fold0" / "best.pt")
+    assert record.config["tta"] is False and record.config["fold"] == 0
+    record.config["tta"] = True  # as the v2.1 and v3 presets record it
+    checkpoint.save(record, run / "fold0" / "best.pt")
+    cache = ["--cache-dir", root / "runs" / "cache"]
+    default = predict(args_for("--run", run, *cache), **QUIET)
+    off = predict(args_for("--run", run, "--no-tta", *cache), **QUIET)
+    assert default["predictions"] == str(run / "predict-test-tta" / "predictions.csv")
+    assert default["metrics"]["views"] == ["identity", "hflip", "scale0.9", "scale1.1"]
+    assert off["predictions"] == str(run / "predict-test" / "predictions.csv")
+    assert off["metrics"]["views"] == ["identity"]
+
+
+def test_a_checkpoint_from_an_older_format_is_a_user_error(trained, tmp_path):
+    root, _, _ = trained
+    state = checkpoint.load(root / "runs" / "v2.1" / "fold0" / "best.pt")
+    del state["format"]
+    checkpoint.save_atomic(state, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="old.pt: checkpoint format None is not 1"):
+        checkpoint.read(tmp_path / "old.pt")

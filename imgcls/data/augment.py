@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgcls.labels import smoothed_one_hot
+
 
 def _normalise_(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std per channel, in place (x is always a fresh tensor of ours here)."""
@@ -113,16 +115,10 @@ class MixupCutmix:
         self.prob, self.switch_prob, self.label_smoothing = float(prob), float(switch_prob), float(label_smoothing)
         self.last: tuple[str, float] = ("none", 1.0)  # what the latest call did: kind and effective lambda
 
-    def soft_targets(self, y: torch.Tensor) -> torch.Tensor:
-        """Smoothed one-hot: 1 - s + s/C on the true class, s/C elsewhere (rows sum to 1)."""
-        off = self.label_smoothing / self.num_classes
-        targets = torch.full((len(y), self.num_classes), off, device=y.device)
-        return targets.scatter_(1, y.view(-1, 1), 1.0 - self.label_smoothing + off)
-
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
         """Returns (x_mixed, soft targets B x C) and sets self.last = (kind, lambda) for inspection."""
         u = torch.rand(2, generator=generator, device=generator.device).tolist()
-        targets = self.soft_targets(y)
+        targets = smoothed_one_hot(y, self.num_classes, self.label_smoothing)
         use_cutmix = self.cutmix_alpha > 0 and (u[1] < self.switch_prob or self.mixup_alpha <= 0)
         use_mixup = not use_cutmix and self.mixup_alpha > 0
         if u[0] >= self.prob or not (use_cutmix or use_mixup):
