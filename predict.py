@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", help="a single checkpoint file instead of a run's folds")
     model.add_argument("--fold", default="all", help="fold K or 'all' (ensemble of every fold; default all)")
     model.add_argument("--int8", action="store_true",
-                       help="run the int8 ONNX model (made once into RUN/export-int8/; needs onnxruntime)")
+                       help="run the int8 ONNX model (made once into export-int8/ of the run, or of the fold for "
+                            "one model; needs onnxruntime)")
     images = p.add_argument_group("images (default: the run's own held-out test split)")
     images.add_argument("--data", help="a data set: the layouts of train.py --data (labelled: metrics), a folder "
                                        "of loose images or a manifest with only a `path` column (unlabelled)")

@@ -277,8 +277,9 @@ def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None
 
     tta None follows the run's preset (config "tta"); views default to identity,hflip,scale0.9,scale1.1 when
     TTA is on. logit_adjust None applies each checkpoint's own decision tau (v4 chooses one on validation;
-    0 for the others), a number overrides it. int8=True runs the int8 ONNX model (made once and kept in RUN/export-int8/, calibrated on
-    the run's training images; needs onnx and onnxruntime).
+    0 for the others), a number overrides it. int8=True runs the int8 ONNX model (made once into export-int8/
+    of the run, or of the fold for one model; calibrated on the run's training images; needs onnx and
+    onnxruntime).
     """
     members = load_members(find_checkpoints(source, fold))
     if tta is None:

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     table = comparison_table(Path(args.runs), args.versions)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# {args.title}\n\n{smoke_note(Path(args.runs), args.versions)}Measured by `run_all.sh` on this project's held-out test split (mean "
+    note = smoke_note(Path(args.runs), args.versions)
+    out.write_text(f"# {args.title}\n\n{note}Measured by `run_all.sh` on this project's held-out test split (mean "
                    f"of fold models; TTA where the version uses it). Training time is summed over folds; "
                    f"peak memory is CUDA max allocated on a GPU, process max RSS on a CPU. The write-up's "
                    f"columns are its own reported numbers (validation, GPU), for reference only.\n\n{table}\n")

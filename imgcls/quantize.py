@@ -109,8 +109,8 @@ def calibration_images(members, count: int = CALIBRATION_IMAGES, seed: int = 0, 
 
 
 def int8_model_for(members, views, taus=None, log=print) -> Path:
-    """The run's int8 ONNX model for these members and views: RUN/export-int8/model.int8.onnx, made on the
-    first call (export + calibration + quantisation) and reused while its sources and views match."""
+    """The int8 ONNX model for these members, views and taus: RUN/export-int8/model.int8.onnx (FOLD/export-int8/
+    for one model), made on the first call (export + calibration + quantisation), reused while they match."""
     from . import export
     run_dir = members[0].path.parent.parent if len(members) > 1 else members[0].path.parent
     out = run_dir / "export-int8"
