@@ -1,6 +1,6 @@
 """results/comparison.md: one row per version, measured by this project, beside the write-up's numbers.
 
-Usage: python -m imgcls.compare --runs runs --out results/comparison.md [--versions v1 v2 v2.1 v3]
+Usage: python -m imgcls.compare --runs runs --out results/comparison.md [--versions v1 v2 v2.1 v3 v4]
 Reads each version's held-out test predictions (RUN/predict-test[-tta]/metrics.json, written by predict.py).
 """
 
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
+from .config import VERSIONS
 from .errors import UserError
 
 # The write-up's own table (validation accuracy, macro-F1, training time, GPU memory), for reference.
@@ -95,8 +96,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs")
     p.add_argument("--out", default="results/comparison.md")
-    p.add_argument("--versions", nargs="+", default=list(WRITEUP))
-    p.add_argument("--title", default="imgcls: the four versions on the held-out test split")
+    p.add_argument("--versions", nargs="+", default=list(VERSIONS))
+    p.add_argument("--title", default="imgcls: the versions on the held-out test split")
     args = p.parse_args(argv)
     table = comparison_table(Path(args.runs), args.versions)
     out = Path(args.out)
