@@ -515,6 +515,7 @@ def choose_decision(t: Trainer, net: nn.Module, metrics: dict) -> tuple[float, d
     else:
         tau, scores = float(cfg.decision_tau), None
     adjusted = evaluate(t, net, probs=adjust(probs, t.train_counts, tau))
+    adjusted.update({k: metrics[k] for k in ("crt_seconds",) if k in metrics})
     adjusted.update(decision_tau=tau, before_decision={k: metrics[k] for k in
                                                        ("accuracy", "macro_f1", "balanced_accuracy", "loss")})
     if scores is not None:

@@ -67,6 +67,7 @@ def test_v4_head_is_crt_on_the_stage1_features_and_tau_maximises_validation_macr
     metrics = json.loads((rdir / "metrics.json").read_text())
     assert metrics["decision_tau"] == tau and metrics["macro_f1"] == pytest.approx(max(scores.values()))
     assert set(metrics["before_decision"]) >= {"accuracy", "macro_f1"}
+    assert metrics["crt_seconds"] > 0  # the re-training's cost is part of the run's reported time
 
 
 def test_stage1_equals_the_same_run_without_the_post_training_stages(v4_run, data_dir, tmp_path):
