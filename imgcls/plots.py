@@ -15,13 +15,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgcls.errors import UserError
+from imgcls.fsio import atomic_write
 
 
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # long class names must not be clipped
+    # through a temp file like every writer: a kill mid-plot never leaves a truncated PNG
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"))  # no clipped names
     return path
 
 
