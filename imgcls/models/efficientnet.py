@@ -93,23 +93,27 @@ TEST_V2_STAGES = (fused(1, 3, 1, 8, 8, 1), fused(4, 3, 2, 8, 16, 1), mbconv(4, 3
 
 
 def _v1(width: float, depth: float, dropout: float, bn_eps: float = 1e-5, bn_momentum: float = 0.1):
-    return EfficientNetConfig(V1_STAGES, width, depth, None, dropout, bn_eps, bn_momentum)
+    return EfficientNetConfig(V1_STAGES, width_mult=width, depth_mult=depth, dropout=dropout, bn_eps=bn_eps,
+                              bn_momentum=bn_momentum)
 
 
 def _v2_base(width: float, depth: float, dropout: float):
     # timm's tf_efficientnetv2_b*: BN eps 1e-3 (TF default), TF padding, plain nearest-multiple rounding.
-    return EfficientNetConfig(V2_BASE_STAGES, width, depth, 1280, dropout, 1e-3, 0.1, True, 0.0)
+    return EfficientNetConfig(V2_BASE_STAGES, width_mult=width, depth_mult=depth, head_ch=1280, dropout=dropout,
+                              bn_eps=1e-3, tf_same=True, round_limit=0.0)
 
 
 def _tf_v1(width: float, depth: float, dropout: float):
     # B0-B7 as trained in TensorFlow (efficientnet_pytorch's files, timm's tf_efficientnet_b*): BN eps 1e-3 and
     # TF padding; stage table, rounding and head as torchvision's B0-B7.
-    return EfficientNetConfig(V1_STAGES, width, depth, None, dropout, bn_eps=1e-3, tf_same=True)
+    return EfficientNetConfig(V1_STAGES, width_mult=width, depth_mult=depth, dropout=dropout, bn_eps=1e-3,
+                              tf_same=True)
 
 
 def _lite(width: float, depth: float, dropout: float):
     # EfficientNet-Lite (Google's efficientnet/lite): B0's table without SE, ReLU6 (int8-friendly), fixed ends.
-    return EfficientNetConfig(V1_STAGES, width, depth, 1280, dropout, bn_eps=1e-3, tf_same=True, act="relu6",
+    return EfficientNetConfig(V1_STAGES, width_mult=width, depth_mult=depth, head_ch=1280, dropout=dropout,
+                              bn_eps=1e-3, tf_same=True, act="relu6",
                               se=False, scale_ends=False)
 
 
