@@ -632,31 +632,29 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
                      + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
-def test_huge_png_is_refused_from_its_header_without_decoding(tmp_path):
-    _png_header_only(tmp_path / "huge.png", 12000, 12000)
+def _decode_one_in_a_fresh_process(path, report: str) -> list[str]:
+    """decode_images on one file in a new process: [ok, peak RSS growth in MiB, str(report)] (a fresh process so
+    the growth is this decode's alone)."""
     script = (f"import resource\n"
               f"from imgcls.data.cache import decode_images\n"
               f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              f"_, ok, why = decode_images([{str(tmp_path / 'huge.png')!r}], (60, 80), None, 1)\n"
+              f"images, ok, why = decode_images([{str(path)!r}], (60, 80), None, 1)\n"
               f"grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
-              f"print(bool(ok[0]), grown // 1024, why[0])\n")
+              f"print(bool(ok[0]), grown // 1024, {report})\n")
     proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    good, grown_mb, reason = proc.stdout.strip().split(" ", 2)
+    return proc.stdout.strip().split(" ", 2)
+
+
+def test_huge_png_is_refused_from_its_header_without_decoding(tmp_path):
+    _png_header_only(tmp_path / "huge.png", 12000, 12000)
+    good, grown_mb, reason = _decode_one_in_a_fresh_process(tmp_path / "huge.png", "why[0]")
     assert good == "False" and reason.startswith("too large to decode: 12000x12000 pixels")
     assert int(grown_mb) < 50  # a full RGB decode would be 412 MiB
 
 
 def test_big_jpeg_decodes_with_little_memory(tmp_path):
     Image.new("RGB", (6000, 4000), (120, 30, 200)).save(tmp_path / "big.jpg", quality=90)  # 24 MP photo size
-    script = (f"import resource\n"
-              f"from imgcls.data.cache import decode_images\n"
-              f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              f"images, ok, why = decode_images([{str(tmp_path / 'big.jpg')!r}], (60, 80), None, 1)\n"
-              f"grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
-              f"print(bool(ok[0]), grown // 1024, images[0, :, 30, 40].tolist())\n")
-    proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    good, grown_mb, pixel = proc.stdout.strip().split(" ", 2)
+    good, grown_mb, pixel = _decode_one_in_a_fresh_process(tmp_path / "big.jpg", "images[0, :, 30, 40].tolist()")
     assert good == "True" and int(grown_mb) < 30  # a full decode is 69 MiB
     assert np.allclose(eval(pixel), [120, 30, 200], atol=3)
