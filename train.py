@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from imgcls import distributed as dist
 from imgcls.config import VERSIONS, add_config_flags, resolve
@@ -44,7 +45,9 @@ def main(argv=None) -> int:
         return 0
     print_config = args.pop("print_config")
     version, fold_text = args.pop("version"), args.pop("fold")
-    cfg = resolve(version, args, log=print if dist.is_main() else None)
+    # --print-config's stdout stays pure JSON; the note on scaled values goes to stderr there
+    say = (lambda line: print(line, file=sys.stderr)) if print_config else print
+    cfg = resolve(version, args, log=say if dist.is_main() else None)
     check_config(cfg)  # every numeric flag, --device and --out, before any data is read
     if print_config:
         print(json.dumps(cfg.to_dict(), indent=2))

@@ -132,3 +132,10 @@ def test_class_weight_span_over_100x_is_said_with_what_to_try():
     assert engine.weight_span_warning("cb_focal", torch.tensor([0.04, 1.0, 2.0])) is None  # 50x
     line = engine.weight_span_warning("cb_focal", torch.tensor([0.001, 1.0, 3.887]))
     assert "3887x" in line and "--cb-beta 0.999" in line
+
+
+def test_print_config_stays_json_when_values_are_scaled():
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v2", "--epochs", "3",
+                          "--print-config"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and json.loads(out.stdout)["swa_start"] == 2
+    assert "swa-start 20 -> 2" in out.stderr
