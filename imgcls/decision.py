@@ -19,6 +19,8 @@ TAU_GRID = tuple(round(float(t), 1) + 0.0 for t in np.arange(-1.0, 1.0001, 0.1))
 
 
 def log_prior(class_counts) -> np.ndarray:
+    # numpy and clipped, unlike labels.log_prior (a loss's, which refuses empty classes): a prediction must go
+    # through even for a class that a fold's training split happens to lack
     counts = np.asarray(class_counts, dtype=np.float64)
     return np.log(np.clip(counts / counts.sum(), 1e-12, None))
 
