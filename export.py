@@ -42,12 +42,12 @@ def main(argv=None) -> int:
     if args.calibration_images < 1:
         raise UserError(f"--calibration-images {args.calibration_images}: must be at least 1")
     from imgcls import export, quantize
-    from imgcls.api import find_checkpoints, load_members, parse_views
+    from imgcls.api import find_checkpoints, load_members, member_taus, parse_views
     members = load_members(find_checkpoints(args.run, args.fold))
     views = parse_views(args.views) if args.tta else ("identity",)
     run = Path(args.run)
     out = Path(args.out) if args.out else (run.parent if run.is_file() else run) / f"export-{args.format}"
-    taus = [float(args.logit_adjust) if args.logit_adjust is not None else m.record.decision_tau for m in members]
+    taus = member_taus(members, args.logit_adjust)
     module = export.deployable(members, views, channels_last=args.format == "torchscript", taus=taus)
     if args.format == "onnx":
         model_file = export.export_onnx(module, out / "model.onnx")

@@ -270,6 +270,12 @@ class Classifier:
         return out
 
 
+def member_taus(members, override: float | None = None) -> list[float]:
+    """Each member's logit-adjustment tau: `override` when given (--logit-adjust), else the tau its run chose in
+    training (checkpoint.decision_tau; 0 for runs without one)."""
+    return [float(override) if override is not None else float(m.record.decision_tau) for m in members]
+
+
 def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None, views=None,
          device: str = "auto", batch_size: int = 256, amp: str = "off", int8: bool = False,
          logit_adjust: float | None = None, log=_QUIET) -> Classifier:
@@ -284,7 +290,7 @@ def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None
     members = load_members(find_checkpoints(source, fold))
     if tta is None:
         tta = bool(members[0].record.config.get("tta", False))
-    taus = [float(logit_adjust) if logit_adjust is not None else float(m.record.decision_tau) for m in members]
+    taus = member_taus(members, logit_adjust)
     chosen = parse_views(views) if (tta and views) else (TTA_VIEWS if tta else ("identity",))
     int8_model = None
     if int8:

@@ -121,9 +121,9 @@ class Deployable(nn.Module):
 def deployable(members, views=("identity",), channels_last: bool = False, taus=None) -> Deployable:
     """A Deployable (on the CPU) from loaded ensemble members (imgcls.api.Member); taus: each member's
     logit adjustment (None: the checkpoints' own decision_tau)."""
-    from .api import build_model
+    from .api import build_model, member_taus
     pre = members[0].record.preprocessing
-    taus = [m.record.decision_tau for m in members] if taus is None else taus
+    taus = member_taus(members) if taus is None else taus
     return Deployable([build_model(m, "cpu") for m in members], pre.storage_size, pre.img_size, pre.mean,
                       pre.std, views=views, channels_last=channels_last,
                       decision=[(m.record.train_class_counts, t) for m, t in zip(members, taus)])

@@ -23,7 +23,6 @@ from .api import Member, build_model, find_checkpoints, list_images, load_member
 from .data import load_dataset, write_skipped
 from .data.sources import IMAGE_EXTENSIONS
 from .data.splits import load_split
-from .decision import adjust as logit_adjust  # noqa: F401  (predict's name for it)
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .metrics import classification_metrics, per_class_report

@@ -112,12 +112,13 @@ def int8_model_for(members, views, taus=None, log=print) -> Path:
     """The int8 ONNX model for these members, views and taus: RUN/export-int8/model.int8.onnx (FOLD/export-int8/
     for one model), made on the first call (export + calibration + quantisation), reused while they match."""
     from . import export
+    from .api import member_taus
     run_dir = members[0].path.parent.parent if len(members) > 1 else members[0].path.parent
     out = run_dir / "export-int8"
     int8_path, meta_path = out / "model.int8.onnx", out / "int8.json"
     key = {"sources": [str(Path(m.path).resolve()) for m in members],
            "mtimes": [Path(m.path).stat().st_mtime for m in members], "views": list(views),
-           "taus": [float(t) for t in (taus if taus is not None else [m.record.decision_tau for m in members])]}
+           "taus": [float(t) for t in (taus if taus is not None else member_taus(members))]}
     if int8_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == key:
         return int8_path
     log(f"making the int8 model in {out} (once): export, calibrate on training images, quantise")

@@ -19,7 +19,8 @@ from imgcls.data.augment import eval_transform
 from imgcls.errors import UserError
 from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
-from imgcls.predict import logit_adjust, predict
+from imgcls.decision import adjust as logit_adjust
+from imgcls.predict import predict
 from predict import build_parser
 from tests.helpers import tiny_overrides, write_folder_dataset
 
