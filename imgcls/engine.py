@@ -173,8 +173,8 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
         log_epoch(t, state, epoch, lr, train_loss, seconds, val)
         save_progress(t, state, val)
     net, selected, metrics = select_result(t, state)
-    net, metrics = retrain_head(t, state, net, selected, metrics)
-    tau, metrics = choose_decision(t, net, metrics)
+    net, metrics, probs = retrain_head(t, state, net, selected, metrics)
+    tau, metrics = choose_decision(t, net, metrics, probs)
     return finish(t, state, net, selected, metrics, tau)
 
 
@@ -474,13 +474,13 @@ def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict]:
 
 
 def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
-                 metrics: dict) -> tuple[nn.Module, dict]:
+                 metrics: dict) -> tuple[nn.Module, dict, np.ndarray | None]:
     """cRT (decoupling.py): a new classifier on the frozen features of the training images, drawn by
     --crt-sampler. The model before it is kept as stage1.pt; a resumed run starts from that file again, so
-    re-running this stage gives the same head."""
+    re-running this stage gives the same head. Also returns the new validation probabilities (None when off)."""
     cfg = t.cfg
     if cfg.crt_sampler is None:
-        return net, metrics
+        return net, metrics, None
     stage1 = t.rdir / "stage1.pt"
     if stage1.exists():
         net.load_state_dict(checkpoint.read(stage1).model)
@@ -491,25 +491,27 @@ def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
                                 std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
                                 channels_last=t.channels_last)
     head = retrain_classifier(features, t.labels[t.train_idx], len(t.class_names), sampler=cfg.crt_sampler,
-                                   settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
-                                   lr=cfg.crt_lr, seed=cfg.seed)
+                              settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
+                              lr=cfg.crt_lr, seed=cfg.seed)
     replace_classifier(net, head.to(t.device))
-    after = evaluate(t, net)
+    probs = val_probs(t, net)
+    after = evaluate(t, net, probs=probs)
     t.say(f"classifier re-trained ({cfg.crt_sampler} sampling, {cfg.crt_steps} steps, "
           f"{time.time() - start:.0f}s): val {cfg.metric} {metrics[cfg.metric]:.4f} -> {after[cfg.metric]:.4f}, "
           f"acc {metrics['accuracy']:.4f} -> {after['accuracy']:.4f}")
     after["crt_seconds"] = time.time() - start
-    return net, after
+    return net, after, probs
 
 
-def choose_decision(t: Trainer, net: nn.Module, metrics: dict) -> tuple[float, dict]:
+def choose_decision(t: Trainer, net: nn.Module, metrics: dict,
+                    probs: np.ndarray | None = None) -> tuple[float, dict]:
     """The run's post-hoc logit adjustment: --decision-tau, or with 'auto' the tau of decision.TAU_GRID with
     the best validation macro-F1. metrics become those of the adjusted rule, with the unadjusted ones kept
-    under "before_decision"."""
+    under "before_decision". probs: net's validation probabilities when the caller has them."""
     cfg = t.cfg
     if cfg.decision_tau == 0:
         return 0.0, metrics
-    probs = val_probs(t, net)
+    probs = val_probs(t, net) if probs is None else probs
     if cfg.decision_tau == "auto":
         tau, scores = choose_tau(probs, t.labels.numpy()[t.val_idx], t.train_counts)
     else:
