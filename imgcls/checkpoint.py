@@ -115,7 +115,8 @@ class RunState:
 class Checkpoint:
     """A trained model with what it takes to use it (best.pt, swa.pt) and, in last.pt, to resume training.
 
-    ``selected``: "best" (the best epoch), "swa" (the SWA average) or "last" (the latest epoch, last.pt).
+    ``selected``: "best" (the best epoch), "swa" (the SWA average), "ema" (the EMA of the weights) or "last"
+    (the final weights; in last.pt, the latest epoch).
     """
     model_name: str
     num_classes: int
@@ -135,6 +136,7 @@ class Checkpoint:
     schedule: dict | None = None
     scaler: dict | None = None
     swa_model: dict | None = None
+    ema_model: dict | None = None
     rng: dict | None = None
     finished: bool = False
     result: dict | None = None

@@ -1,8 +1,11 @@
 """The training loop: one readable file, no framework.
 
-fit(cfg, fold) trains one fold of one version into OUT/<version>/fold<k>/ and returns its result. The flow is
-one direction: data (uint8 cache + split) -> sampler indices -> batched augmentation on the device -> model
-under autocast -> loss -> optimizer / scheduler / SWA -> evaluation -> checkpoint, summary, plots.
+fit(cfg, fold) trains one fold of one version into OUT/<version>/fold<k>/ and returns its result. With --refit
+it trains twice: a selection stage in fold<k>/select/ chooses the epochs, the model candidate and the decision
+tau on the validation split, then the final model is trained on train + validation with those settings (as
+scikit-learn's GridSearchCV(refit=True) does). Each training pass flows in one direction: data (uint8 cache +
+split) -> sampler indices -> batched augmentation on the device -> model under autocast -> loss -> optimizer /
+scheduler / SWA / EMA -> evaluation -> checkpoint, summary, plots.
 
 Exact resume: a checkpoint is written at the end of every epoch, and every source of randomness inside an
 epoch (sampler draw, augmentation, dropout / stochastic depth) is seeded from (seed, epoch), so a run killed
@@ -48,6 +51,7 @@ from .metrics import classification_metrics
 from .models import create_model, pretrained_cfg
 from .plots import objective_label, plot_confusion, plot_curves, plot_lr
 from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
+from .selection import make_ema, pick
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
 _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir", "tta",
@@ -118,6 +122,24 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
+@dataclass(frozen=True)
+class Carried:
+    """What a refit takes over from its selection stage (read back from select/best.pt and metrics.json)."""
+    selected: str        # the candidate that won on validation: best, last, ema or swa
+    epochs: int          # epochs that candidate trained for
+    decision_tau: float
+    metrics: dict        # the selection stage's validation metrics: the run's only held-out score
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training pass: where it writes, which images it learns from and is scored on."""
+    rdir: Path
+    train_idx: np.ndarray
+    val_idx: np.ndarray          # empty for a refit: every labelled image outside the test split is trained on
+    carried: Carried | None = None
+
+
 @dataclass
 class Trainer:
     """Everything one fold's loop works with, built once by `setup` (the data flow's parts, in order)."""
@@ -147,6 +169,8 @@ class Trainer:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     swa: AveragedModel | None
+    ema: AveragedModel | None     # exponential moving average of the weights, updated every optimizer step
+    carried: Carried | None       # a refit's settings from its selection stage (None: choose on validation)
 
 
 def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
@@ -156,21 +180,60 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
     """
     cfg = dataclasses.replace(cfg, fold=fold)  # config.json and the checkpoints record the fold trained
     say = log if dist.is_main() else (lambda *a, **k: None)
-    saved = open_run(cfg, say)
+    rdir = run_dir(cfg, fold)
+    if cfg.restart and dist.is_main() and rdir.exists():
+        shutil.rmtree(rdir)
+    if not cfg.refit:
+        saved = open_run(cfg, rdir, say)
+        if saved is not None and saved.finished:
+            return _already_finished(cfg, rdir, saved, say)
+        data = data if data is not None else prepare_data(cfg, say)
+        return train_stage(cfg, data, Stage(rdir, *fold_indices(data[1], fold)), saved, say)
+    finished = _finished_run(rdir)
+    if finished is not None:
+        return _already_finished(cfg, rdir, finished, say)
+    data = data if data is not None else prepare_data(cfg, say)
+    train_idx, val_idx = fold_indices(data[1], fold)
+    select_dir = rdir / "select"
+    saved = open_run(cfg, select_dir, say)
+    if saved is None or not saved.finished:
+        say(f"refit, stage 1 of 2: choose the model candidate and tau on {len(val_idx)} validation images")
+        train_stage(cfg, data, Stage(select_dir, train_idx, val_idx), saved, say)
+    else:
+        say(f"refit, stage 1 of 2: {select_dir} already finished")
+    carried = read_carried(select_dir)
+    # The refit trains the chosen number of epochs on everything, with nothing held out to stop or select on.
+    refit_cfg = dataclasses.replace(cfg, epochs=carried.epochs, early_stop=None)
+    everything = np.union1d(train_idx, val_idx)
+    say(f"refit, stage 2 of 2: {carried.epochs} epochs on train + validation ({len(everything)} images), "
+        f"ships the {carried.selected} weights with tau {carried.decision_tau:+.1f}")
+    return train_stage(refit_cfg, data, Stage(rdir, everything, everything[:0], carried),
+                       open_run(refit_cfg, rdir, say), say)
+
+
+def fold_indices(split: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 <= fold < len(split["folds"]):
+        raise UserError(f"--fold {fold}: this run has {len(split['folds'])} fold(s), "
+                        f"0..{len(split['folds']) - 1}")
+    return (np.asarray(split["folds"][fold]["train"], dtype=np.int64),
+            np.asarray(split["folds"][fold]["val"], dtype=np.int64))
+
+
+def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> dict:
+    """One training pass into stage.rdir, resumed from `saved` (its last.pt) when given."""
     if saved is not None and saved.finished:
-        say(f"{run_dir(cfg, fold)}: already finished ({cfg.metric} {saved.result['metric']:.4f}); "
-            f"--restart to train again")
-        return saved.result
-    t = setup(cfg, data if data is not None else prepare_data(cfg, say), saved, say)
+        return _already_finished(cfg, stage.rdir, saved, say)
+    t = setup(cfg, data, stage, saved, say)
     state = restore(t, saved) if saved is not None else RunState()
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early:
             break
         train_loss, seconds = train_one_epoch(t, state, epoch)
         lr = t.optimizer.param_groups[0]["lr"]
-        val = evaluate(t, t.model)
+        val = evaluate(t, t.model) if len(t.val_idx) else None
+        ema_val = evaluate(t, t.ema.module) if t.ema is not None and len(t.val_idx) else None
         end_epoch(t, state, epoch, val)
-        log_epoch(t, state, epoch, lr, train_loss, seconds, val)
+        log_epoch(t, state, epoch, lr, train_loss, seconds, val, ema_val)
         save_progress(t, state, val)
     net, selected, metrics = select_result(t, state)
     net, metrics, probs = retrain_head(t, state, net, selected, metrics)
@@ -178,12 +241,28 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
     return finish(t, state, net, selected, metrics, tau)
 
 
-def open_run(cfg: Config, say) -> checkpoint.Checkpoint | None:
-    """The interrupted or finished run in the run folder (None: start afresh), checked against cfg."""
-    rdir = run_dir(cfg, cfg.fold)
+def _already_finished(cfg: Config, rdir: Path, saved: checkpoint.Checkpoint, say) -> dict:
+    say(f"{rdir}: already finished ({cfg.metric} {saved.result['metric']:.4f}); --restart to train again")
+    return saved.result
+
+
+def _finished_run(rdir: Path) -> checkpoint.Checkpoint | None:
+    last = rdir / "last.pt"
+    saved = checkpoint.read(last) if last.exists() else None
+    return saved if saved is not None and saved.finished else None
+
+
+def read_carried(select_dir: Path) -> Carried:
+    """The selection stage's choices, from the files it wrote (so a resumed refit carries the same ones)."""
+    best = checkpoint.read(select_dir / "best.pt")
+    metrics = json.loads((select_dir / "metrics.json").read_text())
+    return Carried(selected=best.selected, epochs=int(best.epoch), decision_tau=float(best.decision_tau),
+                   metrics=metrics)
+
+
+def open_run(cfg: Config, rdir: Path, say) -> checkpoint.Checkpoint | None:
+    """The interrupted or finished run in rdir (None: start afresh), checked against cfg."""
     last_path = rdir / "last.pt"
-    if cfg.restart and dist.is_main() and rdir.exists():
-        shutil.rmtree(rdir)
     if dist.is_main():  # temp files a killed run left behind (its writes were atomic, the temps are just litter)
         clean_stale_temps(rdir)
         clean_stale_temps(run_root(cfg))
@@ -196,20 +275,16 @@ def open_run(cfg: Config, say) -> checkpoint.Checkpoint | None:
     return saved
 
 
-def setup(cfg: Config, data, saved: checkpoint.Checkpoint | None, say) -> Trainer:
-    """The run folder's files, then model, data order, augmentation, loss and optimisation for one fold."""
-    dataset, split = data
-    fold, rdir = cfg.fold, run_dir(cfg, cfg.fold)
-    if not 0 <= fold < len(split["folds"]):
-        raise UserError(f"--fold {fold}: this run has {len(split['folds'])} fold(s), "
-                        f"0..{len(split['folds']) - 1}")
+def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> Trainer:
+    """The run folder's files, then model, data order, augmentation, loss and optimisation for one stage."""
+    dataset, _ = data
+    fold, rdir, train_idx = cfg.fold, stage.rdir, stage.train_idx
     if dist.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write(rdir / "split.json", (run_root(cfg) / "split.json").read_bytes())
         atomic_write(rdir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         write_skipped(dataset.skipped, str(rdir / "skipped.json"))
     device = dist.local_device(cfg.device)
-    train_idx = np.asarray(split["folds"][fold]["train"], dtype=np.int64)
     class_names = list(dataset.class_names)
     pcfg = pretrained_cfg(cfg.model)
     storage = tuple(dataset.images.shape[-2:])
@@ -219,7 +294,7 @@ def setup(cfg: Config, data, saved: checkpoint.Checkpoint | None, say) -> Traine
         cfg=cfg, fold=fold, rdir=rdir, device=device, say=say, train_idx=train_idx,
         labels=dataset.labels, labels_dev=dataset.labels.to(device),
         images=dataset.images.to(device) if device.type == "cuda" else dataset.images,
-        val_idx=np.asarray(split["folds"][fold]["val"], dtype=np.int64), class_names=class_names,
+        val_idx=stage.val_idx, carried=stage.carried, class_names=class_names,
         train_counts=np.bincount(dataset.labels.numpy()[train_idx], minlength=len(class_names)), pre=pre,
         channels_last=use_channels_last(cfg.channels_last, device))
     parts.update(_model_parts(cfg, parts, resuming=saved is not None))
@@ -253,7 +328,7 @@ def _data_parts(cfg: Config, parts: dict) -> dict:
                         f"{cfg.fold} (per process); use a smaller batch size")
     pre = parts["pre"]
     augment = TrainAugment(pre.img_size, pre.mean, pre.std, hflip=cfg.hflip, rotation=cfg.rotation,
-                           brightness=cfg.brightness)
+                           brightness=cfg.brightness, scale=cfg.scale)
     mixing = cfg.mix_prob > 0 and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0)
     mixer = MixupCutmix(len(parts["class_names"]), mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
                         prob=cfg.mix_prob, switch_prob=cfg.switch_prob,
@@ -285,7 +360,8 @@ def _optimisation_parts(cfg: Config, parts: dict) -> dict:
     if cfg.compile:
         train_model = torch.compile(train_model)
     return dict(optimizer=optimizer, schedule=schedule, scaler=scaler, amp_dtype=amp_dtype,
-                swa=AveragedModel(model) if cfg.swa_start is not None else None, train_model=train_model)
+                swa=AveragedModel(model) if cfg.swa_start is not None else None, train_model=train_model,
+                ema=make_ema(model, cfg.ema_decay, cfg.ema_warmup))
 
 
 def _log_start(t: Trainer) -> None:
@@ -320,6 +396,8 @@ def restore(t: Trainer, saved: checkpoint.Checkpoint) -> RunState:
     t.scaler.load_state_dict(saved.scaler)
     if t.swa is not None:
         t.swa.load_state_dict(saved.swa_model)
+    if t.ema is not None:
+        t.ema.load_state_dict(saved.ema_model)
     torch.set_rng_state(saved.rng["torch"])
     t.say(f"{t.rdir}: resuming after epoch {saved.progress.epoch}/{t.cfg.epochs}")
     return saved.progress
@@ -379,6 +457,8 @@ def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Gene
         state.skipped_updates += 1
     else:
         state.num_updates += 1
+        if t.ema is not None:
+            t.ema.update_parameters(t.model)
     t.schedule.step_update(state.num_updates)
     return loss
 
@@ -399,12 +479,17 @@ def evaluate(t: Trainer, net: nn.Module, probs: np.ndarray | None = None) -> dic
     return metrics
 
 
-def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict) -> None:
-    """The epoch's consequences: schedule, SWA average, best checkpoint, early stopping."""
-    cfg, done, score = t.cfg, epoch + 1, float(val[t.cfg.metric])
+def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict | None) -> None:
+    """The epoch's consequences: schedule, SWA average, best checkpoint, early stopping (the last two only
+    with a validation split)."""
+    cfg, done = t.cfg, epoch + 1
+    score = float(val[cfg.metric]) if val is not None else None
     t.schedule.step(done, score)
     if t.swa is not None and done >= cfg.swa_start and (done - cfg.swa_start) % cfg.swa_freq == 0:
         t.swa.update_parameters(t.model)
+    if score is None:
+        state.epoch = done
+        return
     improved = score > state.best_metric + cfg.early_stop_min_delta
     if score > state.best_metric:
         state.best_metric, state.best_epoch = score, done
@@ -417,30 +502,39 @@ def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict) -> None:
 
 
 def log_epoch(t: Trainer, state: RunState, epoch: int, lr: float, train_loss: float, seconds: float,
-              val: dict) -> None:
-    """One row of summary.csv (kept in the run state) and its log line."""
+              val: dict | None, ema_val: dict | None = None) -> None:
+    """One row of summary.csv (kept in the run state) and its log line. Without a validation split (a refit)
+    the validation columns are NaN; with an EMA its validation scores get columns of their own."""
     cfg = t.cfg
     state.train_time += seconds
-    state.history.append({
-        "epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-        "train_img_s": t.steps_per_epoch * cfg.batch_size * dist.world_size() / seconds,
-        "val_loss": val["loss"], "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"],
-        "val_balanced_acc": val["balanced_accuracy"], "time_s": seconds})
-    row = state.history[-1]
-    t.say(f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e} train_loss {train_loss:.4f} "
-          f"{row['train_img_s']:.0f} img/s val_loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
-          f"macro_f1 {val['macro_f1']:.4f} bal_acc {val['balanced_accuracy']:.4f} ({seconds:.1f}s)"
-          + (" *" if state.best_epoch == epoch + 1 else ""))
+    nan = float("nan")
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+           "train_img_s": t.steps_per_epoch * cfg.batch_size * dist.world_size() / seconds}
+    for prefix, scores in [("val_", val)] + ([("val_ema_", ema_val)] if t.ema is not None else []):
+        row.update({prefix + "loss": scores["loss"] if scores else nan,
+                    prefix + "acc": scores["accuracy"] if scores else nan,
+                    prefix + "macro_f1": scores["macro_f1"] if scores else nan,
+                    prefix + "balanced_acc": scores["balanced_accuracy"] if scores else nan})
+    row["time_s"] = seconds
+    state.history.append(row)
+    line = f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e} train_loss {train_loss:.4f} {row['train_img_s']:.0f} img/s"
+    if val is not None:
+        line += (f" val_loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro_f1 {val['macro_f1']:.4f} "
+                 f"bal_acc {val['balanced_accuracy']:.4f}")
+    if ema_val is not None:
+        line += f" | ema val_loss {ema_val['loss']:.4f} acc {ema_val['accuracy']:.4f} macro_f1 {ema_val['macro_f1']:.4f}"
+    t.say(line + f" ({seconds:.1f}s)" + (" *" if state.best_epoch == epoch + 1 else ""))
 
 
-def save_progress(t: Trainer, state: RunState, val: dict) -> None:
+def save_progress(t: Trainer, state: RunState, val: dict | None) -> None:
     """last.pt (everything a resume needs), summary.csv and the plots, at the end of every epoch."""
     if dist.is_main():
-        record = _record(t, t.model, state.epoch, float(val[t.cfg.metric]), "last")
+        record = _record(t, t.model, state.epoch, float(val[t.cfg.metric]) if val else float("nan"), "last")
         record.progress, record.rng = state, {"torch": torch.get_rng_state()}
         record.optimizer, record.schedule = t.optimizer.state_dict(), t.schedule.state_dict()
         record.scaler = t.scaler.state_dict()
         record.swa_model = t.swa.state_dict() if t.swa is not None else None
+        record.ema_model = t.ema.state_dict() if t.ema is not None else None
         checkpoint.save(record, t.rdir / "last.pt")
         _write_summary(state.history, t.rdir / "summary.csv")
         plot_lr(state.lr_history, t.rdir / "lr.png")
@@ -453,17 +547,30 @@ def save_progress(t: Trainer, state: RunState, val: dict) -> None:
               f"{t.cfg.early_stop} epochs (best {state.best_metric:.4f} at epoch {state.best_epoch})")
 
 
-def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict]:
-    """The run's model: the better of the best plain epoch and the SWA average (BatchNorm recomputed)."""
+def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict | None]:
+    """The run's model, by --select (selection.py): best = the better of the best epoch and the SWA average
+    by --metric; last = the final weights, their EMA or the SWA average, whichever has the lowest validation
+    loss. A refit takes the kind of candidate its selection stage chose (and has no validation to score it)."""
+    if t.carried is not None:
+        kind = t.carried.selected
+        return (_candidates(t, [kind])[kind] if kind in ("ema", "swa") else t.model), kind, None
+    if t.cfg.select == "last":
+        nets = _candidates(t, ["last", "ema", "swa"])
+        scores = {name: evaluate(t, net) for name, net in nets.items()}
+        name = pick(scores, by="loss")
+        if len(scores) > 1:
+            t.say("candidates by validation loss: " + ", ".join(
+                f"{n} {m['loss']:.4f} (macro_f1 {m['macro_f1']:.4f})" for n, m in scores.items()) + f" -> {name}")
+        if dist.is_main() and (t.rdir / "best.pt").exists():  # the best-epoch model, kept for inspection
+            shutil.copyfile(t.rdir / "best.pt", t.rdir / "best_epoch.pt")
+        return nets[name], name, scores[name]
     dist.barrier()  # rank 0 has written best.pt; torchrun's ranks share this machine's disk
     best = checkpoint.read(t.rdir / "best.pt")
     t.model.load_state_dict(best.model)
     chosen = (t.model, "best", evaluate(t, t.model))
     if t.swa is None or int(t.swa.n_averaged) == 0:
         return chosen
-    swa_net = t.swa.module
-    update_bn(_bn_batches(t.images, t.train_idx, t.pre, t.device, t.cfg.eval_batch_size, t.channels_last),
-              swa_net)
+    swa_net = _candidates(t, ["swa"])["swa"]
     swa_metrics = evaluate(t, swa_net)
     metric = t.cfg.metric
     if dist.is_main():  # kept whichever wins, so both candidates can be inspected
@@ -473,11 +580,28 @@ def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict]:
     return (swa_net, "swa", swa_metrics) if swa_metrics[metric] >= chosen[2][metric] else chosen
 
 
+def _candidates(t: Trainer, kinds: list[str]) -> dict[str, nn.Module]:
+    """The models of these kinds that the run has: last (the current weights), ema, swa (BatchNorm statistics
+    recomputed on the training images, as SWA needs)."""
+    nets = {}
+    for kind in kinds:
+        if kind == "last":
+            nets[kind] = t.model
+        elif kind == "ema" and t.ema is not None and int(t.ema.n_averaged) > 0:
+            nets[kind] = t.ema.module
+        elif kind == "swa" and t.swa is not None and int(t.swa.n_averaged) > 0:
+            update_bn(_bn_batches(t.images, t.train_idx, t.pre, t.device, t.cfg.eval_batch_size,
+                                  t.channels_last), t.swa.module)
+            nets[kind] = t.swa.module
+    return nets
+
+
 def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
-                 metrics: dict) -> tuple[nn.Module, dict, np.ndarray | None]:
+                 metrics: dict | None) -> tuple[nn.Module, dict | None, np.ndarray | None]:
     """cRT (decoupling.py): a new classifier on the frozen features of the training images, drawn by
     --crt-sampler. The model before it is kept as stage1.pt; a resumed run starts from that file again, so
-    re-running this stage gives the same head. Also returns the new validation probabilities (None when off)."""
+    re-running this stage gives the same head. Also returns the new validation probabilities (None when off,
+    or when there is no validation split, as in a refit)."""
     cfg = t.cfg
     if cfg.crt_sampler is None:
         return net, metrics, None
@@ -485,7 +609,8 @@ def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
     if stage1.exists():
         net.load_state_dict(checkpoint.read(stage1).model)
     elif dist.is_main():
-        checkpoint.save(_record(t, net, state.best_epoch, float(metrics[cfg.metric]), selected), stage1)
+        checkpoint.save(_record(t, net, _epoch_of(state, selected),
+                                float(metrics[cfg.metric]) if metrics else float("nan"), selected), stage1)
     start = time.time()
     features = extract_features(net, t.images, t.train_idx, img_size=t.pre.img_size, mean=t.pre.mean,
                                 std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
@@ -494,6 +619,10 @@ def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
                               settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
                               lr=cfg.crt_lr, seed=cfg.seed)
     replace_classifier(net, head.to(t.device))
+    if metrics is None:
+        t.say(f"classifier re-trained on {len(t.train_idx)} images ({cfg.crt_sampler} sampling, {cfg.crt_steps} "
+              f"steps, {time.time() - start:.0f}s)")
+        return net, {"crt_seconds": time.time() - start}, None
     probs = val_probs(t, net)
     after = evaluate(t, net, probs=probs)
     t.say(f"classifier re-trained ({cfg.crt_sampler} sampling, {cfg.crt_steps} steps, "
@@ -509,6 +638,10 @@ def choose_decision(t: Trainer, net: nn.Module, metrics: dict,
     the best validation macro-F1. metrics become those of the adjusted rule, with the unadjusted ones kept
     under "before_decision". probs: net's validation probabilities when the caller has them."""
     cfg = t.cfg
+    if t.carried is not None:  # a refit: tau and the held-out scores are the selection stage's
+        carried = dict(t.carried.metrics, crt_seconds=(metrics or {}).get("crt_seconds", 0.0))
+        carried["crt_seconds"] += t.carried.metrics.get("crt_seconds", 0.0)
+        return t.carried.decision_tau, carried
     if cfg.decision_tau == 0:
         return 0.0, metrics
     probs = val_probs(t, net) if probs is None else probs
@@ -529,16 +662,24 @@ def choose_decision(t: Trainer, net: nn.Module, metrics: dict,
 
 
 def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict, tau: float = 0.0) -> dict:
-    """best.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished."""
+    """best.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished.
+
+    A refit's metrics.json holds its selection stage's validation scores (the only held-out ones the run has;
+    "scored" says so) and the time of both stages."""
     cfg, rdir = t.cfg, t.rdir
     metrics.update(
         selected=selected, best_epoch=state.best_epoch, epochs_run=state.epoch,
         stopped_early=state.stopped_early, train_time_s=state.train_time,
         peak_memory_mb=peak_memory_mb(t.device), peak_memory_kind="cuda_max_allocated"
-        if t.device.type == "cuda" else "process_max_rss", split="val", fold=t.fold)
+        if t.device.type == "cuda" else "process_max_rss", split="val", fold=t.fold, train_images=len(t.train_idx))
+    if t.carried is not None:
+        metrics.update(refit=True, refit_train_time_s=state.train_time,
+                       train_time_s=state.train_time + t.carried.metrics["train_time_s"],
+                       scored="the selection stage (select/) on the validation split, before the refit trained "
+                              "on it")
     result = {"run_dir": str(rdir), "metric": float(metrics[cfg.metric]), "selected": selected}
     if dist.is_main():
-        record = _record(t, net, state.best_epoch, result["metric"], selected)
+        record = _record(t, net, _epoch_of(state, selected), result["metric"], selected)
         record.decision_tau = tau
         checkpoint.save(record, rdir / "best.pt")
         atomic_write(rdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -546,11 +687,16 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         last = checkpoint.read(rdir / "last.pt")
         last.finished, last.result = True, result
         checkpoint.save(last, rdir / "last.pt")
-        t.say(f"{rdir}: done; result = {selected} model, {cfg.metric} {result['metric']:.4f}, "
-              f"acc {metrics['accuracy']:.4f}, macro_f1 {metrics['macro_f1']:.4f}, "
-              f"train time {state.train_time:.0f}s")
+        scored = "selection stage's validation" if t.carried is not None else "validation"
+        t.say(f"{rdir}: done; result = {selected} model, {scored} {cfg.metric} {result['metric']:.4f}, "
+              f"acc {metrics['accuracy']:.4f}, train time {metrics['train_time_s']:.0f}s")
     dist.barrier()
     return result
+
+
+def _epoch_of(state: RunState, selected: str) -> int:
+    """The epochs the selected model trained for: the best epoch's number, else every epoch run."""
+    return state.best_epoch if selected == "best" else state.epoch
 
 
 def _record(t: Trainer, net: nn.Module, epoch: int, metric: float, selected: str) -> checkpoint.Checkpoint:

@@ -95,6 +95,9 @@ def select_images(args, clf: api.Classifier, log=print):
             if len(members) > 1:
                 raise UserError("--split val: each fold has its own validation set; pick one with --fold K")
             positions = np.asarray(split["folds"][record.fold]["val"], dtype=np.int64)
+            if cfg.get("refit"):
+                log(f"warning: {members[0].path.parent} was refitted on train + validation (--refit): "
+                    "these validation images were trained on, so their scores are not held-out ones")
     sel = torch.as_tensor(positions)
     return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
 

@@ -174,9 +174,14 @@ def onecycle(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_
         raise UserError("--warmup-epochs: onecycle has its own warmup (--pct-start); set it to 0")
     if not 0.0 < pct_start < 1.0:
         raise UserError(f"--pct-start {pct_start}: must be in (0, 1)")
+    total = epochs * steps_per_epoch
+    if pct_start * total == 1.0:
+        # torch's OneCycleLR divides by zero when its warmup is exactly one update (e.g. 10 updates at 0.1);
+        # a hair more keeps the same lr at every step of such a tiny run
+        pct_start = math.nextafter(pct_start, 1.0)
     return PerUpdate(OneCycleLR(
         optimizer, max_lr=optimizer.param_groups[0]["lr"] if max_lr is None else max_lr,
-        total_steps=epochs * steps_per_epoch, pct_start=pct_start, div_factor=div_factor,
+        total_steps=total, pct_start=pct_start, div_factor=div_factor,
         final_div_factor=final_div_factor, cycle_momentum=_cycles_momentum(optimizer)))
 
 

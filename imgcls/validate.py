@@ -40,6 +40,8 @@ RULES: dict[str, tuple] = {
     "hflip": (0, 1, True, True),
     "rotation": (0, 180, True, True),
     "brightness": (0, 1, True, True),  # factor uniform in [1-b, 1+b]: b > 1 would allow negative ones
+    "scale": (0, 1, True, False),  # zoom uniform in [1-s, 1+s]: s >= 1 would allow a zero or negative zoom
+    "ema_decay": (0, 1, True, False),
     "mixup_alpha": (0, None, True, True),
     "cutmix_alpha": (0, None, True, True),
     "mix_prob": (0, 1, True, True),
@@ -155,6 +157,12 @@ def check_config(cfg) -> None:
         check_range("decision_tau", cfg.decision_tau, -10, 10)
     if len(cfg.betas) != 2:
         raise UserError(f"--betas {_show(cfg.betas)}: expected two numbers, e.g. 0.9,0.999")
+    if cfg.refit and str(cfg.folds) != "1":
+        raise UserError(f"--refit with --folds {cfg.folds}: every fold's refit would train on the same images "
+                        "(all but the test split); use --folds 1, or --refit false for a fold ensemble")
+    if cfg.refit and cfg.scheduler == "plateau":
+        raise UserError("--refit: the plateau schedule follows validation scores, which a refit on train + "
+                        "validation does not have; use --scheduler onecycle or cosine")
     check_device(cfg.device)
     check_out_folder("--out", cfg.out)
 

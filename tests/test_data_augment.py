@@ -135,3 +135,23 @@ def test_unmixed_batches_get_smoothed_one_hot_and_prob_is_respected():
     mixed_share = 1 - kinds.count("none") / 400
     assert abs(mixed_share - 0.5) < 5 * (0.25 / 400) ** 0.5
     assert 0 < kinds.count("cutmix") and 0 < kinds.count("mixup")
+
+
+def test_scale_jitter_matches_torchvision_affine_zoom_per_sample():
+    """--scale s: zoom about the centre by a factor uniform in [1-s, 1+s], drawn after the flip / rotation /
+    brightness parameters (so runs without it keep their random stream), like RandomAffine(scale=...)."""
+    x = _smooth_batch()
+    out = TrainAugment((20, 14), (0, 0, 0), (1, 1, 1), hflip=0.5, rotation=20, brightness=0, scale=0.3)(
+        x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand((3, len(x)), generator=g)
+    zoom = 1 + (2 * torch.rand(len(x), generator=g) - 1) * 0.3
+    assert zoom.min() < 0.95 and zoom.max() > 1.05  # zooming in and out are both exercised
+    for i in range(len(x)):
+        img = x[i].float() / 255
+        if u[0, i] < 0.5:
+            img = TF.hflip(img)
+        # TF.affine turns clockwise, TF.rotate (and TrainAugment) counter-clockwise
+        ref = TF.affine(img, angle=-float((2 * u[1, i] - 1) * 20), translate=[0, 0], scale=float(zoom[i]),
+                        shear=[0.0, 0.0], interpolation=InterpolationMode.BILINEAR)
+        assert torch.allclose(out[i], ref, atol=1e-4), (i, float(zoom[i]))

@@ -105,6 +105,18 @@ def test_onecycle_shape_and_exact_total_steps():
         sched.step_update(total + 1)  # one more than planned is a bug in the engine's step count
 
 
+def test_onecycle_with_a_one_update_warmup_runs_and_follows_the_cosine_formula():
+    """10 updates at pct_start 0.1 put torch's warmup at exactly one update, where OneCycleLR divides by zero;
+    the run goes on with the schedule's formula: max_lr / div at update 0, then cosine from max_lr to
+    max_lr / (div * final_div) over the remaining 9 updates."""
+    opt = _opt(1e-3)
+    sched = build_scheduler("onecycle", opt, epochs=2, steps_per_epoch=5, pct_start=0.1)
+    lrs = _record(opt, sched, 10)
+    low = 1e-3 / (25.0 * 1000.0)
+    expected = [1e-3 / 25.0] + [low + (1e-3 - low) * (1 + math.cos(math.pi * k / 9)) / 2 for k in range(1, 10)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+
+
 def test_onecycle_defaults_max_lr_to_optimizer_lr_and_keeps_plain_sgd_without_momentum():
     opt = _opt(0.5, "sgd")
     sched = build_scheduler("onecycle", opt, epochs=1, steps_per_epoch=20)

@@ -43,17 +43,19 @@ def eval_transform(x_uint8: torch.Tensor, out_size: tuple[int, int], mean, std) 
 
 
 class TrainAugment:
-    """Resize, random horizontal flip, random rotation, random brightness, normalise; per sample, batched.
+    """Resize, random horizontal flip, random rotation and zoom, random brightness, normalise; per sample, batched.
 
     Matches torchvision's RandomHorizontalFlip(hflip), RandomRotation(rotation) (bilinear, black fill) and
-    ColorJitter(brightness=brightness) (factor uniform in [1-b, 1+b], result clamped to [0, 1]).
+    ColorJitter(brightness=brightness) (factor uniform in [1-b, 1+b], result clamped to [0, 1]); `scale` adds
+    RandomAffine's zoom about the centre, factor uniform in [1-s, 1+s] (> 1 crops in, < 1 pads with black).
     """
 
     def __init__(self, out_size: tuple[int, int], mean, std, hflip: float = 0.5, rotation: float = 10.0,
-                 brightness: float = 0.2):
+                 brightness: float = 0.2, scale: float = 0.0):
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.mean, self.std = tuple(mean), tuple(std)
         self.hflip, self.rotation, self.brightness = float(hflip), float(rotation), float(brightness)
+        self.scale = float(scale)
 
     def __call__(self, x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a uint8 batch (on any device) with per-sample parameters drawn from `generator`."""
@@ -62,6 +64,10 @@ class TrainAugment:
         flip = u[0] < self.hflip
         angle = (2.0 * u[1] - 1.0) * math.radians(self.rotation)
         factor = 1.0 + (2.0 * u[2] - 1.0) * self.brightness
+        zoom = None
+        if self.scale > 0:  # a separate draw, so runs without zoom keep their random stream
+            z = torch.rand(batch, generator=generator, device=generator.device).to(x_uint8.device)
+            zoom = 1.0 + (2.0 * z - 1.0) * self.scale
 
         # Resize first (as eval does), then one grid_sample at the output size for flip + rotation: sampling
         # the storage-size image directly would blend black padding into the border pixels when enlarging.
@@ -69,15 +75,17 @@ class TrainAugment:
         # folds into the brightness factor and saves a pass over the batch.
         x = _resize(x_uint8.to(torch.float32, copy=True), self.out_size)
         height, width = self.out_size
-        if self.hflip > 0 or self.rotation > 0:
-            x = F.grid_sample(x, self._grid(flip, angle, width / height), mode="bilinear",
+        if self.hflip > 0 or self.rotation > 0 or zoom is not None:
+            x = F.grid_sample(x, self._grid(flip, angle, width / height, zoom), mode="bilinear",
                               padding_mode="zeros", align_corners=False)
         scale = factor / 255.0 if self.brightness > 0 else torch.full_like(factor, 1.0 / 255.0)
         x.mul_(scale.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)  # ColorJitter clamps brightness to [0, 1]
         return _normalise_(x, self.mean, self.std)
 
-    def _grid(self, flip: torch.Tensor, angle: torch.Tensor, aspect: float) -> torch.Tensor:
-        """Sampling grid B x H x W x 2 for grid_sample: output pixel -> rotated (and mirrored) input position.
+    def _grid(self, flip: torch.Tensor, angle: torch.Tensor, aspect: float,
+              zoom: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampling grid B x H x W x 2 for grid_sample: output pixel -> rotated (and mirrored) input position,
+        divided by the zoom factor (zoom 2 samples the central half: the image appears twice as large).
 
         grid_sample works in coordinates normalised to [-1, 1] on each axis; a rotation in pixels becomes
         [[cos, -sin * H/W], [sin * W/H, cos]] there, so non-square images rotate without shearing. This is
@@ -94,6 +102,8 @@ class TrainAugment:
         xs, ys = xs.view(1, 1, width), ys.view(1, height, 1)  # pixel centres (align_corners=False)
         grid = torch.empty(len(angle), height, width, 2, device=angle.device)
         coef = torch.stack([cos * sign, -sin / aspect * sign, sin * aspect, cos], dim=1).view(-1, 4, 1, 1)
+        if zoom is not None:
+            coef = coef / zoom.view(-1, 1, 1, 1)
         torch.add(coef[:, 0] * xs, coef[:, 1] * ys, out=grid[..., 0])
         torch.add(coef[:, 2] * xs, coef[:, 3] * ys, out=grid[..., 1])
         return grid

@@ -1,0 +1,269 @@
+"""v5: the EMA of the weights (against a hand-rolled average and timm's ModelEmaV3), selection of the annealed
+model, the refit on train + validation that carries the chosen settings, and v5 end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm.utils
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from imgcls import checkpoint, engine
+from imgcls.config import resolve
+from imgcls.data import load_dataset
+from imgcls.decision import adjust
+from imgcls.decoupling import extract_features, retrain_classifier
+from imgcls.inference import predict_dataset
+from imgcls.metrics import classification_metrics
+from imgcls.models import create_model
+from imgcls.selection import make_ema, pick
+from tests.helpers import tiny_overrides, write_folder_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = dict(log=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_folder_dataset(tmp_path_factory.mktemp("data"), counts=(60, 20, 8))
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_ema_equals_a_hand_rolled_exponential_average_and_timms_model_ema_v3():
+    net, decay = _tiny_net(), 0.9
+    ema = make_ema(net, decay, warmup=True)
+    reference = timm.utils.ModelEmaV3(net, decay=decay, use_warmup=True)
+    hand = None
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for step in range(1, 41):
+        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(step))
+        loss = net(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update_parameters(net)
+        reference.update(net, step=step)
+        current = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if hand is None:  # the first update copies the model
+            hand = current
+        else:  # decay warms up as 1 - (1 + k)^(-2/3) after k earlier updates, capped at `decay`
+            d = min(decay, 1 - (1 + (step - 1)) ** (-2 / 3))
+            hand = {k: (d * hand[k] + (1 - d) * current[k]) if v.is_floating_point() else current[k]
+                    for k, v in hand.items()}
+    ours = ema.module.state_dict()
+    assert set(ours) == set(hand)
+    for key, value in hand.items():
+        torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-6)  # parameters and BN buffers
+        torch.testing.assert_close(ours[key], reference.module.state_dict()[key], rtol=1e-5, atol=1e-6)
+    assert int(ours["1.num_batches_tracked"]) == 40  # integer buffers are copied, not averaged
+    assert not torch.allclose(ours["3.weight"], net.state_dict()["3.weight"])  # it is an average, not a copy
+
+
+def test_no_ema_when_the_decay_is_zero():
+    assert make_ema(_tiny_net(), 0.0) is None
+
+
+def test_selection_prefers_the_annealed_model_where_one_single_image_class_flips_the_old_rule():
+    """Validation: 40 + 40 images of two big classes and 1 image of a third. The earlier epoch gets the one
+    image right but is worse on the big classes; the annealed (last) model is better on 79 images and misses
+    the one. Macro-F1 (today's rule) picks the earlier epoch, the validation loss picks the annealed model."""
+    y = np.array([0] * 40 + [1] * 40 + [2])
+
+    def probs(correct_big: int, third_right: bool, confidence: float) -> np.ndarray:
+        p = np.full((len(y), 3), (1 - confidence) / 2)
+        for i, label in enumerate(y[:80]):
+            right = (i % 40) < correct_big
+            p[i, label if right else 1 - label] = confidence
+        p[80, 2 if third_right else 0] = confidence
+        p[80, [c for c in range(3) if c != (2 if third_right else 0)]] = (1 - confidence) / 2
+        return p
+
+    epoch = probs(correct_big=34, third_right=True, confidence=0.7)   # 68/80 big-class images right
+    last = probs(correct_big=38, third_right=False, confidence=0.8)   # 76/80 right, the single image missed
+
+    def scores(p):
+        m = classification_metrics(y, p.argmax(1), ["a", "b", "c"])
+        m["loss"] = float(-np.log(p[np.arange(len(y)), y]).mean())
+        return m
+
+    candidates = {"last": scores(last), "best epoch": scores(epoch)}
+    assert candidates["best epoch"]["macro_f1"] > candidates["last"]["macro_f1"]  # the flip the case is built on
+    assert candidates["last"]["accuracy"] > candidates["best epoch"]["accuracy"]
+    assert pick(candidates, by="macro_f1") == "best epoch"  # today's rule
+    assert pick(candidates, by="loss") == "last"           # --select last
+
+
+def test_pick_breaks_ties_toward_the_first_candidate():
+    same = {"loss": 0.5, "macro_f1": 0.5}
+    assert pick({"last": same, "ema": dict(same)}, by="loss") == "last"
+    assert pick({"best": same, "swa": dict(same)}, by="macro_f1") == "best"
+
+
+def _model(record: checkpoint.Checkpoint) -> nn.Module:
+    model = create_model(record.model_name, record.num_classes, pretrained=None)
+    model.load_state_dict(record.model)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def v5_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = resolve("v5", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=2, crt_steps=100,
+                                       ema_decay=0.99))
+    engine.fit(cfg, 0, **QUIET)
+    return cfg, out / "v5" / "fold0"
+
+
+def test_refit_trains_on_exactly_train_plus_validation_and_carries_tau_and_epochs(v5_run, data_dir):
+    cfg, rdir = v5_run
+    split = json.loads((rdir / "split.json").read_text())
+    train, val, test = (set(split["folds"][0]["train"]), set(split["folds"][0]["val"]), set(split["test"]))
+    everything = np.array(sorted(train | val))
+    assert not (train | val) & test and len(val) > 0
+    dataset = load_dataset(str(data_dir), cache_dir=None, log=lambda *a: None)
+    labels = dataset.labels.numpy()
+    select_best, best = checkpoint.read(rdir / "select" / "best.pt"), checkpoint.read(rdir / "best.pt")
+    # the selection stage trained on the training split only; the refit on train + validation
+    assert select_best.train_class_counts == np.bincount(labels[sorted(train)], minlength=3).tolist()
+    assert best.train_class_counts == np.bincount(labels[everything], minlength=3).tolist()
+    metrics = json.loads((rdir / "metrics.json").read_text())
+    select_metrics = json.loads((rdir / "select" / "metrics.json").read_text())
+    assert metrics["train_images"] == len(everything) and select_metrics["train_images"] == len(train)
+    # the refit's cRT head (v5: square-root sampling) is re-trained on the features of exactly those images
+    stage1 = checkpoint.read(rdir / "stage1.pt")
+    pre = best.preprocessing
+    feats = extract_features(_model(stage1), dataset.images, everything, img_size=pre.img_size, mean=pre.mean,
+                             std=pre.std, device=torch.device("cpu"))
+    head = retrain_classifier(feats, dataset.labels[everything], 3, sampler=cfg.crt_sampler, settings=cfg.to_dict(),
+                              steps=100, seed=cfg.seed)
+    torch.testing.assert_close(best.model["classifier.1.weight"], head.weight)
+    # carried over: the tau chosen on validation, the kind of candidate, the epochs; the held-out score is the
+    # selection stage's (the refit has none of its own)
+    assert best.decision_tau == select_best.decision_tau and best.selected == select_best.selected
+    assert best.epoch == select_best.epoch == cfg.epochs
+    assert metrics["macro_f1"] == select_metrics["macro_f1"] and metrics["refit"] is True
+    assert metrics["train_time_s"] == pytest.approx(select_metrics["train_time_s"] + metrics["refit_train_time_s"])
+    refit_last = checkpoint.read(rdir / "last.pt")
+    assert refit_last.progress.epoch == cfg.epochs and refit_last.finished
+    # the refit trained a new model: its backbone differs from the selection stage's
+    first = next(iter(stage1.model))
+    assert not torch.equal(stage1.model[first], select_best.model[first])
+
+
+def test_select_last_ships_the_final_weights_or_their_ema_by_validation_loss(v5_run):
+    _, rdir = v5_run
+    sdir = rdir / "select"
+    last, stage1 = checkpoint.read(sdir / "last.pt"), checkpoint.read(sdir / "stage1.pt")
+    assert stage1.selected in ("last", "ema")
+    shipped = last.model if stage1.selected == "last" else last.ema_model
+    for key, value in stage1.model.items():
+        assert torch.equal(value, shipped[key]), key
+    assert (sdir / "best_epoch.pt").is_file()  # today's rule's candidate, kept for comparison
+
+
+def test_ema_and_refit_resume_bit_exact_after_a_kill(data_dir, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill_at(marker):
+        def log(line, *args, **kwargs):
+            if marker in str(line):
+                raise Killed
+        return log
+
+    def config(out):
+        return resolve("v5", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=3, crt_steps=50,
+                                            ema_decay=0.99))
+
+    engine.fit(config(tmp_path / "a"), 0, **QUIET)
+    cfg = config(tmp_path / "b")
+    with pytest.raises(Killed):  # in the selection stage, after epoch 2 trained (last.pt keeps epoch 1)
+        engine.fit(cfg, 0, log=kill_at("epoch 2/3"))
+    assert checkpoint.read(tmp_path / "b" / "v5" / "fold0" / "select" / "last.pt").ema_model is not None
+    def kill_in_refit_epoch_3(line, *args, **kwargs):
+        if str(line).startswith("epoch 3/3") and "val_loss" not in str(line):  # the refit logs no validation
+            raise Killed
+
+    with pytest.raises(Killed):  # in the refit, after its epoch 3 trained (its last.pt keeps epoch 2)
+        engine.fit(cfg, 0, log=kill_in_refit_epoch_3)
+    engine.fit(cfg, 0, **QUIET)
+    for sub in ("select/last.pt", "select/best.pt", "last.pt", "best.pt"):
+        a = checkpoint.read(tmp_path / "a" / "v5" / "fold0" / sub)
+        b = checkpoint.read(tmp_path / "b" / "v5" / "fold0" / sub)
+        for key in a.model:
+            assert torch.equal(a.model[key], b.model[key]), (sub, key)
+        if a.ema_model is not None:
+            for key in a.ema_model:
+                assert torch.equal(a.ema_model[key], b.ema_model[key]), (sub, key)
+        assert a.decision_tau == b.decision_tau
+
+
+def test_restart_and_resume_refused_before_anything_is_deleted(v5_run):
+    """A finished refit run: rerunning returns its result without touching either stage's files."""
+    cfg, rdir = v5_run
+    before = {p: p.stat().st_mtime_ns for p in rdir.rglob("*.pt")}
+    again = engine.fit(cfg, 0, **QUIET)
+    assert again["selected"] == checkpoint.read(rdir / "best.pt").selected
+    assert {p: p.stat().st_mtime_ns for p in rdir.rglob("*.pt")} == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scheduler", "plateau"], "--refit: the plateau schedule follows validation scores"),
+    (["--folds", "3"], "--refit with --folds 3: every fold's refit would train on the same images"),
+])
+def test_refit_refuses_settings_it_cannot_honour_before_any_work(flags, message, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--out", str(tmp_path), *flags],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {message}" + proc.stderr.strip().split(message, 1)[1]]
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_v5_end_to_end_on_the_demo_data_then_predict(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--model", "test_efficientnet",
+                            "--pretrained", "none", "--epochs", "2", "--crt-steps", "50", "--out", str(tmp_path / "runs"),
+                            "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert "refit, stage 2 of 2" in train.stdout and "selection stage's validation macro_f1" in train.stdout
+    pred = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(tmp_path / "runs" / "v5"),
+                           "--device", "cpu", "--out", str(tmp_path / "pred.csv")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert pred.returncode == 0, pred.stdout[-2000:] + pred.stderr[-2000:]
+    # predict.py's default is the refit model with the carried tau, on the run's test split: score it here
+    rdir = tmp_path / "runs" / "v5" / "fold0"
+    best = checkpoint.read(rdir / "best.pt")
+    assert best.selected in ("last", "ema") and best.decision_tau == checkpoint.read(rdir / "select" / "best.pt").decision_tau
+    dataset = load_dataset(None, size=tuple(best.preprocessing.storage_size), cache_dir=None, log=lambda *a: None)
+    test = np.array(json.loads((rdir / "split.json").read_text())["test"])
+    pre = best.preprocessing
+    probs = predict_dataset(_model(best), dataset.images, test, img_size=pre.img_size, mean=pre.mean, std=pre.std,
+                            device=torch.device("cpu"))
+    ours = f1_score(dataset.labels.numpy()[test], adjust(probs, best.train_class_counts, best.decision_tau).argmax(1),
+                    average="macro", zero_division=0)
+    metrics_files = list(tmp_path.glob("pred*/metrics.json")) + list(tmp_path.glob("metrics.json"))
+    assert metrics_files, list(tmp_path.iterdir())
+    assert json.loads(metrics_files[0].read_text())["macro_f1"] == pytest.approx(ours, abs=1e-9)
+
+
+def test_predict_on_the_validation_split_of_a_refit_run_says_it_was_trained_on(v5_run, tmp_path):
+    cfg, rdir = v5_run
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(rdir.parent), "--split", "val",
+                           "--device", "cpu", "--out", str(tmp_path / "val.csv")],
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refitted on train + validation (--refit): these validation images were trained on" in proc.stdout
