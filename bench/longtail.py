@@ -1,29 +1,38 @@
-"""Benchmark: long-tail recipes at one budget, scored on the held-out test split, with seeds and spread.
+"""Benchmark: long-tail recipes at one budget, scored on a held-out test split, with seeds and spread, against
+an independent plain baseline.
 
-Every recipe is a train.py preset run with the same model, input size, epochs, holdout split (--folds 1,
-so every recipe trains on the same images) and seed, from ImageNet weights and/or random init:
+Every recipe trains the same backbone (EfficientNet-Lite0, ImageNet weights) at the same input size, epochs,
+test split and seed:
 
-    plain CE   the v4 run's stage-1 model (stage1.pt): cross-entropy, natural sampling, AdamW + OneCycle, V1's
-               augmentation. It is exactly what `--version v4 --crt-sampler none --decision-tau 0` trains
-               (tests/test_v4.py checks this), so CE and v4 are compared on the same features, seed by seed.
-    v1, v2, v3 the write-up's recipes on the budget's backbone (v2's recipe without ConvNeXt-Base)
-    v4         the project's recipe: plain CE, then cRT and the validation-chosen decision rule
-and ablations computed from the same stage-1 model (in this process, with the project's functions):
-    CE + tau            only the decision rule, tau chosen on validation
-    CE + re-fit head    the classifier re-trained on frozen features with natural sampling, tau 0
-    CE + cRT            class-balanced re-training, tau 0
-    CE + cRT sqrt + tau square-root sampling in the re-training, tau chosen on validation
+    plain      bench/plain.py, a separate short training loop like a user's own script (CE, natural sampling,
+               flip, AdamW + OneCycle, last epoch), trained on every image outside the test split: the
+               images v5 may use. None of imgcls's training code runs in it.
+    v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
+               macro-F1, cRT, the validation-chosen decision tau
+    v5         train.py --version v5: the same stages on the annealed (last or EMA) weights, then --refit: the
+               final model is trained again on train + validation with the chosen settings
+    v5-kfold3  the other way to use every image: v5's recipe without --refit as a 3-fold ensemble
+               (`--folds 3 --fold all`); each member trains on 2/3 of the images outside the test split and
+               chooses its tau on its own validation third; the three predict together (imgcls.load)
+    v1..v3     the write-up's recipes on the budget's backbone (optional)
+and, from the same runs (no extra training; cRT and tau recomputed here with the project's functions),
+what each of v5's changes contributed:
+    v4 stage 1          v4's model before cRT and tau (the best epoch, 80% of the data)
+    v5 select: ...      v5's selection stage (80% of the data) with each candidate + cRT + tau: the best epoch
+                        by validation macro-F1 (today's rule), the last epoch, the EMA, and the one it chose
+    v5 refit, stage 1   the refit's model before cRT and tau
 
 Columns: test accuracy, macro-F1, balanced accuracy, F1 of head (>= 500 training images), medium (50-499)
-and tail (< 50) classes, worst-class F1 and training time; median over seeds with [min, max]. v4's row is
-also checked against predict.py's own metrics for the same run. Results go to --out (markdown) as they come.
+and tail (< 50) classes, worst-class F1 and training time (the training loops and cRT, both stages for v5);
+median over seeds with [min, max]. v4's and v5's rows are checked against predict.py's own metrics.
 
     python bench/longtail.py                                  # fashion-small, Lite0 80x60, 2 epochs, seeds 0 1
-    python bench/longtail.py --inits imagenet --recipes v4,v1 --seeds 0 --epochs 1
+    python bench/longtail.py --recipes v5,plain --seeds 0 --epochs 1
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
@@ -39,8 +48,10 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import imgcls  # noqa: E402
 from imgcls import checkpoint  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402
+from imgcls.data.splits import make_split  # noqa: E402
 from imgcls.decision import adjust, choose_tau  # noqa: E402
 from imgcls.decoupling import extract_features, replace_classifier, retrain_classifier  # noqa: E402
 from imgcls.inference import predict_dataset  # noqa: E402
@@ -52,95 +63,197 @@ INITS = {"imagenet": "default", "scratch": "none"}
 COLUMNS = [("accuracy", "acc"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "bal acc"), ("head_f1", "head F1"),
            ("medium_f1", "medium F1"), ("tail_f1", "tail F1"), ("worst_class_f1", "worst F1"),
            ("train_s", "train s")]
+ORDER = ["plain (independent, all images)", "v4 stage 1 (best epoch, 80%)", "v4", "v5-kfold3",
+         "v5 select: best epoch + cRT + tau", "v5 select: last epoch + cRT + tau", "v5 select: EMA + cRT + tau",
+         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5", "v1", "v2", "v3"]
+
+
+def seed_dir(args, init: str, seed: int) -> str:
+    return os.path.join(args.runs, f"{init}-s{seed}")
 
 
 def run_dir(args, init: str, seed: int, recipe: str) -> str:
-    return os.path.join(args.runs, f"{init}-s{seed}", recipe, "fold0")
+    return os.path.join(seed_dir(args, init, seed), recipe, "fold0")
 
 
-def train(args, init: str, seed: int, recipe: str) -> None:
-    """One train.py run (rerunning the same command skips a finished run, so the bench resumes)."""
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--version", recipe, "--fold", "0", "--folds", "1",
-           "--model", args.model, "--pretrained", INITS[init], "--img-size", args.img_size,
-           "--epochs", str(args.epochs), "--seed", str(seed), "--data", args.data,
-           "--out", os.path.join(args.runs, f"{init}-s{seed}"), "--device", "cpu", "--workers", "1", *args.extra]
-    log = os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")
-    os.makedirs(args.runs, exist_ok=True)
+def run_logged(cmd: list[str], log: str, threads: int) -> None:
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     print("$ " + shlex.join(cmd), flush=True)
     with open(log, "a") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if done.returncode != 0:
-        raise SystemExit(f"train.py failed (exit {done.returncode}); its output is in {log}")
+        raise SystemExit(f"{cmd[1]} failed (exit {done.returncode}); its output is in {log}")
+
+
+def train(args, init: str, seed: int, recipe: str) -> None:
+    """One train.py run (rerunning the same command skips a finished run, so the bench resumes), or the
+    plain baseline (skipped when its probabilities exist)."""
+    log = os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")
+    if recipe == "plain":
+        out = plain_probs_path(args, init, seed)
+        if not os.path.exists(out):
+            lists = write_plain_lists(args, init, seed)
+            run_logged([sys.executable, os.path.join(REPO, "bench", "plain.py"), "--train", lists[0], "--test",
+                        lists[1], "--num-classes", str(lists[2]), "--out", out, "--epochs", str(args.epochs),
+                        "--seed", str(seed), "--model", args.model], log, args.threads)
+        return
+    version, out, folds = recipe, seed_dir(args, init, seed), ["--fold", "0", "--folds", "1"]
+    if recipe == "v5-kfold3":  # its own --out: train.py writes OUT/v5/, where the refit run lives
+        version, out, folds = "v5", os.path.join(out, "kfold3"), ["--fold", "all", "--folds", "3", "--refit", "false"]
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--version", version, *folds,
+           "--model", args.model, "--pretrained", INITS[init], "--img-size", args.img_size,
+           "--epochs", str(args.epochs), "--seed", str(seed), "--data", args.data,
+           "--out", out, "--device", "cpu", "--workers", "1", *args.extra]
+    run_logged(cmd, log, args.threads)
+
+
+_DATA = {}
+
+
+def dataset(args):
+    """The data set as train.py loads it (same order, same decode cache)."""
+    if "d" not in _DATA:
+        _DATA["d"] = load_dataset(args.data, cache_dir="default", log=lambda *a: None)
+    return _DATA["d"]
+
+
+def bench_split(args, seed: int) -> dict:
+    """The split train.py makes for `--folds 1 --seed seed` with its default fractions (checked against each
+    run's split.json when scoring)."""
+    return make_split(dataset(args).labels.numpy(), test_frac=0.2, num_folds=1, val_frac=0.2, seed=seed)
+
+
+def plain_probs_path(args, init: str, seed: int) -> str:
+    return os.path.join(seed_dir(args, init, seed), "plain", "test_probs.npy")
+
+
+def write_plain_lists(args, init: str, seed: int) -> tuple[str, str, int]:
+    """train.csv = every image outside the test split (v5's train + validation), test.csv = the test split."""
+    data, split = dataset(args), bench_split(args, seed)
+    folder = os.path.dirname(plain_probs_path(args, init, seed))
+    os.makedirs(folder, exist_ok=True)
+    test = np.array(split["test"])
+    train_idx = np.setdiff1d(np.arange(len(data.paths)), test)
+    names = []
+    for name, idx in (("train.csv", train_idx), ("test.csv", test)):
+        path = os.path.join(folder, name)
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label"])
+            writer.writerows((data.paths[i], int(data.labels[i])) for i in idx)
+        names.append(path)
+    return names[0], names[1], len(data.class_names)
 
 
 class Scorer:
-    """Scores checkpoints on the run's test split (and validation, for the ablations' tau) in this process."""
+    """Scores checkpoints on the run's test split (and validation, for the candidates' cRT and tau)."""
 
     def __init__(self, args):
-        self.args, self.data = args, None
-
-    def _load(self, record: checkpoint.Checkpoint):
-        if self.data is None:
-            self.data = load_dataset(self.args.data, size=tuple(record.preprocessing.storage_size),
-                                     cache_dir=record.config["cache_dir"], log=lambda *a: None)
-        return self.data
+        self.args = args
 
     def probs(self, record, model, positions) -> np.ndarray:
         pre = record.preprocessing
-        return predict_dataset(model, self._load(record).images, positions, img_size=pre.img_size, mean=pre.mean,
+        return predict_dataset(model, dataset(self.args).images, positions, img_size=pre.img_size, mean=pre.mean,
                                std=pre.std, device=torch.device("cpu"), channels_last=True)
 
-    def model(self, record) -> torch.nn.Module:
+    @staticmethod
+    def model(record, weights: dict | None = None) -> torch.nn.Module:
         model = create_model(record.model_name, record.num_classes, pretrained=None)
-        model.load_state_dict(record.model)
+        model.load_state_dict(record.model if weights is None else weights)
         return model.eval().to(memory_format=torch.channels_last)
 
-    def row(self, record, probs, test_idx, tau: float, train_s: float) -> dict:
-        y = self._load(record).labels.numpy()[test_idx]
-        pred = adjust(probs, record.train_class_counts, tau).argmax(1)
-        m = classification_metrics(y, pred, record.class_names)
-        m.update(group_f1(y, pred, record.train_class_counts), train_s=train_s, tau=tau)
+    def row(self, probs, test_idx, train_counts, tau: float, train_s: float) -> dict:
+        """Test metrics of argmax(adjust(probs, tau)); head / medium / tail are the same classes in every row:
+        grouped by their image count outside the test split (what v5 and the plain baseline train on)."""
+        labels = dataset(self.args).labels.numpy()
+        y = labels[test_idx]
+        pred = adjust(probs, train_counts, tau).argmax(1)
+        m = classification_metrics(y, pred, dataset(self.args).class_names)
+        m.update(group_f1(y, pred, np.bincount(np.delete(labels, test_idx), minlength=len(train_counts))),
+                 train_s=train_s, tau=tau)
         return m
 
-    def rows_of_run(self, rdir: str, recipe: str) -> dict[str, dict]:
+    def ensemble_row(self, run: str, seed: int) -> dict:
+        """A fold ensemble as predict.py uses it (imgcls.load: each member's tau, then the mean)."""
+        split = json.load(open(os.path.join(run, "split.json")))
+        if split["test"] != bench_split(self.args, seed)["test"]:
+            raise SystemExit(f"{run}: its test split differs from the plain baseline's")
+        test_idx = np.array(split["test"])
+        probs = imgcls.load(run, device="cpu").probabilities(dataset(self.args).images[torch.as_tensor(test_idx)])
+        train_s = 0.0
+        for k in range(len(split["folds"])):
+            m = json.load(open(os.path.join(run, f"fold{k}", "metrics.json")))
+            train_s += m["train_time_s"] + m.get("crt_seconds", 0.0)
+        return self.row(probs, test_idx, np.ones(probs.shape[1]), 0.0, train_s)
+
+    def crt_and_tau(self, record, weights: dict, split: dict, train_s: float) -> dict:
+        """The candidate `weights` through the run's cRT (on its training images) and tau (on validation)."""
+        train_idx, val_idx = np.array(split["folds"][0]["train"]), np.array(split["folds"][0]["val"])
+        test_idx, cfg, data = np.array(split["test"]), record.config, dataset(self.args)
+        net, pre = self.model(record, weights), record.preprocessing
+        feats = extract_features(net, data.images, train_idx, img_size=pre.img_size, mean=pre.mean, std=pre.std,
+                                 device=torch.device("cpu"), batch_size=256)
+        head = retrain_classifier(feats, data.labels[train_idx], record.num_classes, sampler=cfg["crt_sampler"],
+                                  settings=cfg, steps=cfg["crt_steps"], batch_size=cfg["crt_batch_size"],
+                                  lr=cfg["crt_lr"], seed=cfg["seed"])
+        replace_classifier(net, head)
+        counts = record.train_class_counts
+        tau = choose_tau(self.probs(record, net, val_idx), data.labels.numpy()[val_idx], counts)[0]
+        return self.row(self.probs(record, net, test_idx), test_idx, counts, tau, train_s)
+
+    def rows_of_run(self, args, init: str, seed: int, recipe: str) -> dict[str, dict]:
+        if recipe == "plain":
+            split = bench_split(args, seed)
+            probs = np.load(plain_probs_path(args, init, seed))
+            log = open(os.path.join(args.runs, f"{init}-s{seed}-plain.log")).read().strip().splitlines()
+            train_s = json.loads(log[-1])["train_s"]
+            return {"plain (independent, all images)": self.row(
+                probs, np.array(split["test"]), np.ones(probs.shape[1]), 0.0, train_s)}
+        if recipe == "v5-kfold3":
+            return {recipe: self.ensemble_row(os.path.join(seed_dir(args, init, seed), "kfold3", "v5"), seed)}
+        rdir = run_dir(args, init, seed, recipe)
         split = json.load(open(os.path.join(rdir, "split.json")))
-        test_idx, val_idx = np.array(split["test"]), np.array(split["folds"][0]["val"])
-        train_idx = np.array(split["folds"][0]["train"])
+        if split["test"] != bench_split(args, seed)["test"]:
+            raise SystemExit(f"{rdir}: its test split differs from the plain baseline's")
+        test_idx = np.array(split["test"])
         metrics = json.load(open(os.path.join(rdir, "metrics.json")))
         train_s = metrics["train_time_s"] + metrics.get("crt_seconds", 0.0)
         best = checkpoint.read(os.path.join(rdir, "best.pt"))
-        rows = {recipe: self.row(best, self.probs(best, self.model(best), test_idx), test_idx,
+        rows = {recipe: self.row(self.probs(best, self.model(best), test_idx), test_idx, best.train_class_counts,
                                  best.decision_tau, train_s)}
-        if recipe != "v4":
-            return rows
-        stage1 = checkpoint.read(os.path.join(rdir, "stage1.pt"))
-        net = self.model(stage1)
-        data = self._load(stage1)
-        counts = stage1.train_class_counts
-        test_p, val_p = self.probs(stage1, net, test_idx), self.probs(stage1, net, val_idx)
-        y_val = data.labels.numpy()[val_idx]
-        rows["plain CE"] = self.row(stage1, test_p, test_idx, 0.0, metrics["train_time_s"])
-        rows["CE + tau"] = self.row(stage1, test_p, test_idx, choose_tau(val_p, y_val, counts)[0],
-                                    metrics["train_time_s"])
-        pre = stage1.preprocessing
-        feats = extract_features(net, data.images, train_idx, img_size=pre.img_size, mean=pre.mean, std=pre.std,
-                                 device=torch.device("cpu"), batch_size=256)
-        cfg = stage1.config
-        for name, sampler, tuned in [("CE + re-fit head (natural)", "natural", False),
-                                     ("CE + cRT (balanced), tau 0", "weighted", False),
-                                     ("CE + cRT (sqrt) + tau", "sqrt", True)]:
-            head = retrain_classifier(feats, data.labels[train_idx], stage1.num_classes, sampler=sampler,
-                                      steps=cfg["crt_steps"], batch_size=cfg["crt_batch_size"], lr=cfg["crt_lr"],
-                                      seed=cfg["seed"])
-            replace_classifier(net, head)
-            tau = choose_tau(self.probs(stage1, net, val_idx), y_val, counts)[0] if tuned else 0.0
-            rows[name] = self.row(stage1, self.probs(stage1, net, test_idx), test_idx, tau, train_s)
+        if recipe == "v4":
+            stage1 = checkpoint.read(os.path.join(rdir, "stage1.pt"))
+            rows["v4 stage 1 (best epoch, 80%)"] = self.row(self.probs(stage1, self.model(stage1), test_idx),
+                                                           test_idx, stage1.train_class_counts, 0.0,
+                                                           metrics["train_time_s"])
+        if recipe == "v5":
+            stage1 = checkpoint.read(os.path.join(rdir, "stage1.pt"))
+            rows["v5 refit, stage 1 (100%, no cRT/tau)"] = self.row(
+                self.probs(stage1, self.model(stage1), test_idx), test_idx, stage1.train_class_counts, 0.0,
+                metrics["train_time_s"])
+            sdir = os.path.join(rdir, "select")
+            smetrics = json.load(open(os.path.join(sdir, "metrics.json")))
+            s_train = smetrics["train_time_s"] + smetrics.get("crt_seconds", 0.0)
+            last = checkpoint.read(os.path.join(sdir, "last.pt"))
+            # last.pt keeps the EMA as AveragedModel's state: the model's own keys under "module."
+            ema = {k[len("module."):]: v for k, v in (last.ema_model or {}).items() if k.startswith("module.")}
+            candidates = {"best epoch": checkpoint.read(os.path.join(sdir, "best_epoch.pt")).model,
+                          "last epoch": last.model, "EMA": ema or None}
+            for name, weights in candidates.items():
+                if weights is not None:
+                    rows[f"v5 select: {name} + cRT + tau"] = self.crt_and_tau(last, weights, split, s_train)
+            # the selection stage's own result (the candidate it chose by validation loss, its cRT head and tau):
+            # v5 without the refit
+            shipped = checkpoint.read(os.path.join(sdir, "best.pt"))
+            rows["v5 select: as chosen + cRT + tau"] = self.row(
+                self.probs(shipped, self.model(shipped), test_idx), test_idx, shipped.train_class_counts,
+                shipped.decision_tau, s_train)
         return rows
 
 
 def check_against_predict(rdir: str, row: dict, args) -> str:
-    """predict.py's metrics for the v4 run (its default: the stored tau) must equal the bench's v4 row."""
+    """predict.py's metrics for a run (its default: the stored tau, the test split) must equal the bench's row."""
     out = os.path.join(os.path.dirname(rdir), "bench-predict", "predictions.csv")
     cmd = [sys.executable, os.path.join(REPO, "predict.py"), "--run", os.path.dirname(rdir), "--device", "cpu",
            "--out", out]
@@ -149,8 +262,8 @@ def check_against_predict(rdir: str, row: dict, args) -> str:
                                     os.path.join(out[:-4], "metrics.json")) if os.path.exists(p))
     theirs = json.load(open(metrics_path))["macro_f1"]
     if abs(theirs - row["macro_f1"]) > 1e-9:
-        raise SystemExit(f"bench v4 macro-F1 {row['macro_f1']} != predict.py's {theirs} for {rdir}")
-    return f"v4 {rdir}: predict.py macro-F1 {theirs:.4f} equals the bench's"
+        raise SystemExit(f"bench macro-F1 {row['macro_f1']} != predict.py's {theirs} for {rdir}")
+    return f"{rdir}: predict.py macro-F1 {theirs:.4f} equals the bench's"
 
 
 def summarise(results: dict) -> str:
@@ -170,26 +283,30 @@ def summarise(results: dict) -> str:
 
 
 def paired(results: dict, init: str, a: str, b: str) -> str | None:
-    """Per-seed differences b - a in macro-F1 and accuracy (same seed = same stage-1 features for CE/v4)."""
+    """Per-seed differences b - a in macro-F1 and accuracy, and the ratio of training times."""
     if (init, a) not in results or (init, b) not in results:
         return None
-    d_f1 = [y["macro_f1"] - x["macro_f1"] for x, y in zip(results[(init, a)], results[(init, b)])]
-    d_acc = [y["accuracy"] - x["accuracy"] for x, y in zip(results[(init, a)], results[(init, b)])]
+    pairs = list(zip(results[(init, a)], results[(init, b)]))
+    d_f1 = [y["macro_f1"] - x["macro_f1"] for x, y in pairs]
+    d_acc = [y["accuracy"] - x["accuracy"] for x, y in pairs]
+    ratio = [y["train_s"] / x["train_s"] for x, y in pairs]
     return (f"{init}: {b} - {a}: macro-F1 {', '.join(f'{d:+.3f}' for d in d_f1)} (median "
             f"{statistics.median(d_f1):+.3f}); accuracy {', '.join(f'{d:+.3f}' for d in d_acc)} "
-            f"(median {statistics.median(d_acc):+.3f})")
+            f"(median {statistics.median(d_acc):+.3f}); train time x{statistics.median(ratio):.2f}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="data set (any train.py --data layout)")
-    p.add_argument("--recipes", default="v4,v1,v3,v2", help="presets, comma-separated; v4 adds plain CE")
-    p.add_argument("--inits", default="imagenet,scratch", help="imagenet (--pretrained default), scratch")
-    p.add_argument("--scratch-recipes", default="v4", help="recipes also run from scratch (default v4 = CE, v4)")
+    p.add_argument("--recipes", default="v5,v5-kfold3,v4,plain",
+                   help="v5, v5-kfold3, v4, plain, v1, v2, v3; comma-separated")
+    p.add_argument("--inits", default="imagenet", help="imagenet (--pretrained default), scratch")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--img-size", default="80x60")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--kfold-seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the v5-kfold3 rows (3 trainings each: one seed by default)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (each gets --threads threads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=os.path.join(REPO, "runs-longtail"))
@@ -197,35 +314,34 @@ def main(argv=None) -> int:
     p.add_argument("extra", nargs="*", help="more train.py flags for every run, after --, e.g. -- --batch-size 8")
     args = p.parse_args(argv)
 
-    plan = []
-    for init in args.inits.split(","):
-        recipes = args.recipes.split(",") if init == "imagenet" else args.scratch_recipes.split(",")
-        plan += [(init, seed, recipe) for recipe in recipes for seed in args.seeds]
-    plan.sort(key=lambda job: job[2] != "v4")  # v4 (which also gives plain CE) first: the runs that matter most
+    recipes = args.recipes.split(",")
+    plan = [(init, seed, recipe) for init in args.inits.split(",") for seed in args.seeds for recipe in recipes
+            if recipe != "v5-kfold3" or seed in args.kfold_seeds]
+    plan.sort(key=lambda job: recipes.index(job[2]))  # the longest (v5) first, so two jobs finish together
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: train(args, *job), plan))
     wall = time.time() - t0
 
     scorer, results, notes = Scorer(args), {}, []
-    for init, seed, recipe in plan:
-        rdir = run_dir(args, init, seed, recipe)
-        for name, row in scorer.rows_of_run(rdir, recipe).items():
+    for init, seed, recipe in sorted(plan, key=lambda job: (job[0], job[1])):
+        for name, row in scorer.rows_of_run(args, init, seed, recipe).items():
             results.setdefault((init, name), []).append(row)
-        if recipe == "v4":
-            notes.append(check_against_predict(rdir, results[(init, "v4")][-1], args))
-    order = ["plain CE", "CE + tau", "CE + re-fit head (natural)", "CE + cRT (balanced), tau 0",
-             "CE + cRT (sqrt) + tau", "v4", "v1", "v2", "v3"]
-    results = {k: results[k] for init in args.inits.split(",") for name in order if (k := (init, name)) in results}
+        if recipe in ("v4", "v5"):
+            notes.append(check_against_predict(run_dir(args, init, seed, recipe), results[(init, recipe)][-1], args))
+    results = {k: results[k] for init in args.inits.split(",") for name in ORDER if (k := (init, name)) in results}
     text = [f"# Long-tail recipes on {os.path.basename(os.path.normpath(args.data))}: {args.model} at "
-            f"{args.img_size}, {args.epochs} epochs, holdout split, seeds {' '.join(map(str, args.seeds))}",
+            f"{args.img_size}, {args.epochs} epochs, one test split per seed, seeds {' '.join(map(str, args.seeds))}",
             "", "Command: `" + shlex.join(["python", "bench/longtail.py"] + (argv if argv is not None else sys.argv[1:]))
             + "`", "", f"Trainings took {wall / 60:.0f} min wall ({args.jobs} at a time, {args.threads} threads each).",
             "Scored on the held-out test split (never trained on or tuned on); cells are the median over seeds "
-            "[min, max]. train s: the run's own training time (v4 and cRT rows include the re-training).", "",
+            "[min, max]. train s: the training loops plus cRT (v5: both stages).", "",
             summarise(results), ""]
-    text += [line for init in args.inits.split(",") for line in
-             (paired(results, init, "plain CE", "v4"),) if line]
+    for init in args.inits.split(","):
+        text += [line for line in (paired(results, init, "plain (independent, all images)", "v5"),
+                                   paired(results, init, "plain (independent, all images)", "v4"),
+                                   paired(results, init, "v4", "v5"),
+                                   paired(results, init, "v5-kfold3", "v5")) if line]
     text += ["", *notes, ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
