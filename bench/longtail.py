@@ -9,8 +9,8 @@ test split and seed:
                images v5 may use. None of imgcls's training code runs in it.
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
-    v5         train.py --version v5: the same stages on the annealed (last or EMA) weights, then --refit: the
-               final model is trained again on train + validation with the chosen settings
+    v5         train.py --version v5: flip only, the annealed (last or EMA) weights, cRT with square-root
+               sampling, tau; then --refit: trained again on train + validation with the chosen settings
     v5-kfold3  the other way to use every image: v5's recipe without --refit as a 3-fold ensemble
                (`--folds 3 --fold all`); each member trains on 2/3 of the images outside the test split and
                chooses its tau on its own validation third; the three predict together (imgcls.load)
