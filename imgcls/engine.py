@@ -225,6 +225,7 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         return _already_finished(cfg, stage.rdir, saved, say)
     t = setup(cfg, data, stage, saved, say)
     state = restore(t, saved) if saved is not None else RunState()
+    val = ema_val = None
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early:
             break
@@ -235,7 +236,8 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         end_epoch(t, state, epoch, val)
         log_epoch(t, state, epoch, lr, train_loss, seconds, val, ema_val)
         save_progress(t, state, val)
-    net, selected, metrics = select_result(t, state)
+    # the final epoch's scores are those of the "last" and "ema" candidates: no second validation pass
+    net, selected, metrics = select_result(t, state, scored={"last": val, "ema": ema_val})
     net, metrics, probs = retrain_head(t, state, net, selected, metrics)
     tau, metrics = choose_decision(t, net, metrics, probs)
     return finish(t, state, net, selected, metrics, tau)
@@ -547,16 +549,17 @@ def save_progress(t: Trainer, state: RunState, val: dict | None) -> None:
               f"{t.cfg.early_stop} epochs (best {state.best_metric:.4f} at epoch {state.best_epoch})")
 
 
-def select_result(t: Trainer, state: RunState) -> tuple[nn.Module, str, dict | None]:
+def select_result(t: Trainer, state: RunState, scored: dict | None = None) -> tuple[nn.Module, str, dict | None]:
     """The run's model, by --select (selection.py): best = the better of the best epoch and the SWA average
     by --metric; last = the final weights, their EMA or the SWA average, whichever has the lowest validation
-    loss. A refit takes the kind of candidate its selection stage chose (and has no validation to score it)."""
+    loss. A refit takes the kind of candidate its selection stage chose (and has no validation to score it).
+    scored: validation metrics already computed for the current weights ("last") and the EMA, if any."""
     if t.carried is not None:
         kind = t.carried.selected
         return (_candidates(t, [kind])[kind] if kind in ("ema", "swa") else t.model), kind, None
     if t.cfg.select == "last":
         nets = _candidates(t, ["last", "ema", "swa"])
-        scores = {name: evaluate(t, net) for name, net in nets.items()}
+        scores = {name: (scored or {}).get(name) or evaluate(t, net) for name, net in nets.items()}
         name = pick(scores, by="loss")
         if len(scores) > 1:
             t.say("candidates by validation loss: " + ", ".join(
