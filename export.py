@@ -42,26 +42,38 @@ def main(argv=None) -> int:
     if args.calibration_images < 1:
         raise UserError(f"--calibration-images {args.calibration_images}: must be at least 1")
     from imgcls import export, quantize
-    from imgcls.api import find_checkpoints, load_members, member_taus, parse_views
-    members = load_members(find_checkpoints(args.run, args.fold))
-    views = parse_views(args.views) if args.tta else ("identity",)
+    from imgcls.api import parse_views
+    from imgcls.fsio import folder_swap
+    from imgcls.run import decision_taus, find_checkpoints, load_members, unfinished_note
+    from imgcls.validate import check_out_folder
     run = Path(args.run)
     out = Path(args.out) if args.out else (run.parent if run.is_file() else run) / f"export-{args.format}"
-    taus = member_taus(members, args.logit_adjust)
+    check_out_folder("--out", str(out))  # before any work: not a file, and writable
+    members = load_members(find_checkpoints(args.run, args.fold))
+    for note in filter(None, (unfinished_note(m.path) for m in members)):
+        print(note)
+    views = parse_views(args.views) if args.tta else ("identity",)
+    taus = decision_taus(members, args.logit_adjust)
     module = export.deployable(members, views, channels_last=args.format == "torchscript", taus=taus)
-    if args.format == "onnx":
-        model_file = export.export_onnx(module, out / "model.onnx")
-    else:
-        model_file = export.export_torchscript(module, out / "model.pt")
     record = members[0].record
-    written = [model_file]
-    if args.int8:
-        calib = quantize.calibration_images(members, count=args.calibration_images)
-        written.append(quantize.quantize_onnx(model_file, out / "model.int8.onnx", calib))
-    export.write_metadata(out, record.class_names, record.preprocessing.to_dict(), views,
-                          [str(m.path) for m in members], model_file.name, taus)
+    try:
+        with folder_swap(out) as folder:  # all files or none: an earlier export stays whole until replaced
+            if args.format == "onnx":
+                model_file = export.export_onnx(module, folder / "model.onnx")
+            else:
+                model_file = export.export_torchscript(module, folder / "model.pt")
+            written = [model_file.name]
+            if args.int8:
+                calib = quantize.calibration_images(members, count=args.calibration_images)
+                written.append(quantize.quantize_onnx(model_file, folder / "model.int8.onnx", calib).name)
+            export.write_metadata(folder, record.class_names, record.preprocessing.to_dict(), views,
+                                  [str(m.path) for m in members], model_file.name, taus)
+    except OSError as err:  # disk full, quota, a read-only file system
+        raise UserError(f"--out {out}: could not write the export ({err.strerror or err}); "
+                        f"{'the earlier export there is unchanged' if out.exists() else 'nothing was written'}"
+                        ) from None
     print(f"exported {len(members)} model(s) x {len(views)} view(s): "
-          + ", ".join(str(p) for p in written) + f"; classes.json and preprocessing.json in {out}")
+          + ", ".join(str(out / name) for name in written) + f"; classes.json and preprocessing.json in {out}")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from imgcls import distributed as dist
 from imgcls.config import VERSIONS, add_config_flags, resolve
@@ -67,9 +68,24 @@ def main(argv=None) -> int:
                 engine.fit(cfg, k, data=data)
         else:
             engine.fit(cfg, fold)  # checks the fold against the split
+            note = missing_folds_note(engine.run_root(cfg), fold)
+            if note and dist.is_main():
+                print(note)
     finally:
         dist.teardown()
     return 0
+
+
+def missing_folds_note(root: Path, fold: int) -> str | None:
+    """One line when the run is a K-fold ensemble (v2.1, v3, v5) whose other folds are not finished yet:
+    predict.py averages the folds it finds, so a user who trained only --fold 0 should know."""
+    from imgcls import run
+    k = len(json.loads((root / run.SPLIT).read_text())["folds"])
+    missing = run.unfinished_folds(root, k, but=fold)
+    if not missing:
+        return None
+    return (f"fold {fold} of {k} trained; the ensemble lacks folds {', '.join(map(str, missing))}: train them with "
+            f"--fold all (finished folds are skipped), or predict with the folds there are")
 
 
 if __name__ == "__main__":

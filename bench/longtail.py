@@ -9,17 +9,18 @@ test split and seed:
                images v5 may use. None of imgcls's training code runs in it.
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
-    v5         train.py --version v5: flip only, the annealed (last or EMA) weights, cRT with square-root
-               sampling, tau; then --refit: trained again on train + validation with the chosen settings
-    v5-kfold3  the other way to use every image: v5's recipe without --refit as a 3-fold ensemble
-               (`--folds 3 --fold all`); each member trains on 2/3 of the images outside the test split and
-               chooses its tau on its own validation third; the three predict together (imgcls.load)
+    v5         train.py --version v5 --fold all: flip only, the annealed (last or EMA) weights, cRT with
+               square-root sampling, tau, as a 3-fold cross-fitted ensemble: each member trains on 2/3 of the
+               images outside the test split and chooses its candidate and tau on the third it did not see;
+               the three predict together (imgcls.load, as predict.py)
+    v5-refit   the other way to use every image: v5's recipe as one model (`--refit true --folds 1`): choose
+               on a 20% validation split, then train again on train + validation with the chosen settings
     v1..v3     the write-up's recipes on the budget's backbone (optional)
 and, from the same runs (no extra training; cRT and tau recomputed here with the project's functions),
 what each of v5's changes contributed:
     v4 stage 1          v4's model before cRT and tau (the best epoch, 80% of the data)
-    v5 select: ...      v5's selection stage (80% of the data) with each candidate + cRT + tau: the best epoch
-                        by validation macro-F1 (today's rule), the last epoch, the EMA, and the one it chose
+    v5 select: ...      v5-refit's selection stage (80% of the data) with each candidate + cRT + tau: the best
+                        epoch by validation macro-F1 (today's rule), the last epoch, the EMA, and the one it chose
     v5 refit, stage 1   the refit's model before cRT and tau
 
 Columns: test accuracy, macro-F1, balanced accuracy, F1 of head (>= 500 training images), medium (50-499)
@@ -27,6 +28,7 @@ and tail (< 50) classes, worst-class F1 and training time (the training loops an
 median over seeds with [min, max]. v4's and v5's rows are checked against predict.py's own metrics.
 
     python bench/longtail.py                                  # fashion-small, Lite0 80x60, 2 epochs, seeds 0 1
+    python bench/longtail.py --seeds 0 1 2 --refit-seeds 0 1  # v5-refit (and its contributions) on two seeds
     python bench/longtail.py --recipes v5,plain --seeds 0 --epochs 1
 """
 from __future__ import annotations
@@ -63,9 +65,9 @@ INITS = {"imagenet": "default", "scratch": "none"}
 COLUMNS = [("accuracy", "acc"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "bal acc"), ("head_f1", "head F1"),
            ("medium_f1", "medium F1"), ("tail_f1", "tail F1"), ("worst_class_f1", "worst F1"),
            ("train_s", "train s")]
-ORDER = ["plain (independent, all images)", "v4 stage 1 (best epoch, 80%)", "v4", "v5-kfold3",
+ORDER = ["plain (independent, all images)", "v4 stage 1 (best epoch, 80%)", "v4",
          "v5 select: best epoch + cRT + tau", "v5 select: last epoch + cRT + tau", "v5 select: EMA + cRT + tau",
-         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5", "v1", "v2", "v3"]
+         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", "v1", "v2", "v3"]
 
 
 def seed_dir(args, init: str, seed: int) -> str:
@@ -73,7 +75,11 @@ def seed_dir(args, init: str, seed: int) -> str:
 
 
 def run_dir(args, init: str, seed: int, recipe: str) -> str:
-    return os.path.join(seed_dir(args, init, seed), recipe, "fold0")
+    """fold0 of the recipe's run. v5's fold ensemble has its own --out (kfold3/), since train.py writes
+    OUT/v5/ for both v5 and v5-refit."""
+    if recipe == "v5":
+        return os.path.join(seed_dir(args, init, seed), "kfold3", "v5", "fold0")
+    return os.path.join(seed_dir(args, init, seed), "v5" if recipe == "v5-refit" else recipe, "fold0")
 
 
 def run_logged(cmd: list[str], log: str, threads: int) -> None:
@@ -98,9 +104,12 @@ def train(args, init: str, seed: int, recipe: str) -> None:
                         lists[1], "--num-classes", str(lists[2]), "--out", out, "--epochs", str(args.epochs),
                         "--seed", str(seed), "--model", args.model], log, args.threads)
         return
-    version, out, folds = recipe, seed_dir(args, init, seed), ["--fold", "0", "--folds", "1"]
-    if recipe == "v5-kfold3":  # its own --out: train.py writes OUT/v5/, where the refit run lives
-        version, out, folds = "v5", os.path.join(out, "kfold3"), ["--fold", "all", "--folds", "3", "--refit", "false"]
+    version, folds = recipe, ["--fold", "0", "--folds", "1"]
+    if recipe == "v5":  # the preset as it is: 3 folds
+        folds = ["--fold", "all"]
+    if recipe == "v5-refit":
+        version, folds = "v5", ["--fold", "0", "--folds", "1", "--refit", "true"]
+    out = os.path.dirname(os.path.dirname(run_dir(args, init, seed, recipe)))  # train.py's OUT/<version>/fold0
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--version", version, *folds,
            "--model", args.model, "--pretrained", INITS[init], "--img-size", args.img_size,
            "--epochs", str(args.epochs), "--seed", str(seed), "--data", args.data,
@@ -210,8 +219,8 @@ class Scorer:
             train_s = json.loads(log[-1])["train_s"]
             return {"plain (independent, all images)": self.row(
                 probs, np.array(split["test"]), np.ones(probs.shape[1]), 0.0, train_s)}
-        if recipe == "v5-kfold3":
-            return {recipe: self.ensemble_row(os.path.join(seed_dir(args, init, seed), "kfold3", "v5"), seed)}
+        if recipe == "v5":
+            return {recipe: self.ensemble_row(os.path.dirname(run_dir(args, init, seed, recipe)), seed)}
         rdir = run_dir(args, init, seed, recipe)
         split = json.load(open(os.path.join(rdir, "split.json")))
         if split["test"] != bench_split(args, seed)["test"]:
@@ -227,7 +236,7 @@ class Scorer:
             rows["v4 stage 1 (best epoch, 80%)"] = self.row(self.probs(stage1, self.model(stage1), test_idx),
                                                            test_idx, stage1.train_class_counts, 0.0,
                                                            metrics["train_time_s"])
-        if recipe == "v5":
+        if recipe == "v5-refit":
             stage1 = checkpoint.read(os.path.join(rdir, "stage1.pt"))
             rows["v5 refit, stage 1 (100%, no cRT/tau)"] = self.row(
                 self.probs(stage1, self.model(stage1), test_idx), test_idx, stage1.train_class_counts, 0.0,
@@ -283,14 +292,17 @@ def summarise(results: dict) -> str:
 
 
 def paired(results: dict, init: str, a: str, b: str) -> str | None:
-    """Per-seed differences b - a in macro-F1 and accuracy, and the ratio of training times."""
+    """Per-seed differences b - a in macro-F1 and accuracy (over the seeds both have), and the ratio of
+    training times."""
     if (init, a) not in results or (init, b) not in results:
         return None
-    pairs = list(zip(results[(init, a)], results[(init, b)]))
+    of_a = {row["seed"]: row for row in results[(init, a)]}
+    pairs = [(of_a[row["seed"]], row) for row in results[(init, b)] if row["seed"] in of_a]  # same seeds only
     d_f1 = [y["macro_f1"] - x["macro_f1"] for x, y in pairs]
     d_acc = [y["accuracy"] - x["accuracy"] for x, y in pairs]
     ratio = [y["train_s"] / x["train_s"] for x, y in pairs]
-    return (f"{init}: {b} - {a}: macro-F1 {', '.join(f'{d:+.3f}' for d in d_f1)} (median "
+    seeds = " ".join(str(y["seed"]) for _, y in pairs)
+    return (f"{init}: {b} - {a}, seeds {seeds}: macro-F1 {', '.join(f'{d:+.3f}' for d in d_f1)} (median "
             f"{statistics.median(d_f1):+.3f}); accuracy {', '.join(f'{d:+.3f}' for d in d_acc)} "
             f"(median {statistics.median(d_acc):+.3f}); train time x{statistics.median(ratio):.2f}")
 
@@ -298,15 +310,15 @@ def paired(results: dict, init: str, a: str, b: str) -> str | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="data set (any train.py --data layout)")
-    p.add_argument("--recipes", default="v5,v5-kfold3,v4,plain",
-                   help="v5, v5-kfold3, v4, plain, v1, v2, v3; comma-separated")
+    p.add_argument("--recipes", default="v5,v5-refit,v4,plain",
+                   help="v5, v5-refit, v4, plain, v1, v2, v3; comma-separated")
     p.add_argument("--inits", default="imagenet", help="imagenet (--pretrained default), scratch")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--img-size", default="80x60")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--kfold-seeds", type=int, nargs="+", default=[0],
-                   help="seeds of the v5-kfold3 rows (3 trainings each: one seed by default)")
+    p.add_argument("--refit-seeds", type=int, nargs="+", default=None,
+                   help="seeds of the v5-refit rows and v5's contributions (default: --seeds)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (each gets --threads threads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=os.path.join(REPO, "runs-longtail"))
@@ -316,7 +328,7 @@ def main(argv=None) -> int:
 
     recipes = args.recipes.split(",")
     plan = [(init, seed, recipe) for init in args.inits.split(",") for seed in args.seeds for recipe in recipes
-            if recipe != "v5-kfold3" or seed in args.kfold_seeds]
+            if recipe != "v5-refit" or args.refit_seeds is None or seed in args.refit_seeds]
     plan.sort(key=lambda job: recipes.index(job[2]))  # the longest (v5) first, so two jobs finish together
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -326,8 +338,8 @@ def main(argv=None) -> int:
     scorer, results, notes = Scorer(args), {}, []
     for init, seed, recipe in sorted(plan, key=lambda job: (job[0], job[1])):
         for name, row in scorer.rows_of_run(args, init, seed, recipe).items():
-            results.setdefault((init, name), []).append(row)
-        if recipe in ("v4", "v5"):
+            results.setdefault((init, name), []).append(dict(row, seed=seed))
+        if recipe in ("v4", "v5", "v5-refit"):
             notes.append(check_against_predict(run_dir(args, init, seed, recipe), results[(init, recipe)][-1], args))
     results = {k: results[k] for init in args.inits.split(",") for name in ORDER if (k := (init, name)) in results}
     text = [f"# Long-tail recipes on {os.path.basename(os.path.normpath(args.data))}: {args.model} at "
@@ -335,13 +347,13 @@ def main(argv=None) -> int:
             "", "Command: `" + shlex.join(["python", "bench/longtail.py"] + (argv if argv is not None else sys.argv[1:]))
             + "`", "", f"Trainings took {wall / 60:.0f} min wall ({args.jobs} at a time, {args.threads} threads each).",
             "Scored on the held-out test split (never trained on or tuned on); cells are the median over seeds "
-            "[min, max]. train s: the training loops plus cRT (v5: both stages).", "",
+            "[min, max]. train s: the training loops plus cRT (v5: its three folds; v5-refit: both stages).", "",
             summarise(results), ""]
     for init in args.inits.split(","):
         text += [line for line in (paired(results, init, "plain (independent, all images)", "v5"),
                                    paired(results, init, "plain (independent, all images)", "v4"),
                                    paired(results, init, "v4", "v5"),
-                                   paired(results, init, "v5-kfold3", "v5")) if line]
+                                   paired(results, init, "v5-refit", "v5")) if line]
     text += ["", *notes, ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:

@@ -1,6 +1,9 @@
 """imgcls: a small, readable PyTorch toolkit for image classification on heavily imbalanced data."""
 
+from .errors import UserError  # what every user mistake raises, from the API as from the command lines
+
 __version__ = "0.1.0"
+__all__ = ["UserError", "load"]
 
 
 def load(source, **options):

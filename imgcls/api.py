@@ -10,6 +10,7 @@ with its preset's TTA; a checkpoint file or a fold folder gives that one model.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +18,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import checkpoint
 from . import distributed as dist
 from .data.cache import decode_images, to_rgb
+from .data.sources import IMAGE_EXTENSIONS, list_images
 from .decision import adjust
-from .data.sources import IMAGE_EXTENSIONS
 from .errors import UserError
 from .inference import predict_dataset, use_channels_last
-from .models import create_model
+from .run import Member, build_model, decision_taus, find_checkpoints, load_members, unfinished_note
 from .tta import TTA_VIEWS
+from .validate import MAX_BATCH, check_device, check_range
 
 _QUIET = lambda *a, **k: None  # noqa: E731
 
@@ -40,13 +41,6 @@ class Prediction:
 
 
 @dataclass
-class Member:
-    """One trained model of an ensemble: where it came from and its checkpoint record."""
-    path: Path
-    record: checkpoint.Checkpoint
-
-
-@dataclass
 class Images:
     """Inputs brought to the storage size: uint8 N x 3 x H x W, a name per image, what could not be read."""
     pixels: torch.Tensor
@@ -54,63 +48,7 @@ class Images:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- finding and loading checkpoints
-
-def run_versions(root: Path) -> list[str]:
-    """Sub-folders of `root` that are runs (hold fold*/best.pt): `runs-quick` -> ['v1', 'v2', ...]."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("fold*/best.pt")))
-
-
-def find_checkpoints(source: str | Path, fold: str | int = "all") -> list[Path]:
-    """Checkpoint files of a run folder (its folds, or fold K), a fold folder, or a checkpoint file."""
-    path = Path(source)
-    fold = str(fold)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise UserError(f"{path}: no such run folder or checkpoint file; train first "
-                        f"(python train.py --version ...) or point at OUT/<version>")
-    if (path / "best.pt").is_file() and not any(path.glob("fold*/best.pt")):
-        return [path / "best.pt"]  # a fold folder
-    if fold == "all":
-        found = sorted(path.glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]) if
-                       p.parent.name[4:].isdigit() else 0)
-    else:
-        found = [p for p in [path / f"fold{fold}" / "best.pt"] if p.is_file()]
-    if found:
-        return found
-    versions = run_versions(path)
-    if versions:
-        raise UserError(f"{path}: a folder of runs, not one run; pick a version: "
-                        + ", ".join(str(path / v) for v in versions))
-    raise UserError(f"{path}: no trained fold{'s' if fold == 'all' else ' ' + fold} (fold*/best.pt) there; "
-                    f"train it first or pick another --fold")
-
-
-def load_members(paths: list[Path]) -> list[Member]:
-    members = [Member(p, checkpoint.read(p)) for p in paths]
-    first = members[0].record
-    for m in members[1:]:
-        for key in ("class_names", "num_classes"):
-            if getattr(m.record, key) != getattr(first, key):
-                raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
-        if m.record.preprocessing.to_dict() != first.preprocessing.to_dict():
-            raise UserError(f"{m.path}: other preprocessing (sizes, mean, std) than {members[0].path}")
-    return members
-
-
-def build_model(member: Member, device: torch.device | str = "cpu") -> torch.nn.Module:
-    record = member.record
-    model = create_model(record.model_name, record.num_classes, log=_QUIET)  # weights follow
-    try:
-        model.load_state_dict(record.model)
-    except RuntimeError as exc:
-        raise UserError(f"{member.path}: weights do not fit {record.model_name} with "
-                        f"{record.num_classes} classes ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval()
-
+# ---------------------------------------------------------------- devices and views
 
 def resolve_device(name: str = "auto") -> torch.device:
     return dist.local_device(name)
@@ -133,16 +71,6 @@ def pil_to_uint8(im: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.BILINEAR)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def list_images(folder: Path) -> list[str]:
-    """Image files under `folder`, recursively, sorted; hidden files and folders left out."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, n) for n in sorted(filenames)
-                  if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
 
 
 def to_images(x, size: tuple[int, int], workers: int = 2, log=_QUIET) -> Images:
@@ -231,6 +159,8 @@ class Classifier:
         """Class probabilities N x C (float32) for a uint8 batch at the storage size."""
         if self.int8_model is not None:
             return self._int8_probs(pixels)
+        if len(pixels) == 0:  # an empty batch (a folder whose files were all unreadable): no rows
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         if self._models is None:
             self._models = [build_model(m, self.device) for m in self.members]
         probs = np.zeros((len(pixels), len(self.classes)), dtype=np.float32)
@@ -243,6 +173,9 @@ class Classifier:
                                            progress=progress and (lambda b, m=member: progress(b, m)))
             # each member's own decision rule (its tau, its training prior), then the ensemble mean
             probs += adjust(member_probs, member.record.train_class_counts, tau) / len(self.members)
+        if not np.isfinite(probs).all():  # never hand out NaN as a prediction
+            raise UserError(f"{self.members[0].path}: the model gives non-finite probabilities for "
+                            f"{int((~np.isfinite(probs).all(1)).sum())} image(s); nothing was predicted")
         return probs
 
     def _int8_probs(self, pixels: torch.Tensor) -> np.ndarray:
@@ -270,27 +203,29 @@ class Classifier:
         return out
 
 
-def member_taus(members, override: float | None = None) -> list[float]:
-    """Each member's logit-adjustment tau: `override` when given (--logit-adjust), else the tau its run chose in
-    training (checkpoint.decision_tau; 0 for runs without one)."""
-    return [float(override) if override is not None else float(m.record.decision_tau) for m in members]
-
-
 def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None, views=None,
          device: str = "auto", batch_size: int = 256, amp: str = "off", int8: bool = False,
-         logit_adjust: float | None = None, log=_QUIET) -> Classifier:
+         logit_adjust: float | None = None, log=None) -> Classifier:
     """A Classifier from a run folder (fold ensemble, the preset's TTA), a fold folder or a checkpoint file.
 
     tta None follows the run's preset (config "tta"); views default to identity,hflip,scale0.9,scale1.1 when
     TTA is on. logit_adjust None applies each checkpoint's own decision tau (v4 chooses one on validation;
     0 for the others), a number overrides it. int8=True runs the int8 ONNX model (made once into export-int8/
     of the run, or of the fold for one model; calibrated on the run's training images; needs onnx and
-    onnxruntime).
+    onnxruntime). log: a function for progress lines and warnings (None: a fold whose training has not
+    finished is a Python warning, and nothing else is said).
     """
+    check_device(device)  # the same rules, and messages, as predict.py's flags
+    check_range("batch_size", batch_size, 1, MAX_BATCH)
     members = load_members(find_checkpoints(source, fold))
+    for member in members:  # a killed or still running fold: its best.pt is only the best epoch so far
+        note = unfinished_note(member.path)
+        if note:
+            log(note) if log is not None else warnings.warn(note, stacklevel=2)
+    log = log or _QUIET
     if tta is None:
-        tta = bool(members[0].record.config.get("tta", False))
-    taus = member_taus(members, logit_adjust)
+        tta = members[0].config.tta
+    taus = decision_taus(members, logit_adjust)
     chosen = parse_views(views) if (tta and views) else (TTA_VIEWS if tta else ("identity",))
     int8_model = None
     if int8:

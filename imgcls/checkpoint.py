@@ -154,10 +154,14 @@ class Checkpoint:
         if version != FORMAT_VERSION:
             raise UserError(f"{path}: checkpoint format {version} is not {FORMAT_VERSION}, the one this imgcls "
                             f"reads; retrain (train.py --restart) with this version")
-        values = dict(d, preprocessing=Preprocessing.from_dict(d["preprocessing"]))
-        if d.get("progress") is not None:
-            values["progress"] = RunState.from_dict(d["progress"])
-        return cls(**values)
+        try:
+            values = dict(d, preprocessing=Preprocessing.from_dict(d["preprocessing"]))
+            if d.get("progress") is not None:
+                values["progress"] = RunState.from_dict(d["progress"])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError) as exc:  # a field missing, unknown or of the wrong kind
+            raise UserError(f"{path}: not a complete imgcls checkpoint ({type(exc).__name__}: {exc}); give a "
+                            "best.pt or last.pt written by train.py") from None
 
 
 def save(record: Checkpoint, path: str | Path) -> None:

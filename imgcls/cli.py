@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Callable
 
 from .errors import UserError
+
+# A full disk (ENOSPC), a quota (EDQUOT) or a file size limit (EFBIG, `ulimit -f`)
+OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def run_cli(main: Callable[[], int]) -> None:
@@ -25,6 +29,15 @@ def run_cli(main: Callable[[], int]) -> None:
         sys.exit(0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in OUT_OF_SPACE:
+            raise  # anything else is a bug or a broken machine: keep its traceback
+        # Every file imgcls writes goes through fsio.atomic_write, so the file named here kept its old content
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err} while writing; the file there is unchanged. Free some space "
+              "(or raise the limit) and rerun the same command: a training run resumes from its last epoch",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last finished epoch", file=sys.stderr)

@@ -13,6 +13,7 @@ from pathlib import Path
 from .cli import ArgumentParser, run_cli
 from .config import VERSIONS
 from .errors import UserError
+from .run import CONFIG, METRICS
 
 # The write-up's own table (validation accuracy, macro-F1, training time, GPU memory), for reference.
 WRITEUP = {
@@ -53,7 +54,7 @@ def row(version: str, run: Path) -> list[str]:
     if path is None:
         raise UserError(f"{run}: no predict-test*/metrics.json; run predict.py --run {run} first")
     m = json.loads(path.read_text())
-    folds = sorted(run.glob("fold*/metrics.json"))
+    folds = sorted(run.glob(f"fold*/{METRICS}"))
     kinds = {json.loads(f.read_text()).get("peak_memory_kind", "") for f in folds}
     views = m.get("views", ["identity"])
     return [version, f"{100 * m['accuracy']:.1f}%", f"{m['macro_f1']:.3f}", _duration(m["train_time_s"]),
@@ -68,7 +69,7 @@ def smoke_note(runs: Path, versions: list[str]) -> str:
     (run_all.sh --quick): those numbers say the pipeline runs, nothing about the versions."""
     demo, tiny = [], []
     for version in versions:
-        for cfg_file in sorted((runs / version).glob("fold*/config.json")):
+        for cfg_file in sorted((runs / version).glob(f"fold*/{CONFIG}")):
             cfg = json.loads(cfg_file.read_text())
             if cfg.get("data") is None and version not in demo:
                 demo.append(version)

@@ -12,17 +12,18 @@ fitted to a uniform prior.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score
+
+from . import labels
 
 # The grid the validation search walks: steps of 0.1 from "add the whole prior back" to "remove all of it".
 TAU_GRID = tuple(round(float(t), 1) + 0.0 for t in np.arange(-1.0, 1.0001, 0.1))  # + 0.0: no -0.0
 
 
 def log_prior(class_counts) -> np.ndarray:
-    # numpy and clipped, unlike labels.log_prior (a loss's, which refuses empty classes): a prediction must go
-    # through even for a class that a fold's training split happens to lack
-    counts = np.asarray(class_counts, dtype=np.float64)
-    return np.log(np.clip(counts / counts.sum(), 1e-12, None))
+    """float64 log class frequencies; a class without training images gets log(1e-12), not an error."""
+    return labels.log_prior(class_counts, "the decision rule", empty_ok=True, dtype=torch.float64).numpy()
 
 
 def adjust(probs: np.ndarray, class_counts, tau: float) -> np.ndarray:

@@ -24,11 +24,11 @@ from .data.samplers import EpochSampler
 
 
 def final_linear(model: nn.Module) -> nn.Linear:
-    """The classifier layer: the last nn.Linear in module order (both model families end with one)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to re-train")
-    return linears[-1]
+    """The classifier layer, as the model names it (get_classifier(), timm's convention; both families have it)."""
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        raise ValueError(f"{type(model).__name__} has no get_classifier(); cRT needs to know its classifier layer")
+    return get()
 
 
 @torch.no_grad()
@@ -36,8 +36,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, positions, *, img_s
                      device: torch.device, batch_size: int = 256, channels_last: bool = False) -> torch.Tensor:
     """float32 (len(positions) x D): the input of the classifier layer for images[positions], in eval mode.
 
-    Read with a forward pre-hook on the last Linear, so it works for any backbone whose head ends in one
-    (dropout before it is the identity in eval mode)."""
+    Read with a forward pre-hook on the classifier layer (dropout before it is the identity in eval mode)."""
     head = final_linear(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().float().cpu()))

@@ -50,6 +50,7 @@ from .losses import build_loss
 from .metrics import classification_metrics
 from .models import create_model, pretrained_cfg
 from .plots import objective_label, plot_confusion, plot_curves, plot_lr
+from .run import BEST, CONFIG, LAST, METRICS, SPLIT, fold_dir
 from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
 from .selection import make_ema, pick
 
@@ -67,7 +68,7 @@ def run_root(cfg: Config) -> Path:
 
 
 def run_dir(cfg: Config, fold: int) -> Path:
-    return run_root(cfg) / f"fold{fold}"
+    return fold_dir(run_root(cfg), fold)
 
 
 def num_folds(cfg: Config, labels: np.ndarray) -> int:
@@ -93,12 +94,16 @@ def prepare_data(cfg: Config, log=print):
     if dist.is_main():
         dist.barrier()
     labels = dataset.labels.numpy()
-    split_path = run_root(cfg) / "split.json"
+    split_path = run_root(cfg) / SPLIT
     if split_path.exists():
         split = load_split(str(split_path), dataset.paths)
     else:
         split = make_split(labels, test_frac=cfg.test_frac, num_folds=num_folds(cfg, labels),
                            val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names)
+        empty = [k for k, fold in enumerate(split["folds"]) if not len(fold["val"])]
+        if empty:  # refused before the split is saved: the loop chooses and schedules on validation scores
+            raise UserError(f"--val-frac {cfg.val_frac}: fold {empty[0]}'s validation split of "
+                            f"{len(labels) - len(split['test'])} images is empty; use a larger --val-frac")
         if dist.is_main():
             save_split(str(split_path), split, dataset.paths)
         for note in split.get("notes", []):
@@ -249,22 +254,22 @@ def _already_finished(cfg: Config, rdir: Path, saved: checkpoint.Checkpoint, say
 
 
 def _finished_run(rdir: Path) -> checkpoint.Checkpoint | None:
-    last = rdir / "last.pt"
+    last = rdir / LAST
     saved = checkpoint.read(last) if last.exists() else None
     return saved if saved is not None and saved.finished else None
 
 
 def read_carried(select_dir: Path) -> Carried:
     """The selection stage's choices, from the files it wrote (so a resumed refit carries the same ones)."""
-    best = checkpoint.read(select_dir / "best.pt")
-    metrics = json.loads((select_dir / "metrics.json").read_text())
+    best = checkpoint.read(select_dir / BEST)
+    metrics = json.loads((select_dir / METRICS).read_text())
     return Carried(selected=best.selected, epochs=int(best.epoch), decision_tau=float(best.decision_tau),
                    metrics=metrics)
 
 
 def open_run(cfg: Config, rdir: Path, say) -> checkpoint.Checkpoint | None:
     """The interrupted or finished run in rdir (None: start afresh), checked against cfg."""
-    last_path = rdir / "last.pt"
+    last_path = rdir / LAST
     if dist.is_main():  # temp files a killed run left behind (its writes were atomic, the temps are just litter)
         clean_stale_temps(rdir)
         clean_stale_temps(run_root(cfg))
@@ -283,8 +288,8 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
     fold, rdir, train_idx = cfg.fold, stage.rdir, stage.train_idx
     if dist.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
-        atomic_write(rdir / "split.json", (run_root(cfg) / "split.json").read_bytes())
-        atomic_write(rdir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write(rdir / SPLIT, (run_root(cfg) / SPLIT).read_bytes())
+        atomic_write(rdir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
         write_skipped(dataset.skipped, str(rdir / "skipped.json"))
     device = dist.local_device(cfg.device)
     class_names = list(dataset.class_names)
@@ -496,7 +501,7 @@ def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict | None) -> None
     if score > state.best_metric:
         state.best_metric, state.best_epoch = score, done
         if dist.is_main():
-            checkpoint.save(_record(t, t.model, done, score, "best"), t.rdir / "best.pt")
+            checkpoint.save(_record(t, t.model, done, score, "best"), t.rdir / BEST)
     state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if cfg.early_stop is not None and state.bad_epochs >= cfg.early_stop:
         state.stopped_early = True
@@ -537,7 +542,7 @@ def save_progress(t: Trainer, state: RunState, val: dict | None) -> None:
         record.scaler = t.scaler.state_dict()
         record.swa_model = t.swa.state_dict() if t.swa is not None else None
         record.ema_model = t.ema.state_dict() if t.ema is not None else None
-        checkpoint.save(record, t.rdir / "last.pt")
+        checkpoint.save(record, t.rdir / LAST)
         _write_summary(state.history, t.rdir / "summary.csv")
         plot_lr(state.lr_history, t.rdir / "lr.png")
         plot_curves(state.history, t.rdir / "curves.png", title=f"{t.cfg.version}/fold{t.fold}",
@@ -564,11 +569,11 @@ def select_result(t: Trainer, state: RunState, scored: dict | None = None) -> tu
         if len(scores) > 1:
             t.say("candidates by validation loss: " + ", ".join(
                 f"{n} {m['loss']:.4f} (macro_f1 {m['macro_f1']:.4f})" for n, m in scores.items()) + f" -> {name}")
-        if dist.is_main() and (t.rdir / "best.pt").exists():  # the best-epoch model, kept for inspection
-            shutil.copyfile(t.rdir / "best.pt", t.rdir / "best_epoch.pt")
+        if dist.is_main() and (t.rdir / BEST).exists():  # the best-epoch model, kept for inspection
+            shutil.copyfile(t.rdir / BEST, t.rdir / "best_epoch.pt")
         return nets[name], name, scores[name]
     dist.barrier()  # rank 0 has written best.pt; torchrun's ranks share this machine's disk
-    best = checkpoint.read(t.rdir / "best.pt")
+    best = checkpoint.read(t.rdir / BEST)
     t.model.load_state_dict(best.model)
     chosen = (t.model, "best", evaluate(t, t.model))
     if t.swa is None or int(t.swa.n_averaged) == 0:
@@ -684,12 +689,12 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
     if dist.is_main():
         record = _record(t, net, _epoch_of(state, selected), result["metric"], selected)
         record.decision_tau = tau
-        checkpoint.save(record, rdir / "best.pt")
-        atomic_write(rdir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        checkpoint.save(record, rdir / BEST)
+        atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
-        last = checkpoint.read(rdir / "last.pt")
+        last = checkpoint.read(rdir / LAST)
         last.finished, last.result = True, result
-        checkpoint.save(last, rdir / "last.pt")
+        checkpoint.save(last, rdir / LAST)
         scored = "selection stage's validation" if t.carried is not None else "validation"
         t.say(f"{rdir}: done; result = {selected} model, {scored} {cfg.metric} {result['metric']:.4f}, "
               f"acc {metrics['accuracy']:.4f}, train time {metrics['train_time_s']:.0f}s")

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data.augment import _resize
+from .data.augment import resize
+from . import labels
 from .errors import UserError
+from .run import build_model, decision_taus
 from .tta import tta_view
 
 FORMATS = ("onnx", "torchscript")
@@ -52,7 +54,7 @@ def axis_matrices(op: Callable[[torch.Tensor], torch.Tensor], height: int, width
 def view_matrices(storage_size: Sequence[int], img_size: Sequence[int], view: str):
     """Matrices of 'resize storage -> model input, then TTA view `view`' (identity, hflip, scaleF)."""
     img_size = tuple(int(v) for v in img_size)
-    return axis_matrices(lambda x: tta_view(_resize(x, img_size), view), int(storage_size[0]), int(storage_size[1]))
+    return axis_matrices(lambda x: tta_view(resize(x, img_size), view), int(storage_size[0]), int(storage_size[1]))
 
 
 class Deployable(nn.Module):
@@ -83,7 +85,7 @@ class Deployable(nn.Module):
                 weights.append(torch.ones(self.num_classes_of(counts)))
                 continue
             counts_t = torch.as_tensor(counts, dtype=torch.float64)
-            log_prior = torch.log(torch.clamp(counts_t / counts_t.sum(), min=1e-12))
+            log_prior = labels.log_prior(counts_t, "the decision rule", empty_ok=True, dtype=counts_t.dtype)
             w = torch.exp(-float(tau) * (log_prior - log_prior.min()))  # scaled: only ratios matter
             weights.append((w / w.max()).float())
         self.register_buffer("class_weights", torch.stack(weights) if any(self.adjusted) else torch.ones(1))
@@ -119,11 +121,10 @@ class Deployable(nn.Module):
 
 
 def deployable(members, views=("identity",), channels_last: bool = False, taus=None) -> Deployable:
-    """A Deployable (on the CPU) from loaded ensemble members (imgcls.api.Member); taus: each member's
-    logit adjustment (None: the checkpoints' own decision_tau)."""
-    from .api import build_model, member_taus
+    """A Deployable (on the CPU) from loaded ensemble members (run.Member); taus: each member's decision tau
+    (None: the checkpoints' own)."""
     pre = members[0].record.preprocessing
-    taus = member_taus(members) if taus is None else taus
+    taus = decision_taus(members) if taus is None else taus
     return Deployable([build_model(m, "cpu") for m in members], pre.storage_size, pre.img_size, pre.mean,
                       pre.std, views=views, channels_last=channels_last,
                       decision=[(m.record.train_class_counts, t) for m, t in zip(members, taus)])

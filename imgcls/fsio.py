@@ -13,7 +13,9 @@ import io
 import os
 import re
 import secrets
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Union
 
@@ -43,10 +45,12 @@ def atomic_write(path: str | Path, content: Content) -> None:
     path = Path(path)
     tmp = temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    writer = None
     try:
         with os.fdopen(fd, "wb") as fh:
             if callable(content):
-                content(fh)
+                writer = _Recording(fh)
+                content(writer)
             else:
                 fh.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content)
             fh.flush()
@@ -55,12 +59,59 @@ def atomic_write(path: str | Path, content: Content) -> None:
                 time.sleep(delay)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        # torch.save turns a failed write (disk full) into a RuntimeError without an errno: re-raise the
+        # OSError underneath, and name the file in it, so that the command line can say what happened
+        error = writer.error if writer is not None and writer.error is not None else exc
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from exc
+        if error is not exc:
+            raise error from exc
         raise
+
+
+class _Recording:
+    """A binary file that remembers the first OSError its writes raised (see atomic_write)."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):  # flush, tell, seek, fileno, ...: the file's own
+        return getattr(self.fh, name)
+
+
+@contextmanager
+def folder_swap(target: str | Path):
+    """A fresh temp folder beside `target` to write a set of files into (an export: model, classes,
+    preprocessing); when the block ends without error it replaces `target` whole, and only then is the old
+    folder removed. On any error (disk full, a kill turned into an exception) the temp folder goes and
+    `target` keeps what it had: never a new model beside old metadata, never no model at all."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(target)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = temp_name(target) if target.exists() else None
+    if old is not None:
+        os.replace(target, old)  # two renames: a crash between them leaves both folders, each whole
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def clean_stale_temps(folder: str | Path, names: tuple[str, ...] | None = None) -> list[Path]:

@@ -7,7 +7,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from imgcls.errors import UserError
 
@@ -58,10 +57,18 @@ def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: flo
     return _normalise_to_num_classes(1.0 / effective_number(class_counts, beta))
 
 
-def log_prior(class_counts: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
-    """log(n_c / N) per class (float32): the shift of logit adjustment and balanced softmax."""
+def log_prior(class_counts: Sequence[int] | torch.Tensor, what: str, *, empty_ok: bool = False,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log(n_c / N) per class: the shift of logit adjustment (in a loss or after training) and balanced softmax.
+
+    A loss refuses a class without training images (its shift would be -inf); a decision rule at prediction
+    time takes it (empty_ok: the prior is floored at 1e-12), since a fold's training split may lack a class
+    that the ensemble's other members know."""
+    if empty_ok:
+        counts = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
+        return torch.log(torch.clamp(counts / counts.sum(), min=1e-12)).to(dtype)
     counts = counts_tensor(class_counts, what)
-    return torch.log(counts / counts.sum()).to(torch.float32)
+    return torch.log(counts / counts.sum()).to(dtype)
 
 
 def smoothed_one_hot(labels: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -6,24 +6,20 @@ Conventions, chosen so that a class missing from an evaluation split never crash
   that is absent and never predicted says nothing about the model, one that is predicted but absent
   counts as F1 0 (its false positives are real mistakes);
 - balanced accuracy, smallest_class_f1 and per_class_f1_std use the classes present in y_true only;
-- the confusion matrix is always C x C over all class names, rows = true class.
+- the confusion matrix is always C x C over all class names, rows = true class: a list of lists up to
+  DENSE_CONFUSION_MAX classes, above that its non-zero cells (a dense 20,000-class matrix is 3 GB).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from imgcls.errors import UserError
+
+DENSE_CONFUSION_MAX = 256
 
 
 def _labels(values, name: str, num_classes: int) -> np.ndarray:
@@ -54,10 +50,9 @@ def classification_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict:
         y_true, y_pred, labels=all_labels, zero_division=0
     )
     present = support > 0
-    with warnings.catch_warnings():
-        # balanced_accuracy_score warns when y_pred holds classes absent from y_true; that case is expected.
-        warnings.simplefilter("ignore", UserWarning)
-        balanced = balanced_accuracy_score(y_true, y_pred)
+    # scikit-learn's balanced_accuracy_score is the mean recall over the classes present in y_true, computed
+    # from a dense confusion matrix; the same mean from the per-class recalls needs O(C) memory
+    balanced = float(recall[present].mean())
     smallest = int(np.flatnonzero(present)[np.argmin(support[present])])
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -73,11 +68,49 @@ def classification_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict:
             }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=all_labels).tolist(),
+        "confusion_matrix": confusion(y_true, y_pred, num_classes),
         "smallest_class_f1": float(f1[smallest]),
         "per_class_f1_std": float(np.std(f1[present])),
         "num_samples": int(y_true.size),
     }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int):
+    """Rows = true class. Up to DENSE_CONFUSION_MAX classes a list of lists; above, {"shape": [C, C],
+    "cells": [[true, predicted, count], ...]} with every non-zero cell (the same information in O(N))."""
+    codes = y_true.astype(np.int64) * num_classes + y_pred
+    if num_classes <= DENSE_CONFUSION_MAX:
+        return np.bincount(codes, minlength=num_classes * num_classes).reshape(num_classes, num_classes).tolist()
+    cells, counts = np.unique(codes, return_counts=True)
+    return {"shape": [num_classes, num_classes],
+            "cells": [[int(c // num_classes), int(c % num_classes), int(n)] for c, n in zip(cells, counts)]}
+
+
+def dense_confusion(matrix, rows=None) -> np.ndarray:
+    """A confusion matrix from classification_metrics as a dense array, restricted to the classes `rows`
+    (true and predicted alike) when given."""
+    if isinstance(matrix, dict):
+        num_classes = matrix["shape"][0]
+        keep = np.arange(num_classes) if rows is None else np.asarray(rows)
+        where = np.full(num_classes, -1)
+        where[keep] = np.arange(len(keep))
+        out = np.zeros((len(keep), len(keep)), dtype=np.int64)
+        for t, p, n in matrix["cells"]:
+            if where[t] >= 0 and where[p] >= 0:
+                out[where[t], where[p]] = n
+        return out
+    dense = np.asarray(matrix, dtype=np.int64)
+    return dense if rows is None else dense[np.ix_(rows, rows)]
+
+
+def class_sizes(matrix) -> np.ndarray:
+    """Images per true class (row sums) of a dense or sparse confusion matrix."""
+    if isinstance(matrix, dict):
+        sizes = np.zeros(matrix["shape"][0], dtype=np.int64)
+        for t, _, n in matrix["cells"]:
+            sizes[t] += n
+        return sizes
+    return np.asarray(matrix, dtype=np.int64).sum(axis=1)
 
 
 def per_class_report(metrics: dict, class_names: Sequence[str]) -> str:

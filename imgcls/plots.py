@@ -6,7 +6,10 @@ global backend is switched under the caller's feet, and nothing is left open bet
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from imgcls.errors import UserError
 from imgcls.fsio import atomic_write
+from imgcls.metrics import class_sizes, dense_confusion
 
 
 def _save(fig: Figure, path) -> Path:
@@ -23,8 +27,27 @@ def _save(fig: Figure, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     # through a temp file like every writer: a kill mid-plot never leaves a truncated PNG
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"))  # no clipped names
+    with interrupt_after():
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"))  # no clipped names
     return path
+
+
+@contextmanager
+def interrupt_after():
+    """Hold a Ctrl-C that arrives inside the block and raise it when the block ends. The PNG writer calls
+    back into Python from C code, where a KeyboardInterrupt is printed as "Exception ignored in ..." and
+    dropped: the run then trained on to its end. A plot takes well under a second, so the wait is short."""
+    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def plot_lr(lrs: Sequence[float], path) -> Path:
@@ -111,19 +134,40 @@ def plot_curves(rows: Sequence[dict], path, *, title: str | None = None, objecti
                                swa_start=swa_start), path)
 
 
+def printable(name: str) -> str:
+    """A class name as text a plot can draw: a folder name that is not valid UTF-8 arrives with surrogate
+    escapes, which matplotlib refuses; its undecodable bytes become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def class_labels(class_names: Sequence[str], confusion) -> list[str]:
     """'name (n=K)': the true class sizes (row sums), so a 100% cell of a 2-image class reads as such."""
-    sizes = np.asarray(confusion).sum(axis=1)
-    return [f"{name} (n={int(n)})" for name, n in zip(class_names, sizes)]
+    return sized_labels(class_names, class_sizes(confusion))
+
+
+def sized_labels(class_names: Sequence[str], sizes) -> list[str]:
+    return [f"{printable(name)} (n={int(n)})" for name, n in zip(class_names, sizes)]
+
+
+# Above this many classes the plot shows the largest ones (by images of the class in the split): one row per
+# class stops being readable long before, and the full matrix is in metrics.json.
+PLOT_CLASSES_MAX = 60
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path) -> Path:
-    """Row-normalised confusion matrix (each true class sums to 1) sized to stay readable at ~45 classes."""
-    cm = np.asarray(confusion, dtype=np.float64)
+    """Row-normalised confusion matrix (each true class sums to 1) sized to stay readable at ~45 classes;
+    `confusion` as metrics.classification_metrics stores it (dense, or the non-zero cells of a large one)."""
+    total = len(class_names)
+    shape = tuple(confusion["shape"]) if isinstance(confusion, dict) else np.shape(confusion)
+    if shape != (total, total):
+        raise UserError(f"{path}: confusion matrix is {shape}, expected ({total}, {total}) for the class names")
+    sizes, shown = class_sizes(confusion), None
+    if total > PLOT_CLASSES_MAX:
+        shown = np.sort(np.argsort(-sizes, kind="stable")[:PLOT_CLASSES_MAX])
+        class_names, sizes = [class_names[i] for i in shown], sizes[shown]
+    cm = dense_confusion(confusion, shown).astype(np.float64)
     n = len(class_names)
-    if cm.shape != (n, n):
-        raise UserError(f"{path}: confusion matrix is {cm.shape}, expected ({n}, {n}) for the class names")
-    row_sums = cm.sum(axis=1, keepdims=True)
+    row_sums = sizes[:, None].astype(np.float64)  # the whole row: misses into classes not shown count too
     # Classes absent from the evaluation split have an all-zero row: show zeros rather than NaN.
     normalised = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
     side = max(5.0, 0.22 * n + 2.5)
@@ -132,8 +176,10 @@ def plot_confusion(confusion, class_names: Sequence[str], path) -> Path:
     ax = fig.add_subplot()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.04, label="fraction of true class")
-    ax.set_xticks(np.arange(n), labels=class_names, rotation=90, fontsize=fontsize)
-    ax.set_yticks(np.arange(n), labels=class_labels(class_names, cm), fontsize=fontsize)
+    ax.set_xticks(np.arange(n), labels=[printable(c) for c in class_names], rotation=90, fontsize=fontsize)
+    ax.set_yticks(np.arange(n), labels=sized_labels(class_names, sizes), fontsize=fontsize)
+    if shown is not None:
+        ax.set_title(f"the {n} largest of {total} classes (all of them: metrics.json)", fontsize=9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (n = images of the class here)")
     if n <= 20:  # numbers in the cells only while they fit

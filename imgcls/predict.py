@@ -19,10 +19,9 @@ import torch
 from tqdm import tqdm
 
 from . import api
-from .api import Member, build_model, find_checkpoints, list_images, load_members  # noqa: F401 (re-exported)
-from .data import load_dataset, write_skipped
-from .data.sources import IMAGE_EXTENSIONS
-from .data.splits import load_split
+from .data import write_skipped
+from .data.sources import IMAGE_EXTENSIONS, list_images, unlabeled_manifest
+from .run import run_data
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .metrics import classification_metrics, per_class_report
@@ -36,38 +35,22 @@ def unlabeled_source(data: str, class_names) -> tuple[list[str], list[tuple[str,
     folder without styles.csv none of whose sub-folders is named after a class (searched recursively).
     None for the labelled layouts, which load_dataset reads."""
     if data.lower().endswith(".csv") and os.path.isfile(data):
-        with open(data, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            if "path" not in columns or "label" in columns:
-                return None
-            reader.fieldnames = columns
-            base, paths, skipped = os.path.dirname(data), [], []
-            for row_no, row in enumerate(reader, start=2):
-                path = (row.get("path") or "").strip()
-                full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
-                if path and os.path.isfile(full):
-                    paths.append(full)
-                else:
-                    skipped.append((f"{os.path.basename(data)} row {row_no} ({path})",
-                                    "empty path" if not path else "no image file"))
-        return paths, skipped
+        return unlabeled_manifest(data)
     if os.path.isdir(data) and not os.path.isfile(os.path.join(data, "styles.csv")):
         subdirs = {d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d))}
         if subdirs & set(class_names):
             return None
-        return list_images(Path(data)), []
+        return list_images(data), []
     return None
 
 
 def select_images(args, clf: api.Classifier, log=print):
     """-> (images uint8 N3HW, paths, labels (int64 in the model's class order, or None), skipped)."""
     members = clf.members
-    record = members[0].record
-    cfg = record.config
+    cfg = members[0].config
     if args.images or (args.data and unlabeled_source(args.data, clf.classes) is not None):
         if args.images:
-            files = [p for item in args.images for p in (list_images(Path(item)) if os.path.isdir(item) else [item])]
+            files = [p for item in args.images for p in (list_images(item) if os.path.isdir(item) else [item])]
             if not files:
                 raise UserError(f"--images {' '.join(args.images)}: no image files "
                                 f"({', '.join(IMAGE_EXTENSIONS)}) there")
@@ -81,23 +64,13 @@ def select_images(args, clf: api.Classifier, log=print):
             log(f"{args.data}: no labels (no class folders / label column): predicting {len(files)} images")
         images = clf.images(files, workers=args.workers, log=log)
         return images.pixels, images.sources, None, skipped + images.skipped
-    cache_dir = args.cache_dir or cfg.get("cache_dir")
-    data_arg = args.data if args.data else cfg.get("data")
-    dataset = load_dataset(data_arg, label_col=args.label_col or cfg.get("label_col", "subCategory"),
-                           size=clf.storage_size, cache_dir=cache_dir, workers=args.workers, log=log)
-    labels = _map_labels(dataset.class_names, clf.classes, dataset.labels.numpy(), data_arg)
-    positions = np.arange(len(dataset.paths))
-    if not args.data:  # the run's own data: use its split
-        split = load_split(str(members[0].path.parent / "split.json"), dataset.paths)
-        if args.split == "test":
-            positions = np.asarray(split["test"], dtype=np.int64)
-        elif args.split == "val":
-            if len(members) > 1:
-                raise UserError("--split val: each fold has its own validation set; pick one with --fold K")
-            positions = np.asarray(split["folds"][record.fold]["val"], dtype=np.int64)
-            if cfg.get("refit"):
-                log(f"warning: {members[0].path.parent} was refitted on train + validation (--refit): "
-                    "these validation images were trained on, so their scores are not held-out ones")
+    dataset, positions = run_data(members, "all" if args.data else args.split, data=args.data,
+                                  label_col=args.label_col, cache_dir=args.cache_dir, workers=args.workers,
+                                  size=clf.storage_size, log=log)
+    labels = _map_labels(dataset.class_names, clf.classes, dataset.labels.numpy(), args.data or cfg.data)
+    if args.split == "val" and not args.data and cfg.refit:
+        log(f"warning: {members[0].folder} was refitted on train + validation (--refit): "
+            "these validation images were trained on, so their scores are not held-out ones")
     sel = torch.as_tensor(positions)
     return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
 
@@ -120,21 +93,7 @@ def load_classifier(args, log=print) -> api.Classifier:
     clf = api.load(source, fold="all" if args.checkpoint else args.fold, tta=args.tta, views=args.views,
                    device=args.device, batch_size=args.batch_size, amp=args.amp,
                    int8=getattr(args, "int8", False), logit_adjust=args.logit_adjust, log=log)
-    for member in clf.members:
-        warn_if_unfinished(member.path, log)
     return clf
-
-
-def warn_if_unfinished(path: Path, log=print) -> None:
-    """One line when a checkpoint comes from a fold whose training has not finished (killed or still running).
-
-    train.py writes the fold's metrics.json only at the end; a last.pt without it means best.pt is only the
-    best epoch so far, and the numbers from it are not the run's.
-    """
-    fold_dir = path.parent
-    if (fold_dir / "last.pt").is_file() and not (fold_dir / "metrics.json").is_file():
-        log(f"warning: {fold_dir}: training has not finished (no metrics.json); {path.name} is the best epoch "
-            "so far, not the run's result (rerun train.py to finish it)")
 
 
 def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
@@ -166,10 +125,6 @@ def predict(args, log=print) -> dict:
     if any(clf.taus):
         log(f"decision rule: logit adjustment tau {', '.join(f'{t:+.1f}' for t in clf.taus)} "
             f"({'--logit-adjust' if args.logit_adjust is not None else 'chosen in training'})")
-    if not np.isfinite(probs).all():  # never write NaN as predictions (and overwrite good ones with them)
-        raise UserError(f"{clf.members[0].path}: the model gives non-finite probabilities for "
-                        f"{int((~np.isfinite(probs).all(1)).sum())} image(s); nothing was written")
-
     out_csv, companions = output_paths(args, clf)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_csv.parent)
@@ -192,8 +147,8 @@ def predict(args, log=print) -> dict:
         metrics = classification_metrics(labels, probs.argmax(1), clf.classes)
         metrics.update(views=list(clf.views), models=[str(m.path) for m in clf.members], split=args.split,
                        logit_adjust=clf.taus, int8=bool(clf.int8_model),
-                       train_time_s=sum(_train_time(m) for m in clf.members),
-                       peak_memory_mb=max(_peak_memory(m) for m in clf.members))
+                       train_time_s=sum(float(m.metrics().get("train_time_s", 0.0)) for m in clf.members),
+                       peak_memory_mb=max(float(m.metrics().get("peak_memory_mb", 0.0)) for m in clf.members))
         atomic_write(companions / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         atomic_write(companions / "report.txt", per_class_report(metrics, clf.classes) + "\n")
         plot_confusion(metrics["confusion_matrix"], clf.classes, companions / "confusion.png")
@@ -203,19 +158,6 @@ def predict(args, log=print) -> dict:
     log(f"wrote {out_csv}" + (f" (and metrics, report, confusion in {companions})"
                               if labels is not None and companions != out_csv.parent else ""))
     return result
-
-
-def _fold_metrics(member: Member) -> dict:
-    path = member.path.parent / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _train_time(member: Member) -> float:
-    return float(_fold_metrics(member).get("train_time_s", 0.0))
-
-
-def _peak_memory(member: Member) -> float:
-    return float(_fold_metrics(member).get("peak_memory_mb", 0.0))
 
 
 def write_predictions(path: Path, paths, probs: np.ndarray, class_names, labels=None, top: int = 5) -> None:

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import export
 from .errors import UserError
+from .run import INT8_DIR, decision_taus, run_data, run_root_of
 
 CALIBRATION_IMAGES = 256
 NETWORK_SCOPE = "/models."  # ONNX node names of the ensemble members' layers (Deployable.models)
@@ -91,18 +93,7 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: tor
 
 def calibration_images(members, count: int = CALIBRATION_IMAGES, seed: int = 0, log=print) -> torch.Tensor:
     """`count` images drawn (seeded) from the run's training data: everything but its held-out test split."""
-    from .data import load_dataset
-    from .data.splits import load_split
-    record = members[0].record
-    cfg = record.config
-    storage = tuple(record.preprocessing.storage_size)
-    dataset = load_dataset(cfg.get("data"), label_col=cfg.get("label_col", "subCategory"), size=storage,
-                           cache_dir=cfg.get("cache_dir"), workers=int(cfg.get("workers", 2) or 2), log=log)
-    split_file = Path(members[0].path).parent / "split.json"
-    pool = np.arange(len(dataset.paths))
-    if split_file.is_file():
-        test = set(load_split(str(split_file), dataset.paths)["test"])
-        pool = np.array([i for i in pool if i not in test], dtype=np.int64)
+    dataset, pool = run_data(members, "train", log=log)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool, size=min(count, len(pool)), replace=False))
     return dataset.images[torch.as_tensor(chosen)]
@@ -111,14 +102,11 @@ def calibration_images(members, count: int = CALIBRATION_IMAGES, seed: int = 0, 
 def int8_model_for(members, views, taus=None, log=print) -> Path:
     """The int8 ONNX model for these members, views and taus: RUN/export-int8/model.int8.onnx (FOLD/export-int8/
     for one model), made on the first call (export + calibration + quantisation), reused while they match."""
-    from . import export
-    from .api import member_taus
-    run_dir = members[0].path.parent.parent if len(members) > 1 else members[0].path.parent
-    out = run_dir / "export-int8"
+    out = run_root_of(members) / INT8_DIR
     int8_path, meta_path = out / "model.int8.onnx", out / "int8.json"
     key = {"sources": [str(Path(m.path).resolve()) for m in members],
            "mtimes": [Path(m.path).stat().st_mtime for m in members], "views": list(views),
-           "taus": [float(t) for t in (taus if taus is not None else member_taus(members))]}
+           "taus": [float(t) for t in (taus if taus is not None else decision_taus(members))]}
     if int8_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == key:
         return int8_path
     log(f"making the int8 model in {out} (once): export, calibrate on training images, quantise")

@@ -194,7 +194,8 @@ def plateau(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_e
     if _warmup_steps(warmup_epochs, steps_per_epoch):
         raise UserError("--warmup-epochs: not supported with --scheduler plateau; set it to 0")
     if plateau_mode not in ("min", "max"):
-        raise UserError(f"--plateau-mode {plateau_mode!r}: choose min or max")
+        # not a flag: every --metric rises as it improves, so train.py always uses max; other callers may not
+        raise UserError(f"plateau_mode {plateau_mode!r}: choose min or max")
     return PerEpoch(ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=plateau_factor,
                                       patience=plateau_patience, min_lr=min_lr), with_metric=True)
 

@@ -19,6 +19,7 @@ from imgcls.errors import UserError
 
 TTA_VIEWS = ("identity", "hflip", "scale0.9", "scale1.1")
 
+MAX_SCALE = 4.0
 _SCALE = re.compile(r"scale(\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -31,6 +32,9 @@ def _scale_of(name: str) -> float | None:
         raise UserError(
             f"--tta view {name!r}: unknown; use identity, hflip or scaleF with F > 0 (e.g. scale0.9)"
         )
+    if float(match.group(1)) > MAX_SCALE:  # the view resizes the batch by F x F first: 1000 would need ~150 GB
+        raise UserError(f"--tta view {name!r}: scale factor above {MAX_SCALE:g}; views are meant near 1 "
+                        "(e.g. scale0.9, scale1.1)")
     return float(match.group(1))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,16 +18,22 @@ import torch
 from .errors import UserError
 from .data.samplers import SAMPLERS
 
+# Upper bounds that keep a typo from becoming an allocation of hundreds of GB: an input side beyond 4096
+# pixels, a batch beyond 4096 images (ConvNeXt-Base at 224 needs ~40 GB of activations for 4096 in training).
+MAX_SIDE = 4096
+MAX_BATCH = 4096
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools accept at most 32 bits
+
 # field -> (low, high, low inclusive, high inclusive); None means unbounded. NaN and inf always fail.
 RULES: dict[str, tuple] = {
-    "seed": (0, None, True, True),
-    "workers": (0, None, True, True),
+    "seed": (0, MAX_SEED, True, True),
+    "workers": (0, 256, True, True),
     "drop_path": (0, 1, True, False),
     "test_frac": (0, 1, True, False),
     "val_frac": (0, 1, False, False),
     "epochs": (1, None, True, True),
-    "batch_size": (1, None, True, True),
-    "eval_batch_size": (1, None, True, True),
+    "batch_size": (1, MAX_BATCH, True, True),
+    "eval_batch_size": (1, MAX_BATCH, True, True),
     "lr": (0, None, False, True),
     "weight_decay": (0, None, True, True),
     "eps": (0, None, False, True),
@@ -61,7 +68,7 @@ RULES: dict[str, tuple] = {
     "early_stop": (1, None, True, True),
     "early_stop_min_delta": (0, None, True, True),
     "crt_steps": (1, None, True, True),
-    "crt_batch_size": (1, None, True, True),
+    "crt_batch_size": (1, 1 << 20, True, True),  # feature vectors, not images: large batches are cheap
     "crt_lr": (0, None, False, True),
 }
 
@@ -144,6 +151,11 @@ def _check_writable(name: str, path: str, folder: Path) -> None:
         raise UserError(f"{name} {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{name} {path}: {folder} is not writable; pick another {name} or fix its permissions")
+    try:  # permission bits are not the whole story (/proc, a read-only mount, root): try, and tidy up at once
+        os.rmdir(tempfile.mkdtemp(prefix=".imgcls-probe-", dir=folder))
+    except OSError as err:
+        raise UserError(f"{name} {path}: nothing can be created in {folder} ({err.strerror}); pick another "
+                        f"{name}") from None
 
 
 def check_config(cfg) -> None:
@@ -151,12 +163,26 @@ def check_config(cfg) -> None:
     for name, (low, high, low_inc, high_inc) in RULES.items():
         check_range(name, getattr(cfg, name), low, high, low_inc, high_inc)
     check_range("betas", cfg.betas, 0, 1, True, False)
+    for name in ("img_size", "storage_size"):  # parse_size has checked the lower bound (8)
+        size = getattr(cfg, name)
+        if size is not None and max(size) > MAX_SIDE:
+            raise UserError(f"{flag(name)} {size[0]}x{size[1]}: each side must be at most {MAX_SIDE} pixels")
+    if cfg.epoch_samples is not None and cfg.epoch_samples * 8 > memory_bytes() // 4:
+        raise UserError(f"--epoch-samples {cfg.epoch_samples}: its draw alone needs "
+                        f"{cfg.epoch_samples * 8 / 2**30:.0f} GiB; at most {memory_bytes() // 32:,} on this "
+                        f"machine ({memory_bytes() / 2**30:.0f} GiB of memory)")
     if cfg.crt_sampler is not None and cfg.crt_sampler not in SAMPLERS:
         raise UserError(f"--crt-sampler {cfg.crt_sampler}: unknown; choose none or one of {', '.join(SAMPLERS)}")
     if cfg.decision_tau != "auto":  # the grid 'auto' searches is -1..1; a fixed tau may go further
         check_range("decision_tau", cfg.decision_tau, -10, 10)
     if len(cfg.betas) != 2:
         raise UserError(f"--betas {_show(cfg.betas)}: expected two numbers, e.g. 0.9,0.999")
+    if cfg.restart and cfg.resume:  # refused here, before --restart deletes anything
+        raise UserError("--restart with --resume: one discards the run folder, the other requires it; "
+                        "pass one of them")
+    folds = str(cfg.folds)
+    if folds != "auto" and not (folds.isdigit() and int(folds) >= 1):  # before the data is read, not after
+        raise UserError(f"--folds {cfg.folds}: expected a whole number >= 1 or 'auto'")
     if cfg.refit and str(cfg.folds) != "1":
         raise UserError(f"--refit with --folds {cfg.folds}: every fold's refit would train on the same images "
                         "(all but the test split); use --folds 1, or --refit false for a fold ensemble")
@@ -167,10 +193,18 @@ def check_config(cfg) -> None:
     check_out_folder("--out", cfg.out)
 
 
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a large machine, refuse only the absurd
+        return 1 << 40
+
+
 def check_predict_args(args) -> None:
     """predict.py's flags (an argparse Namespace)."""
-    check_range("batch_size", args.batch_size, 1, None)
-    check_range("workers", args.workers, 0, None)
+    check_range("batch_size", args.batch_size, 1, MAX_BATCH)
+    check_range("workers", args.workers, 0, RULES["workers"][1])
     check_range("logit_adjust", args.logit_adjust)
     check_device(args.device)
     if args.out:

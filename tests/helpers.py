@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from imgcls.cli import run_cli
 
 # Three imbalanced classes with distinct colours, so that a tiny model learns something in one epoch.
 COLOURS = {"shirts": (220, 40, 40), "shoes": (40, 200, 60), "watches": (50, 60, 230)}
@@ -29,3 +32,24 @@ def tiny_overrides(data: Path, out: Path, **extra) -> dict:
                   img_size=(32, 32), epochs=2, batch_size=8, workers=1, eval_batch_size=64, test_frac=0.2)
     values.update(extra)
     return values
+
+
+def cli(module, *args, capsys):
+    """Run a script's main exactly as its __main__ does; -> (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        run_cli(lambda: module.main([str(a) for a in args]))
+    out, err = capsys.readouterr()
+    return exited.value.code or 0, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: file bytes} of everything under folder: equal snapshots mean nothing changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}

@@ -13,7 +13,7 @@ import torch
 import imgcls
 from imgcls import engine
 from imgcls.config import resolve
-from imgcls.data.augment import _resize
+from imgcls.data.augment import resize
 from imgcls.errors import UserError
 from imgcls.export import axis_matrices, view_matrices
 from imgcls.tta import TTA_VIEWS, tta_view
@@ -46,7 +46,7 @@ def runs(tmp_path_factory):
 def test_view_matrices_equal_resize_then_view(storage, img, view):
     x = torch.rand(3, 3, *storage, generator=torch.Generator().manual_seed(2))
     rows, cols = view_matrices(storage, img, view)
-    expected = tta_view(_resize(x, img), view)
+    expected = tta_view(resize(x, img), view)
     torch.testing.assert_close(rows @ x @ cols.T, expected, atol=1e-5, rtol=0)
 
 

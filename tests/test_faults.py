@@ -7,7 +7,6 @@ a real process (a broken pipe, a file size limit, a FIFO that could hang) use a 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import pickle
@@ -26,15 +25,13 @@ from PIL import Image
 import predict as predict_script
 import train as train_script
 from imgcls import checkpoint, engine
-from imgcls.cli import run_cli
 from imgcls.config import resolve
 from imgcls.data import load_dataset, load_index
 from imgcls.data import cache as cache_mod
 from imgcls.data.cache import decode_images, default_cache_dir, resolve_cache_dir
 from imgcls.data.splits import load_split, save_split
-from imgcls.errors import UserError
 from imgcls.fsio import atomic_write, clean_stale_temps
-from tests.helpers import COLOURS, tiny_overrides, write_folder_dataset
+from tests.helpers import COLOURS, assert_one_line_error, cli, tiny_overrides, write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -43,22 +40,6 @@ needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes throu
 QUIET = dict(log=lambda *a, **k: None)
 TINY = ["--model", "test_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
-
-
-def cli(module, *args, capsys):
-    """Run a script's main exactly as its __main__ does; -> (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exited:
-        run_cli(lambda: module.main([str(a) for a in args]))
-    out, err = capsys.readouterr()
-    return exited.value.code or 0, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def temps(folder: Path) -> list[Path]:
@@ -491,7 +472,7 @@ def test_manifest_with_a_bom_is_read_and_latin1_is_one_line_naming_the_row(tmp_p
 @pytest.mark.parametrize("args,fragments", [
     (["--lr", "nan"], ["--lr nan", "> 0"]),
     (["--lr", "inf"], ["--lr inf"]),
-    (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
+    (["--batch-size", "0"], ["--batch-size 0", "[1, 4096]"]),
     (["--eval-batch-size", "0"], ["--eval-batch-size 0"]),
     (["--swa-freq", "0"], ["--swa-freq 0"]),
     (["--epochs", "0"], ["--epochs 0"]),

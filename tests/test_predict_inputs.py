@@ -87,6 +87,22 @@ def test_manifest_with_only_a_path_column(run, tmp_path):
     assert "list.csv row 5 (gone.png)" in json.dumps(skipped)
 
 
+def test_path_only_manifest_with_a_byte_order_mark_predicts_every_image(run, tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a BOM; read as plain UTF-8 the header is '\ufeffpath', no
+    `path` column is found and the manifest was not recognised as one."""
+    run_dir, data = run
+    files = _loose_copy(data, tmp_path / "m", n=4)
+    manifest = tmp_path / "m" / "excel.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + ("path\r\n" + "".join(f"{f.relative_to(manifest.parent)}\r\n"
+                                                                   for f in files)).encode())
+    out = tmp_path / "bom-preds.csv"
+    result = _run("--run", run_dir, "--data", manifest, "--out", out)
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [Path(r["path"]) for r in rows] == files and result["num_images"] == 4 and result["skipped"] == 0
+    expected = imgcls.load(run_dir).predict([str(f) for f in files])
+    assert [r["label"] for r in rows] == [e.label for e in expected]
+
+
 def test_out_file_keeps_its_companions_in_a_folder_named_after_it_with_lf_endings(run, tmp_path):
     run_dir, _ = run
     out = tmp_path / "results" / "test-split.csv"

@@ -16,7 +16,7 @@ import torch
 from imgcls import checkpoint, engine
 from imgcls.config import VERSIONS, resolve, scale_to_epochs
 from imgcls.data import load_dataset
-from imgcls.decision import adjust, choose_tau
+from imgcls.decision import choose_tau
 from imgcls.decoupling import extract_features, retrain_classifier
 from imgcls.inference import predict_dataset
 from imgcls.models import create_model

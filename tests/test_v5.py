@@ -1,5 +1,6 @@
 """v5: the EMA of the weights (against a hand-rolled average and timm's ModelEmaV3), selection of the annealed
-model, the refit on train + validation that carries the chosen settings, and v5 end to end."""
+model, the cross-fitted fold ensemble (v5's default: every image outside the test split trained on by two of
+three members), the refit on train + validation that carries the chosen settings (--refit), and v5 end to end."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 from imgcls import checkpoint, engine
 from imgcls.config import resolve
 from imgcls.data import load_dataset
-from imgcls.decision import adjust
+from imgcls.decision import adjust, choose_tau
 from imgcls.decoupling import extract_features, retrain_classifier
 from imgcls.inference import predict_dataset
 from imgcls.metrics import classification_metrics
@@ -29,6 +30,7 @@ from tests.helpers import tiny_overrides, write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a, **k: None)
+REFIT = dict(refit=True, folds="1")  # v5 as one model: choose on validation, then train on train + validation
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def _model(record: checkpoint.Checkpoint) -> nn.Module:
 def v5_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg = resolve("v5", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=2, crt_steps=100,
-                                       ema_decay=0.99))
+                                       ema_decay=0.99, **REFIT))
     engine.fit(cfg, 0, **QUIET)
     return cfg, out / "v5" / "fold0"
 
@@ -185,7 +187,7 @@ def test_ema_and_refit_resume_bit_exact_after_a_kill(data_dir, tmp_path):
 
     def config(out):
         return resolve("v5", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=3, crt_steps=50,
-                                            ema_decay=0.99))
+                                            ema_decay=0.99, **REFIT))
 
     engine.fit(config(tmp_path / "a"), 0, **QUIET)
     cfg = config(tmp_path / "b")
@@ -220,43 +222,82 @@ def test_restart_and_resume_refused_before_anything_is_deleted(v5_run):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--scheduler", "plateau"], "--refit: the plateau schedule follows validation scores"),
+    (["--folds", "1", "--scheduler", "plateau"], "--refit: the plateau schedule follows validation scores"),
     (["--folds", "3"], "--refit with --folds 3: every fold's refit would train on the same images"),
 ])
 def test_refit_refuses_settings_it_cannot_honour_before_any_work(flags, message, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--out", str(tmp_path), *flags],
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--refit", "true",
+                           "--out", str(tmp_path), *flags],
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {message}" + proc.stderr.strip().split(message, 1)[1]]
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_v5_end_to_end_on_the_demo_data_then_predict(tmp_path):
+def test_v5_end_to_end_on_the_demo_data_a_cross_fitted_ensemble_then_predict(tmp_path):
+    """v5's default: 3 folds, each member trains on the two thirds outside its validation third (which together
+    cover every image outside the test split), chooses its tau on that third, and predict.py averages the
+    members' adjusted probabilities."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
                XDG_CACHE_HOME=str(tmp_path / "cache"))
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--model", "test_efficientnet",
-                            "--pretrained", "none", "--epochs", "2", "--crt-steps", "50", "--out", str(tmp_path / "runs"),
-                            "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--fold", "all",
+                            "--model", "test_efficientnet", "--pretrained", "none", "--epochs", "2",
+                            "--crt-steps", "50", "--out", str(tmp_path / "runs"), "--device", "cpu"],
+                           env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
-    assert "refit, stage 2 of 2" in train.stdout and "selection stage's validation macro_f1" in train.stdout
-    pred = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(tmp_path / "runs" / "v5"),
+    run = tmp_path / "runs" / "v5"
+    split = json.loads((run / "split.json").read_text())
+    test = np.array(split["test"])
+    assert len(split["folds"]) == 3
+    vals = [np.array(f["val"]) for f in split["folds"]]
+    records = [checkpoint.read(run / f"fold{k}" / "best.pt") for k in range(3)]
+    dataset = load_dataset(None, size=tuple(records[0].preprocessing.storage_size), cache_dir=None,
+                           log=lambda *a: None)
+    labels = dataset.labels.numpy()
+    outside_test = np.setdiff1d(np.arange(len(labels)), test)
+    # the validation thirds are disjoint and together are every image outside the test split, but for the
+    # classes too small to split three ways (the split keeps those in every member's training set)
+    in_val = np.concatenate(vals)
+    assert len(np.unique(in_val)) == len(in_val)
+    never = np.setdiff1d(outside_test, in_val)
+    kept = {int(c): n for c, n in split["kept_in_train"].items()}
+    assert set(labels[never].tolist()) == set(kept) and len(never) == sum(kept.values())
+    np.testing.assert_array_equal(np.sort(np.union1d(in_val, never)), outside_test)
+    member_probs = []
+    for k, (record, val) in enumerate(zip(records, vals)):
+        train_k = np.array(split["folds"][k]["train"])
+        np.testing.assert_array_equal(np.sort(train_k), np.setdiff1d(outside_test, val))
+        assert record.train_class_counts == np.bincount(labels[train_k], minlength=record.num_classes).tolist()
+        assert record.selected in ("last", "ema")
+        # the member's tau is the one its own validation third chooses (decision.choose_tau)
+        pre = record.preprocessing
+        model = _model(record)
+        val_probs = predict_dataset(model, dataset.images, val, img_size=pre.img_size, mean=pre.mean, std=pre.std,
+                                    device=torch.device("cpu"))
+        assert record.decision_tau == choose_tau(val_probs, labels[val], record.train_class_counts)[0]
+        probs = predict_dataset(model, dataset.images, test, img_size=pre.img_size, mean=pre.mean, std=pre.std,
+                                device=torch.device("cpu"))
+        member_probs.append(adjust(probs, record.train_class_counts, record.decision_tau))
+    pred = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(run),
                            "--device", "cpu", "--out", str(tmp_path / "pred.csv")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert pred.returncode == 0, pred.stdout[-2000:] + pred.stderr[-2000:]
-    # predict.py's default is the refit model with the carried tau, on the run's test split: score it here
-    rdir = tmp_path / "runs" / "v5" / "fold0"
-    best = checkpoint.read(rdir / "best.pt")
-    assert best.selected in ("last", "ema") and best.decision_tau == checkpoint.read(rdir / "select" / "best.pt").decision_tau
-    dataset = load_dataset(None, size=tuple(best.preprocessing.storage_size), cache_dir=None, log=lambda *a: None)
-    test = np.array(json.loads((rdir / "split.json").read_text())["test"])
-    pre = best.preprocessing
-    probs = predict_dataset(_model(best), dataset.images, test, img_size=pre.img_size, mean=pre.mean, std=pre.std,
-                            device=torch.device("cpu"))
-    ours = f1_score(dataset.labels.numpy()[test], adjust(probs, best.train_class_counts, best.decision_tau).argmax(1),
-                    average="macro", zero_division=0)
+    ours = f1_score(labels[test], np.mean(member_probs, axis=0).argmax(1), average="macro", zero_division=0)
     metrics_files = list(tmp_path.glob("pred*/metrics.json")) + list(tmp_path.glob("metrics.json"))
     assert metrics_files, list(tmp_path.iterdir())
     assert json.loads(metrics_files[0].read_text())["macro_f1"] == pytest.approx(ours, abs=1e-9)
+
+
+def test_training_one_fold_of_an_ensemble_says_how_to_train_the_rest(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--fold", "1",
+                            "--model", "test_efficientnet", "--pretrained", "none", "--epochs", "1",
+                            "--crt-steps", "10", "--out", str(tmp_path / "runs"), "--device", "cpu"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    assert train.stdout.strip().splitlines()[-1] == (
+        "fold 1 of 3 trained; the ensemble lacks folds 0, 2: train them with --fold all (finished folds are "
+        "skipped), or predict with the folds there are")
 
 
 def test_predict_on_the_validation_split_of_a_refit_run_says_it_was_trained_on(v5_run, tmp_path):

@@ -23,7 +23,7 @@ def _normalise_(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x.sub_(mean_t).div_(std_t)
 
 
-def _resize(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of a float batch, antialiased when shrinking in any direction."""
     h, w = x.shape[-2:]
     if (h, w) == tuple(out_size):
@@ -38,7 +38,7 @@ def eval_transform(x_uint8: torch.Tensor, out_size: tuple[int, int], mean, std) 
     It is exactly TrainAugment with no flip, no rotation and no brightness change, so train and eval see
     the same resize.
     """
-    x = _resize(x_uint8.to(torch.float32, copy=True).div_(255.0), out_size)
+    x = resize(x_uint8.to(torch.float32, copy=True).div_(255.0), out_size)
     return _normalise_(x, mean, std)
 
 
@@ -73,7 +73,7 @@ class TrainAugment:
         # the storage-size image directly would blend black padding into the border pixels when enlarging.
         # Pixels stay in 0..255 until the brightness step: resize and sampling are linear, so the 1/255
         # folds into the brightness factor and saves a pass over the batch.
-        x = _resize(x_uint8.to(torch.float32, copy=True), self.out_size)
+        x = resize(x_uint8.to(torch.float32, copy=True), self.out_size)
         height, width = self.out_size
         if self.hflip > 0 or self.rotation > 0 or zoom is not None:
             x = F.grid_sample(x, self._grid(flip, angle, width / height, zoom), mode="bilinear",

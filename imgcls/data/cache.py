@@ -207,7 +207,8 @@ def _save_cache(cache_dir: str, key: str, images: torch.Tensor, ok: np.ndarray, 
         clean_stale_temps(cache_dir)  # what killed runs (or a full disk) left behind
         atomic_write(npy, lambda fh: np.save(fh, images.numpy()))
         # written last: its presence marks a complete cache
-        atomic_write(meta, json.dumps({"ok": ok.tolist(), "reasons": reasons}))
+        atomic_write(meta, json.dumps({"key": key, "shape": list(images.shape), "ok": ok.tolist(),
+                                       "reasons": reasons}))
     except Exception as err:  # unwritable folder, disk full, file size limit: the run goes on without it
         log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: "
             f"{str(err).strip()[:200]}); continuing without it (next start decodes again)")
@@ -222,12 +223,16 @@ def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | No
         with open(meta, encoding="utf-8") as f:
             status = json.load(f)
         ok, reasons = status["ok"], status["reasons"]
+        if status.get("key") != key:
+            raise ValueError(f"its status file was written for key {status.get('key')}, not {key}")
         images = np.load(npy, allow_pickle=False)  # one read into memory
         if not (isinstance(ok, list) and isinstance(reasons, list) and len(ok) == len(reasons) == count):
             raise ValueError(f"status lists {len(ok)} images, expected {count}")
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:2] != (count, 3) \
+        # the pixels must be what the status file recorded, and the size asked for: a cache file of another
+        # storage size that still parses would otherwise train the run at that size without a word
+        if images.dtype != np.uint8 or list(images.shape) != status.get("shape") or images.shape[:2] != (count, 3) \
                 or (size is not None and tuple(images.shape[2:]) != tuple(size)):
-            raise ValueError(f"pixels of shape {images.shape} {images.dtype}, expected {count} x 3 x H x W uint8")
+            raise ValueError(f"pixels of shape {images.shape} {images.dtype}, expected {status.get('shape')} uint8")
     except Exception as err:  # 0-byte or truncated .npy, a .json of another shape: decode again
         log(f"decode cache {npy} unreadable ({type(err).__name__}: {str(err).strip()[:120]}); decoding again")
         return None

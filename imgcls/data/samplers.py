@@ -103,9 +103,8 @@ def weighted(counts: torch.Tensor, total_epochs: int):
 
 @SAMPLERS.register("class_balanced")
 def class_balanced(counts: torch.Tensor, total_epochs: int, *, cb_beta: float = 0.9999):
-    """Per-sample weight (1-beta)/(1-beta^n) (effective number): between natural and balanced."""
-    if not 0.0 < cb_beta < 1.0:
-        raise UserError(f"--cb-beta {cb_beta}: must be in (0, 1)")
+    """Per-sample weight (1-beta)/(1-beta^n) (effective number): between natural and balanced (beta 0 is
+    natural sampling). The range of beta is checked once, by labels.effective_number (validate.RULES)."""
     present = counts > 0
     mass = torch.zeros_like(counts)
     mass[present] = counts[present] / effective_number(counts[present], cb_beta)

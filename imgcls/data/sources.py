@@ -96,38 +96,36 @@ def _kaggle_index(root: str, label_col: str) -> Index:
         raise UserError(f"{image_dir}: cannot list the folder ({err.strerror}); check its permissions") from None
     items, skipped = [], []
     first_row: dict[str, tuple[int, str]] = {}  # id -> (row, label) of its first occurrence
-    with io.StringIO(read_csv_text(csv_path), newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise UserError(f"{csv_path}: empty file; it needs a header row with id and {label_col}")
-        header = [h.strip() for h in header]
-        for col in ("id", label_col):
-            if col not in header:
-                raise UserError(f"{csv_path}: no column '{col}' (columns: {', '.join(header)}); "
-                                "pick another --label-col")
-        id_at, label_at = header.index("id"), header.index(label_col)
-        needed = max(id_at, label_at) + 1
-        for row_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            where = f"styles.csv row {row_no}"
-            if len(row) < needed:
-                skipped.append((where, f"only {len(row)} fields, needs {needed}"))
-                continue
-            image_id, label = row[id_at].strip(), row[label_at].strip()
-            if not label:
-                skipped.append((where, f"empty {label_col}"))
-                continue
-            if image_id in first_row:
-                skipped.append(_duplicate(f"{where} (id {image_id})", first_row[image_id], label))
-                continue
-            first_row[image_id] = (row_no, label)
-            name = f"{image_id}.jpg"
-            if name not in existing:
-                skipped.append((f"{where} (images/{name})", "no image file"))
-                continue
-            items.append((os.path.join(image_dir, name), label))
+    rows = csv_rows(csv_path)
+    if not rows or not rows[0][1]:
+        raise UserError(f"{csv_path}: empty file; it needs a header row with id and {label_col}")
+    header = [h.strip() for h in rows[0][1]]
+    for col in ("id", label_col):
+        if col not in header:
+            raise UserError(f"{csv_path}: no column '{col}' (columns: {', '.join(header)}); "
+                            "pick another --label-col")
+    id_at, label_at = header.index("id"), header.index(label_col)
+    needed = max(id_at, label_at) + 1
+    for row_no, row in rows[1:]:
+        if not row:
+            continue
+        where = f"styles.csv row {row_no}"
+        if len(row) < needed:
+            skipped.append((where, f"only {len(row)} fields, needs {needed}"))
+            continue
+        image_id, label = row[id_at].strip(), row[label_at].strip()
+        if not label:
+            skipped.append((where, f"empty {label_col}"))
+            continue
+        if image_id in first_row:
+            skipped.append(_duplicate(f"{where} (id {image_id})", first_row[image_id], label))
+            continue
+        first_row[image_id] = (row_no, label)
+        name = f"{image_id}.jpg"
+        if name not in existing:
+            skipped.append((f"{where} (images/{name})", "no image file"))
+            continue
+        items.append((os.path.join(image_dir, name), label))
     return _build_index(items, skipped)
 
 
@@ -136,33 +134,96 @@ def _manifest_index(csv_path: str) -> Index:
     base = os.path.dirname(csv_path)
     items, skipped = [], []
     first_row: dict[str, tuple[int, str]] = {}  # real path -> (row, label) of its first occurrence
-    with io.StringIO(read_csv_text(csv_path), newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in columns or "label" not in columns:
-            raise UserError(f"{csv_path}: needs columns 'path' and 'label' (found: {', '.join(columns)}); "
-                            "add a header row path,label")
-        reader.fieldnames = columns
-        for row_no, row in enumerate(reader, start=2):
-            path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-            where = f"{os.path.basename(csv_path)} row {row_no}"
-            if not path or not label:
-                skipped.append((where, "empty path or label"))
-                continue
-            full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
-            if not os.path.exists(full):
-                skipped.append((f"{where} ({path})", "no image file"))
-                continue
-            same = os.path.realpath(full)  # the same file spelled twice (./a.png, a.png, a symlink)
-            if same in first_row:
-                skipped.append(_duplicate(f"{where} ({path})", first_row[same], label))
-                continue
-            first_row[same] = (row_no, label)
-            if not _is_regular(full):
-                skipped.append((f"{where} ({path})", NOT_REGULAR))
-                continue
-            items.append((full, label))
+    columns, rows = manifest_rows(csv_path)
+    if "path" not in columns or "label" not in columns:
+        raise UserError(f"{csv_path}: needs columns 'path' and 'label' (found: {', '.join(columns)}); "
+                        "add a header row path,label")
+    for row_no, row in rows:
+        path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        where = f"{os.path.basename(csv_path)} row {row_no}"
+        if not path or not label:
+            skipped.append((where, "empty path or label"))
+            continue
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+        if not os.path.exists(full):
+            skipped.append((f"{where} ({path})", "no image file"))
+            continue
+        same = os.path.realpath(full)  # the same file spelled twice (./a.png, a.png, a symlink)
+        if same in first_row:
+            skipped.append(_duplicate(f"{where} ({path})", first_row[same], label))
+            continue
+        first_row[same] = (row_no, label)
+        if not _is_regular(full):
+            skipped.append((f"{where} ({path})", NOT_REGULAR))
+            continue
+        items.append((full, label))
     return _build_index(items, skipped)
+
+
+# A long free-text column (a product description) may exceed the csv module's default 131,072 characters
+# per field, which would stop the whole data set with csv.Error; a field is only ever kept as a string.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
+
+def csv_rows(csv_path: str) -> list[tuple[int, list[str]]]:
+    """[(line number, fields)] of a CSV (UTF-8 with or without a BOM; the header is line 1). A quote that is
+    opened and never closed would swallow the rows after it into one field and train on what is left: it is
+    refused here, naming the row and how many lines it ate. Label and path CSVs have no multi-line fields."""
+    reader = csv.reader(io.StringIO(read_csv_text(csv_path), newline=""))
+    rows, line = [], 1
+    try:
+        for fields in reader:
+            if reader.line_num > line and any("\n" in f or "\r" in f for f in fields):
+                raise UserError(f"{csv_path}: row {line} opens a quote (\") that is not closed before line "
+                                f"{reader.line_num}, so {reader.line_num - line + 1} lines were read as one row; "
+                                "close or remove the quote (a quote inside a field is written \"\")")
+            rows.append((line, fields))
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise UserError(f"{csv_path}: row {reader.line_num} cannot be read as CSV ({err}); fix that row") from None
+    return rows
+
+
+def manifest_rows(csv_path: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(column names, [(row number, row dict)]) of a .csv manifest: UTF-8 with or without a BOM, header names
+    stripped of spaces, rows numbered as a spreadsheet shows them (the header is row 1)."""
+    rows = csv_rows(csv_path)
+    if not rows:
+        return [], []
+    columns = [c.strip() for c in rows[0][1]]
+    return columns, [(row_no, dict(zip(columns, fields))) for row_no, fields in rows[1:] if fields]
+
+
+def unlabeled_manifest(csv_path: str) -> tuple[list[str], list[tuple[str, str]]] | None:
+    """(paths, skipped) of a path-only manifest (a `path` column, no `label` column); None for a labelled one.
+    Relative paths are taken relative to the csv's folder, as in a labelled manifest."""
+    columns, rows = manifest_rows(csv_path)
+    if "path" not in columns or "label" in columns:
+        return None
+    base, paths, skipped = os.path.dirname(csv_path), [], []
+    for row_no, row in rows:
+        path = (row.get("path") or "").strip()
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+        if path and os.path.isfile(full):
+            paths.append(full)
+        else:
+            skipped.append((f"{os.path.basename(csv_path)} row {row_no} ({path})",
+                            "empty path" if not path else "no image file"))
+    return paths, skipped
+
+
+def walk_files(folder: str, onerror=None):
+    """Every file under `folder` (recursively) as (path, name), sorted; hidden files and folders left out."""
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name), name
+
+
+def list_images(folder) -> list[str]:
+    """Image files under `folder` (by extension), recursively, sorted; hidden files and folders left out."""
+    return [path for path, name in walk_files(str(folder)) if name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def _folder_index(root: str) -> Index:
@@ -180,22 +241,32 @@ def _folder_index(root: str) -> Index:
         class_names = sorted(os.listdir(root))
     except OSError as err:
         raise UserError(f"--data {root}: cannot list the folder ({err.strerror}); check its permissions") from None
+    first_dir: dict[str, str] = {}    # real folder -> the class that reached it first
+    first_file: dict[str, str] = {}   # real file -> the class that reached it first
     for class_name in class_names:
         class_dir = os.path.join(root, class_name)
-        if not os.path.isdir(class_dir) or class_name.startswith("."):
+        if class_name.startswith("."):
             continue
-        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if name.startswith("."):
-                    continue
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    skipped.append((path, "not an image file extension"))
-                elif not _is_regular(path):
-                    skipped.append((path, NOT_REGULAR))
-                else:
-                    items.append((path, class_name))
+        if not os.path.isdir(class_dir):
+            if class_name.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append((class_dir, TOP_LEVEL))
+            continue
+        real = os.path.realpath(class_dir)
+        if real in first_dir:  # a symlink or another name for a folder already read: same images, two labels
+            skipped.append((class_dir, f"the same folder as class {first_dir[real]!r} (a link to it): not read "
+                                       "twice under two labels"))
+            continue
+        first_dir[real] = class_name
+        for path, name in walk_files(class_dir, onerror=unreadable):
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append((path, "not an image file extension"))
+            elif not _is_regular(path):
+                skipped.append((path, NOT_REGULAR))
+            elif (same := os.path.realpath(path)) in first_file:
+                skipped.append((path, f"the same file as one in class {first_file[same]!r} (a link): kept there"))
+            else:
+                first_file[same] = class_name
+                items.append((path, class_name))
     if not items:
         raise UserError(f"{root}: no class sub-folders with images; expected {root}/<class>/<image>.jpg, "
                         "a styles.csv, or a .csv manifest"
@@ -204,6 +275,7 @@ def _folder_index(root: str) -> Index:
     return _build_index(items, skipped)
 
 
+TOP_LEVEL = "an image at the top level, not in a class folder: no label, not used"
 NOT_REGULAR = "not a regular file (a folder, FIFO, device or socket): not opened"
 DUPLICATE = "duplicate of an earlier row (kept the first)"
 DUPLICATE_CONFLICT = "duplicate id with a different label (kept the first)"

@@ -1,0 +1,191 @@
+"""A trained run on disk: the one module that knows its layout and reads it back.
+
+    OUT/<version>/split.json              the held-out test split and the folds (data/splits.py)
+    OUT/<version>/fold<k>/best.pt         the fold's shipped model and its decision tau (checkpoint.Checkpoint)
+    OUT/<version>/fold<k>/last.pt         everything a resume needs; marked finished at the end
+    OUT/<version>/fold<k>/metrics.json    written only when the fold's training finished
+    OUT/<version>/fold<k>/select/         a --refit's selection stage (a complete fold folder of its own)
+    OUT/<version>/export-int8/            the int8 model predict.py --int8 makes once (quantize.py)
+
+train.py writes it (engine.py), everything after training reads it through here: the Python API, predict,
+export and int8 quantisation. It sits below all of them and imports none of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import Config
+from .errors import UserError
+from .models import create_model
+from .validate import check_range
+
+BEST, LAST, METRICS, SPLIT, CONFIG = "best.pt", "last.pt", "metrics.json", "split.json", "config.json"
+INT8_DIR = "export-int8"
+
+
+def fold_dir(root: str | Path, fold: int) -> Path:
+    return Path(root) / f"fold{fold}"
+
+
+def is_finished(folder: str | Path) -> bool:
+    """A fold's training finished: train.py writes metrics.json only at its very end."""
+    return (Path(folder) / METRICS).is_file()
+
+
+def unfinished_folds(root: str | Path, num_folds: int, but: int | None = None) -> list[int]:
+    return [k for k in range(num_folds) if k != but and not is_finished(fold_dir(root, k))]
+
+
+def unfinished_note(path: str | Path) -> str | None:
+    """A warning line when a checkpoint comes from a fold whose training has not finished (killed or still
+    running): its best.pt is only the best epoch so far, and the numbers from it are not the run's."""
+    folder = Path(path).parent
+    if (folder / LAST).is_file() and not is_finished(folder):
+        return (f"warning: {folder}: training has not finished (no {METRICS}); {Path(path).name} is the best "
+                "epoch so far, not the run's result (rerun train.py to finish it)")
+    return None
+
+
+def run_versions(root: Path) -> list[str]:
+    """Sub-folders of `root` that are runs (hold fold*/best.pt): `runs-quick` -> ['v1', 'v2', ...]."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob(f"fold*/{BEST}")))
+
+
+def _fold_of(path: Path) -> int:
+    digits = path.parent.name[len("fold"):]
+    return int(digits) if digits.isdigit() else 0
+
+
+def find_checkpoints(source: str | Path, fold: str | int = "all") -> list[Path]:
+    """Checkpoint files of a run folder (its folds, or fold K), a fold folder, or a checkpoint file."""
+    path = Path(source)
+    fold = str(fold)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise UserError(f"{path}: no such run folder or checkpoint file; train first "
+                        f"(python train.py --version ...) or point at OUT/<version>")
+    if (path / BEST).is_file() and not any(path.glob(f"fold*/{BEST}")):
+        return [path / BEST]  # a fold folder
+    if fold == "all":
+        found = sorted(path.glob(f"fold*/{BEST}"), key=_fold_of)
+    else:
+        found = [p for p in [fold_dir(path, fold) / BEST] if p.is_file()]
+    if found:
+        return found
+    versions = run_versions(path)
+    if versions:
+        raise UserError(f"{path}: a folder of runs, not one run; pick a version: "
+                        + ", ".join(str(path / v) for v in versions))
+    raise UserError(f"{path}: no trained fold{'s' if fold == 'all' else ' ' + fold} (fold*/{BEST}) there; "
+                    f"train it first or pick another --fold")
+
+
+@dataclass
+class Member:
+    """One trained model of an ensemble: where it came from and its checkpoint record."""
+    path: Path
+    record: checkpoint.Checkpoint
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def config(self) -> Config:
+        return saved_config(self.record.config)
+
+    def metrics(self) -> dict:
+        """The fold's metrics.json ({} while its training has not finished, or for a loose checkpoint)."""
+        path = self.folder / METRICS
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def saved_config(values: dict) -> Config:
+    """A run's saved config as a Config: the defaults are Config's own, never typed again. Keys a newer or
+    older imgcls does not know are dropped (a checkpoint outlives the code that wrote it)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config.from_dict({k: v for k, v in values.items() if k in known})
+
+
+def load_members(paths: list[Path]) -> list[Member]:
+    members = [Member(Path(p), checkpoint.read(p)) for p in paths]
+    for m in members:
+        _check_finite(m)
+    first = members[0].record
+    for m in members[1:]:
+        for key in ("class_names", "num_classes"):
+            if getattr(m.record, key) != getattr(first, key):
+                raise UserError(f"{m.path}: {key} differ from {members[0].path}; ensemble only folds of one run")
+        if m.record.preprocessing.to_dict() != first.preprocessing.to_dict():
+            raise UserError(f"{m.path}: other preprocessing (sizes, mean, std) than {members[0].path}")
+    return members
+
+
+def _check_finite(member: Member) -> None:
+    """A checkpoint with NaN or inf weights predicts NaN for every image: refuse it where it is loaded."""
+    for name, value in member.record.model.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{member.path}: weight {name} holds NaN or inf values; this checkpoint cannot "
+                            "predict (train again, or use another fold's or an earlier run's best.pt)")
+
+
+def build_model(member: Member, device: torch.device | str = "cpu") -> torch.nn.Module:
+    record = member.record
+    model = create_model(record.model_name, record.num_classes, log=lambda *a, **k: None)  # weights follow
+    try:
+        model.load_state_dict(record.model)
+    except RuntimeError as exc:
+        raise UserError(f"{member.path}: weights do not fit {record.model_name} with "
+                        f"{record.num_classes} classes ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def decision_taus(members, override: float | None = None) -> list[float]:
+    """Each member's decision tau (decision.py): `override` when given (--decision-tau at predict time),
+    else the tau its run chose in training (0 for runs without one)."""
+    check_range("logit_adjust", override)  # predict.py, export.py and the API alike
+    return [float(override) if override is not None else float(m.record.decision_tau) for m in members]
+
+
+def run_root_of(members) -> Path:
+    """The folder that holds the members: the run folder for an ensemble, the fold folder for one model."""
+    return members[0].folder.parent if len(members) > 1 else members[0].folder
+
+
+def run_data(members, part: str = "test", *, data: str | None = None, label_col: str | None = None,
+             cache_dir: str | None = None, workers: int | None = None, size=None, log=print):
+    """(dataset, positions): the run's data set loaded as training loaded it (its cache), and which of its
+    images `part` means: "test" (the held-out split), "val" (one fold's validation split), "train" (every
+    image outside the test split: what training could use) or "all". `data` etc. override the saved config;
+    with another data set only "all" has a meaning."""
+    from .data import load_dataset
+    from .data.splits import load_split
+    cfg = members[0].config
+    storage = tuple(size or members[0].record.preprocessing.storage_size)
+    dataset = load_dataset(data or cfg.data, label_col=label_col or cfg.label_col, size=storage,
+                           cache_dir=cache_dir or cfg.cache_dir, workers=workers or cfg.workers, log=log)
+    everything = np.arange(len(dataset.paths), dtype=np.int64)
+    if data or part == "all":
+        return dataset, everything
+    split = load_split(str(members[0].folder / SPLIT), dataset.paths)  # one error if it is missing
+    test = np.asarray(split["test"], dtype=np.int64)
+    if part == "test":
+        return dataset, test
+    if part == "val":
+        if len(members) > 1:
+            raise UserError("--split val: each fold has its own validation set; pick one with --fold K")
+        return dataset, np.asarray(split["folds"][members[0].record.fold]["val"], dtype=np.int64)
+    if part == "train":
+        return dataset, np.setdiff1d(everything, test)
+    raise ValueError(f"run_data: unknown part {part!r} (test, val, train or all)")
