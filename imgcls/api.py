@@ -57,6 +57,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def parse_views(views) -> tuple[str, ...]:
     if isinstance(views, str):
         views = [v.strip() for v in views.split(",") if v.strip()]
+    if not views:  # an ensemble of no views would average nothing
+        raise UserError("--views: no view given; e.g. --views identity,hflip (or leave --tta off)")
     return tuple(views)
 
 

@@ -151,8 +151,10 @@ def _check_writable(name: str, path: str, folder: Path) -> None:
         raise UserError(f"{name} {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{name} {path}: {folder} is not writable; pick another {name} or fix its permissions")
-    try:  # permission bits are not the whole story (/proc, a read-only mount, root): try, and tidy up at once
-        os.rmdir(tempfile.mkdtemp(prefix=".imgcls-probe-", dir=folder))
+    try:  # permission bits are not the whole story (/proc, a read-only mount, root): try to create a file.
+        # TemporaryFile is unnamed on Linux (O_TMPFILE): nothing appears in the folder, even for a moment
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as err:
         raise UserError(f"{name} {path}: nothing can be created in {folder} ({err.strerror}); pick another "
                         f"{name}") from None

@@ -180,7 +180,8 @@ def test_command_line_caches_by_default_and_none_turns_it_off(tmp_path, monkeypa
     code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "r1", *TINY, capsys=capsys)
     assert code == 0, err
     cached = sorted(p.name for p in (tmp_path / "xdg" / "imgcls").iterdir())
-    assert len(cached) == 2 and cached[0].endswith(".json") and cached[1].endswith(".npy")
+    decoded = [name for name in cached if name.startswith("decoded-")]  # and size-<key>.json, the size found
+    assert len(decoded) == 2 and decoded[0].endswith(".json") and decoded[1].endswith(".npy") and len(cached) == 3
     assert f"decode cache: {tmp_path / 'xdg' / 'imgcls'} (0 MiB in use" in out
     code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "r2", *TINY, capsys=capsys)
     assert code == 0 and "loaded 24 from cache" in out, out + err

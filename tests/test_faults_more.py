@@ -361,3 +361,41 @@ def test_ctrl_c_while_a_plot_is_written_stops_after_it_instead_of_being_swallowe
     finally:
         _Recording.write = original
     assert sent and Image.open(tmp_path / "curves.png").size[0] > 0  # written whole before the stop
+
+
+@pytest.mark.parametrize("script", ["export", "predict"])
+def test_tta_with_no_view_is_one_line(finished_run, script, tmp_path, capsys):
+    module = export_script if script == "export" else predict_script
+    code, _, err = cli(module, "--run", finished_run / "v1", "--tta", "--views", ",", "--out",
+                       tmp_path / ("e" if script == "export" else "p.csv"), capsys=capsys)
+    assert_one_line_error(code, err, "--views: no view given")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_says_when_it_decodes_again_past_a_damaged_cache(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+    cache = tmp_path / "cache"
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY,
+                       "--cache-dir", cache, capsys=capsys)
+    assert code == 0, err
+    npy = next(cache.glob("decoded-*.npy"))
+    npy.write_bytes(npy.read_bytes()[:100])  # truncated
+    code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert code == 0, err
+    assert any(line.startswith(f"decode cache {npy} unreadable") and line.endswith("decoding again")
+               for line in out.splitlines()), out
+
+
+def test_predict_on_a_trained_run_reuses_its_cache_file(tmp_path, capsys):
+    """Training asks for the data's own size, predict for the size it resolved to: one cache file for both."""
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+    cache = tmp_path / "cache"
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY,
+                       "--cache-dir", cache, capsys=capsys)
+    assert code == 0, err
+    before = sorted(p.name for p in cache.iterdir())
+    code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in cache.iterdir()) == before and "loaded 20 from cache" in out

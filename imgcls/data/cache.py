@@ -57,6 +57,13 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
     optimisation: a damaged cache file means decoding again, an unwritable folder means one warning.
     """
     cache_dir = resolve_cache_dir(cache_dir)
+    if size is None and cache_dir:  # the size an earlier run found for these files: one cache per size
+        size = _recorded_size(cache_dir, cache_key(paths, None))
+    if size is None:
+        size = most_common_size(paths, workers)
+        log(f"storage size (most common H x W of the data): {size[0]}x{size[1]}")
+        if cache_dir:
+            _record_size(cache_dir, cache_key(paths, None), size, log)
     key = cache_key(paths, size) if cache_dir else ""
     if cache_dir:
         log(f"decode cache: {cache_dir} ({_folder_size(cache_dir) / 2**20:.0f} MiB in use; --cache-dir none "
@@ -65,9 +72,6 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
         if cached is not None:
             log(f"decoded images: loaded {len(paths)} from cache {_cache_files(cache_dir, key)[0]}")
             return cached
-    if size is None:
-        size = most_common_size(paths, workers)
-        log(f"storage size (most common H x W of the data): {size[0]}x{size[1]}")
     height, width = size
     images = torch.zeros((len(paths), 3, height, width), dtype=torch.uint8)
     ok = np.ones(len(paths), dtype=bool)
@@ -237,6 +241,25 @@ def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | No
         log(f"decode cache {npy} unreadable ({type(err).__name__}: {str(err).strip()[:120]}); decoding again")
         return None
     return torch.from_numpy(images), np.array(ok, dtype=bool), [str(r) for r in reasons]
+
+
+def _recorded_size(cache_dir: str, unsized_key: str) -> tuple[int, int] | None:
+    """The storage size found for these files before (size-<key>.json), so that a run asking for the data's
+    own size and predict asking for the resolved one (80x60) read the same cache file."""
+    try:
+        with open(os.path.join(cache_dir, f"size-{unsized_key}.json"), encoding="utf-8") as f:
+            height, width = json.load(f)["size"]
+        return int(height), int(width)
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: find the size again
+        return None
+
+
+def _record_size(cache_dir: str, unsized_key: str, size: tuple[int, int], log=print) -> None:
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_write(os.path.join(cache_dir, f"size-{unsized_key}.json"), json.dumps({"size": list(size)}))
+    except OSError as err:  # like the cache itself: an optimisation, never fatal
+        log(f"warning: could not record the storage size in {cache_dir} ({err.strerror or err})")
 
 
 def _folder_size(folder: str) -> int:
