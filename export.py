@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder OUT/<version>, a fold folder, or a checkpoint file")
     p.add_argument("--fold", default="all", help="fold K or 'all' (one model averaging every fold; default)")
-    p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torchscript")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default), torchscript, or torch-export (a .pt2 for torch.export.load)")
     p.add_argument("--out", help="output folder (default: RUN/export-<format>)")
     p.add_argument("--tta", action="store_true", help="put the TTA views into the graph (--views)")
     p.add_argument("--views", default=",".join(TTA_VIEWS), help="TTA views with --tta (default %(default)s)")
@@ -58,10 +58,8 @@ def main(argv=None) -> int:
     record = members[0].record
     try:
         with folder_swap(out) as folder:  # all files or none: an earlier export stays whole until replaced
-            if args.format == "onnx":
-                model_file = export.export_onnx(module, folder / "model.onnx")
-            else:
-                model_file = export.export_torchscript(module, folder / "model.pt")
+            writer, name = export.WRITERS[args.format]
+            model_file = writer(module, folder / name)
             written = [model_file.name]
             if args.int8:
                 calib = quantize.calibration_images(members, count=args.calibration_images)

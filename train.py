@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from imgcls import distributed as dist
-from imgcls.config import VERSIONS, add_config_flags, resolve
+from imgcls.config import VERSIONS, add_config_flags, read_config_file, resolve
 from imgcls.cli import ArgumentParser, print_lines, run_cli
 from imgcls.errors import UserError
 from imgcls.validate import check_config
@@ -21,7 +21,10 @@ from imgcls.validate import check_config
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", default="v1", help=f"preset: {', '.join(VERSIONS)} (default v1)")
+    parser.add_argument("--version", default=None, help=f"preset: {', '.join(VERSIONS)} (default v1, or the "
+                        "--config file's)")
+    parser.add_argument("--config", metavar="FILE", help="settings from a JSON (or YAML) file, e.g. a run's "
+                        "config.json, under the flags given here (they win)")
     parser.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
     parser.add_argument("--list-models", action="store_true", help="print every model name and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -45,7 +48,13 @@ def main(argv=None) -> int:
         print_lines(list_models())
         return 0
     print_config = args.pop("print_config")
-    version, fold_text = args.pop("version"), args.pop("fold")
+    version, fold_text, config_file = args.pop("version"), args.pop("fold"), args.pop("config")
+    if config_file:  # the file's settings, then the flags typed here on top; its fold is the run's own
+        saved = {k: v for k, v in read_config_file(config_file).items() if k != "fold"}
+        version = version or saved.pop("version", None)
+        saved.pop("version", None)
+        args = dict(saved, **args)
+    version = version or "v1"
     # --print-config's stdout stays pure JSON; the note on scaled values goes to stderr there
     say = (lambda line: print(line, file=sys.stderr)) if print_config else print
     cfg = resolve(version, args, log=say if dist.is_main() else None)

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .data.samplers import SAMPLERS
@@ -301,6 +302,35 @@ def scale_to_epochs(preset: dict[str, Any], overrides: dict[str, Any]) -> dict[s
             new = min(new, int(epochs))
         changed[name] = new
     return changed
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The Config fields in a JSON file (a run's config.json) or, with PyYAML installed, a YAML file, as
+    overrides under the flags the user typed (timm's `-c args.yaml`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--config {path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    if path.lower().endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UserError(f"--config {path}: YAML needs PyYAML (pip install pyyaml); or give JSON") from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"--config {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of settings, e.g. a run's config.json")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise UserError(f"--config {path}: unknown settings {', '.join(unknown)}; see train.py --help")
+    return values
 
 
 def resolve(version: str, overrides: dict[str, Any], log=None) -> Config:

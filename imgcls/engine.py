@@ -695,11 +695,22 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         last = checkpoint.read(rdir / LAST)
         last.finished, last.result = True, result
         checkpoint.save(last, rdir / LAST)
-        scored = "selection stage's validation" if t.carried is not None else "validation"
-        t.say(f"{rdir}: done; result = {selected} model, {scored} {cfg.metric} {result['metric']:.4f}, "
-              f"acc {metrics['accuracy']:.4f}, train time {metrics['train_time_s']:.0f}s")
+        t.say(final_line(rdir, selected, metrics, cfg.metric, refit=t.carried is not None,
+                         tau_chosen=isinstance(metrics.get("decision_tau_scores"), dict)))
     dist.barrier()
     return result
+
+
+def final_line(rdir: Path, selected: str, metrics: dict, metric: str, refit: bool = False,
+               tau_chosen: bool = False) -> str:
+    """The run's last line: each score once, which split it was measured on, and that a tau chosen on that
+    split flatters it; the held-out test scores come from predict.py."""
+    scores = {metric: metrics[metric], "accuracy": metrics["accuracy"]}
+    split = "the selection stage's validation split" if refit else "the validation split"
+    note = " (where its tau was chosen)" if tau_chosen else ""
+    return (f"{rdir}: done; ships the {selected} model; on {split}{note}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            + f"; train time {metrics['train_time_s']:.0f}s; test scores: predict.py --run {rdir.parent}")
 
 
 def _epoch_of(state: RunState, selected: str) -> int:

@@ -25,7 +25,6 @@ from .errors import UserError
 from .run import build_model, decision_taus
 from .tta import tta_view
 
-FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 
 
@@ -149,6 +148,7 @@ def export_onnx(module: Deployable, path: str | Path) -> Path:
             # The TorchScript-based exporter (deprecated since torch 2.9, hence the filter): the
             # torch.export-based one needs onnxscript, which is not a dependency.
             warnings.simplefilter("ignore", DeprecationWarning)
+            _ignore_fixed_size_tracer_warnings()
             torch.onnx.export(module.eval(), (example_input(module.storage_size),), str(path), dynamo=False,
                               input_names=["images"], output_names=["probs"], opset_version=ONNX_OPSET,
                               dynamic_axes={"images": {0: "batch"}, "probs": {0: "batch"}})
@@ -166,9 +166,31 @@ def export_torchscript(module: Deployable, path: str | Path) -> Path:
         # torch 2.14 marks TorchScript deprecated in favour of torch.export; it still is what C++ (libtorch)
         # and older deployments load, and the file round-trips exactly (tests/test_export.py).
         warnings.simplefilter("ignore", FutureWarning)
+        _ignore_fixed_size_tracer_warnings()
         traced = torch.jit.trace(module.eval(), example_input(module.storage_size), check_trace=False)
         traced = torch.jit.freeze(traced)
     traced.save(str(path))
+    return path
+
+
+def _ignore_fixed_size_tracer_warnings() -> None:
+    """TF "SAME" padding (models/layers.py, the tf_ and Lite models) is computed from the feature map's height
+    and width, which the tracer warns it turns into constants. Here that is right: the Deployable resizes
+    every input to img_size first, so H and W are the same for every call of the exported graph (only the
+    batch is free), and the parity tests check the result at several batch sizes."""
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"imgcls\.models\.layers")
+
+
+def export_program(module: Deployable, path: str | Path) -> Path:
+    """A torch.export program (.pt2; `torch.export.load(path).module()(images)`), the format torch now
+    recommends over TorchScript; the batch dimension stays free (1 to 4096 images)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(module.eval(), (example_input(module.storage_size),),
+                                      dynamic_shapes={"images": {0: batch}})
+    torch.export.save(program, str(path))
     return path
 
 
@@ -191,3 +213,10 @@ def write_metadata(out_dir: str | Path, class_names: Sequence[str], preprocessin
                             "stack as uint8 N x 3 x H x W",
     }
     (out_dir / "preprocessing.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+# --format name -> (writer, file name): export.py and its --help read this table, so a new format is one
+# function and one line here.
+WRITERS = {"onnx": (export_onnx, "model.onnx"), "torchscript": (export_torchscript, "model.pt"),
+           "torch-export": (export_program, "model.pt2")}
+FORMATS = tuple(WRITERS)

@@ -72,7 +72,14 @@ def select_images(args, clf: api.Classifier, log=print):
         log(f"warning: {members[0].folder} was refitted on train + validation (--refit): "
             "these validation images were trained on, so their scores are not held-out ones")
     sel = torch.as_tensor(positions)
-    return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
+    if args.data:  # another data set: what it could not read is part of what was asked
+        return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], dataset.skipped
+    # The run's own data: the rows without a readable image were never in its split (training listed them
+    # once, in the fold's skipped.json); none of the images asked for here was skipped.
+    if dataset.skipped:
+        log(f"note: {len(dataset.skipped)} row(s) of the run's data have no readable image and are in no split "
+            f"(listed by training in {members[0].folder / 'skipped.json'})")
+    return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], []
 
 
 def _map_labels(data_classes, model_classes, labels, data_arg) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch
 
 from .errors import UserError
 from .data.samplers import SAMPLERS
+from .models import pretrained_cfg
 
 # Upper bounds that keep a typo from becoming an allocation of hundreds of GB: an input side beyond 4096
 # pixels, a batch beyond 4096 images (ConvNeXt-Base at 224 needs ~40 GB of activations for 4096 in training).
@@ -191,6 +192,7 @@ def check_config(cfg) -> None:
     if cfg.refit and cfg.scheduler == "plateau":
         raise UserError("--refit: the plateau schedule follows validation scores, which a refit on train + "
                         "validation does not have; use --scheduler onecycle or cosine")
+    pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
     check_device(cfg.device)
     check_out_folder("--out", cfg.out)
 

@@ -12,10 +12,12 @@ import torch
 
 import imgcls
 from imgcls import engine
+from imgcls import export as export_mod
 from imgcls.config import resolve
 from imgcls.data.augment import resize
 from imgcls.errors import UserError
 from imgcls.export import axis_matrices, view_matrices
+from imgcls.models import create_model
 from imgcls.tta import TTA_VIEWS, tta_view
 from export import main as export_main
 from tests.helpers import tiny_overrides, write_folder_dataset
@@ -126,3 +128,45 @@ def test_a_runs_decision_tau_is_inside_the_exported_graph(runs, tmp_path):
     np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], clf.probabilities(x), atol=1e-4, rtol=0)
     pre = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
     assert pre["inside_the_model"]["logit_adjust_tau"] == [1.5]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("tta", [False, True])
+def test_torch_export_program_equals_pytorch_for_any_batch_and_warns_nothing(runs, which, tta, tmp_path):
+    run = runs[which]
+    clf = imgcls.load(run, tta=tta)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert export_main(["--run", str(run), "--format", "torch-export", "--out", str(tmp_path / "pt2"),
+                            *(["--tta"] if tta else [])]) == 0
+    assert [str(w.message) for w in caught] == []
+    program = torch.export.load(str(tmp_path / "pt2" / "model.pt2")).module()
+    for batch in (1, 7):
+        x = _uint8(batch, clf.storage_size, seed=batch)
+        with torch.no_grad():
+            np.testing.assert_allclose(program(x).numpy(), clf.probabilities(x), atol=1e-4, rtol=0)
+    assert json.loads((tmp_path / "pt2" / "preprocessing.json").read_text())["model_file"] == "model.pt2"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_tf_same_padding_model_exports_without_tracer_warnings_and_matches(fmt, tmp_path):
+    """efficientnet_lite0 pads "SAME" from the feature map size: fixed by the Deployable's resize, so the
+    tracer's constants are right; the warning is not shown, and the output still matches for two batches."""
+    model = create_model("efficientnet_lite0", 4, pretrained=None, log=lambda *a, **k: None).eval()
+    module = export_mod.Deployable([model], (30, 40), (30, 40), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = (export_mod.export_onnx if fmt == "onnx" else export_mod.export_torchscript)(
+            module, tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    assert [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)] == []
+    for batch in (1, 3):
+        x = _uint8(batch, (30, 40), seed=batch)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        if fmt == "onnx":
+            got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                got = torch.jit.load(str(path))(x).detach().numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

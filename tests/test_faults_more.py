@@ -399,3 +399,53 @@ def test_predict_on_a_trained_run_reuses_its_cache_file(tmp_path, capsys):
                          capsys=capsys)
     assert code == 0, err
     assert sorted(p.name for p in cache.iterdir()) == before and "loaded 20 from cache" in out
+
+
+def test_a_typo_in_model_exits_2_before_reading_data_and_creates_no_folder(tmp_path, capsys):
+    data = tmp_path / "missing-data"  # never read: the model name is checked first
+    code, _, err = cli(train_script, "--version", "v2", "--model", "convnext_tny", "--data", data,
+                       "--out", tmp_path / "runs", capsys=capsys)
+    assert_one_line_error(code, err, "--model convnext_tny: unknown model; did you mean convnext_tiny")
+    assert not (tmp_path / "runs").exists()
+    code, _, err = cli(train_script, "--version", "v2", "--model", "convnext_tny", "--print-config", capsys=capsys)
+    assert_one_line_error(code, err, "--model convnext_tny")
+
+
+def test_config_file_round_trip_reproduces_the_runs_config_and_flags_win(finished_run, capsys):
+    saved = json.loads((finished_run / "v1" / "fold0" / "config.json").read_text())
+    code, out, err = cli(train_script, "--config", finished_run / "v1" / "fold0" / "config.json",
+                         "--print-config", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out) == saved
+    code, out, err = cli(train_script, "--config", finished_run / "v1" / "fold0" / "config.json", "--lr", "0.5",
+                         "--print-config", capsys=capsys)
+    assert code == 0 and json.loads(out) == dict(saved, lr=0.5)
+
+
+def test_a_config_file_with_an_unknown_setting_is_one_line(tmp_path, capsys):
+    (tmp_path / "c.json").write_text('{"lr": 0.1, "learning_rate": 0.1}')
+    code, _, err = cli(train_script, "--config", tmp_path / "c.json", "--print-config", capsys=capsys)
+    assert_one_line_error(code, err, "c.json: unknown settings learning_rate")
+
+
+def test_the_final_line_names_each_score_once_and_the_split_it_was_measured_on():
+    from imgcls.engine import final_line
+    v1 = final_line(Path("runs/v1/fold0"), "best", {"accuracy": 0.93474, "train_time_s": 12.3}, "accuracy")
+    assert v1 == ("runs/v1/fold0: done; ships the best model; on the validation split: accuracy 0.9347; "
+                  "train time 12s; test scores: predict.py --run runs/v1")
+    v4 = final_line(Path("runs/v4/fold0"), "best", {"macro_f1": 0.6939, "accuracy": 0.9347, "train_time_s": 500,
+                                                    "decision_tau_scores": {}}, "macro_f1", tau_chosen=True)
+    assert v4.count("macro_f1") == 1 and v4.count("accuracy") == 1
+    assert "on the validation split (where its tau was chosen): macro_f1 0.6939, accuracy 0.9347" in v4
+
+
+def test_predict_on_the_runs_test_split_counts_no_skipped_image_for_rows_without_one(tmp_path, capsys):
+    data = write_kaggle(tmp_path / "data", per_class=6, extra_rows=["901,Men,shirts,gone", "902,Men,shoes,gone"])
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY,
+                       capsys=capsys)
+    assert code == 0, err
+    code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert code == 0, err
+    assert "input(s) (missing or unreadable)" not in out and not (tmp_path / "p" / "skipped.json").exists()
+    assert "note: 2 row(s) of the run's data have no readable image and are in no split" in out

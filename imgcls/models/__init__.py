@@ -7,6 +7,8 @@ Architectures with a single known checkpoint (`efficientnet_lite0`, `tf_efficien
 """
 from __future__ import annotations
 
+import difflib
+
 from torch import nn
 
 from imgcls.errors import UserError
@@ -38,7 +40,10 @@ def _resolve(name: str) -> tuple[str, WeightRecord | None]:
     """Split `name` into its architecture and the checkpoint record it refers to (None: no checkpoint)."""
     arch, _, tag = name.partition(".")
     if arch not in _ARCHS:
-        raise UserError(f"--model {name}: unknown model; choose one of: {', '.join(list_models())}")
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        raise UserError(f"--model {name}: unknown model; "
+                        + (f"did you mean {' or '.join(close)}? " if close else "")
+                        + "train.py --list-models prints every name")
     tags = RECORDS.get(arch) or ({"": UNTAGGED[arch]} if arch in UNTAGGED else {})
     if tag and tag not in tags:
         raise UserError(f"--model {name}: unknown checkpoint tag {tag!r}; known: "
