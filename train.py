@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from imgcls import distributed as dist
+from imgcls.cli import ArgumentParser, print_lines, run_cli  # first: it sets the thread policy before torch loads
+from imgcls import distributed as dist  # noqa: I001
 from imgcls.config import VERSIONS, add_config_flags, read_config_file, resolve
-from imgcls.cli import ArgumentParser, print_lines, run_cli
 from imgcls.errors import UserError
 from imgcls.validate import check_config
 
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="settings from a JSON (or YAML) file, e.g. a run's "
                         "config.json, under the flags given here (they win)")
     parser.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
-    parser.add_argument("--list-models", action="store_true", help="print every model name and exit")
+    parser.add_argument("--list-models", nargs="?", const="*", default=None, metavar="PATTERN",
+                        help="print the model names (matching PATTERN, e.g. '*lite*'), their checkpoint and "
+                             "input size, and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_config_flags(parser)
     return parser
@@ -43,9 +45,10 @@ def parse_fold(text: str) -> int | None:
 
 def main(argv=None) -> int:
     args = vars(build_parser().parse_args(argv))
-    if args.pop("list_models"):
-        from imgcls.models import list_models
-        print_lines(list_models())
+    pattern = args.pop("list_models")
+    if pattern is not None:
+        from imgcls.models import model_table
+        print_lines(model_table(pattern))
         return 0
     print_config = args.pop("print_config")
     version, fold_text, config_file = args.pop("version"), args.pop("fold"), args.pop("config")

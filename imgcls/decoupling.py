@@ -14,10 +14,12 @@ likely) is the paper's class-balanced sampling, "sqrt" square-root sampling, "na
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .data.augment import eval_transform
 from .data.samplers import EpochSampler
@@ -76,7 +78,7 @@ def retrain_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes
         head.bias.zero_()
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     probs = sample_probs(labels, sampler, settings)
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="cRT", unit="step", leave=False, disable=not sys.stderr.isatty()):
         for group in optimizer.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
         batch = torch.multinomial(probs, batch_size, replacement=True, generator=generator)

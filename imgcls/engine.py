@@ -41,7 +41,7 @@ from .data import load_dataset, write_skipped
 from .data.augment import MixupCutmix, TrainAugment, eval_transform
 from .data.samplers import EpochSampler, epoch_seed
 from .decision import adjust, choose_tau
-from .decoupling import extract_features, replace_classifier, retrain_classifier
+from .decoupling import extract_features, final_linear, replace_classifier, retrain_classifier
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
@@ -50,13 +50,16 @@ from .losses import build_loss
 from .metrics import classification_metrics
 from .models import create_model, pretrained_cfg
 from .plots import objective_label, plot_confusion, plot_curves, plot_lr
-from .run import BEST, CONFIG, LAST, METRICS, SPLIT, fold_dir
+from .report import write_report
+from .run import BEST, CONFIG, LAST, METRICS, SPLIT, fold_dir, starting_point
 from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
 from .selection import make_ema, pick
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
+# "data": a run (or its data) moved to another folder resumes; what guards it is the split, which records the
+# data set's files relative to their common folder (splits.paths_digest), and the class names in last.pt.
 _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir", "tta",
-                "fold"}
+                "fold", "data"}
 
 
 class TrainingDiverged(UserError):
@@ -307,6 +310,9 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
     parts.update(_model_parts(cfg, parts, resuming=saved is not None))
     parts.update(_data_parts(cfg, parts))
     parts.update(_optimisation_parts(cfg, parts))
+    if saved is not None and list(saved.class_names) != class_names:
+        raise UserError(f"{stage.rdir / LAST}: was trained on other classes ({len(saved.class_names)}) than "
+                        f"--data {cfg.data} has ({len(class_names)}); use that run's data, or --restart")
     t = Trainer(**parts)
     if saved is None:
         _log_start(t)
@@ -316,11 +322,36 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
 def _model_parts(cfg: Config, parts: dict, resuming: bool) -> dict:
     torch.manual_seed(cfg.seed)
     # On resume the weights come from last.pt: no pretrained lookup (and no network) is needed.
-    model = create_model(cfg.model, len(parts["class_names"]), pretrained=None if resuming else cfg.pretrained,
+    starting = not resuming and cfg.init_from is not None
+    model = create_model(cfg.model, len(parts["class_names"]),
+                         pretrained=None if resuming or starting else cfg.pretrained,
                          drop_path_rate=cfg.drop_path, log=parts["say"])
+    if starting:
+        _load_starting_point(model, cfg, parts["class_names"], parts["say"])
     model.to(parts["device"], memory_format=torch.channels_last if parts["channels_last"]
              else torch.contiguous_format)
     return {"model": model}
+
+
+def _load_starting_point(model: nn.Module, cfg: Config, class_names: list, say) -> None:
+    """--init-from: the trained run's weights; with other classes, all but the classifier (a new one is
+    learned, as when fine-tuning from ImageNet)."""
+    member = starting_point(cfg.init_from, cfg.fold)
+    record = member.record
+    if record.model_name.split(".")[0] != cfg.model.split(".")[0]:
+        raise UserError(f"--init-from {cfg.init_from}: holds a {record.model_name}, not a {cfg.model}; pass "
+                        f"--model {record.model_name.split('.')[0]}")
+    state = record.model
+    if list(record.class_names) != list(class_names):
+        head = {id(p) for p in final_linear(model).parameters()}
+        keep = {name for name, p in model.named_parameters() if id(p) not in head}
+        keep |= {name for name, _ in model.named_buffers()}
+        state = {k: v for k, v in state.items() if k in keep}
+        say(f"--init-from {member.path}: its {len(record.class_names)} classes differ from these "
+            f"{len(class_names)}: backbone loaded, new classifier")
+    else:
+        say(f"--init-from {member.path}: weights loaded (epoch {record.epoch} of that run); a fresh schedule")
+    model.load_state_dict(state, strict=len(state) == len(record.model))
 
 
 def _data_parts(cfg: Config, parts: dict) -> dict:
@@ -620,6 +651,8 @@ def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
         checkpoint.save(_record(t, net, _epoch_of(state, selected),
                                 float(metrics[cfg.metric]) if metrics else float("nan"), selected), stage1)
     start = time.time()
+    t.say(f"cRT: features of {len(t.train_idx)} training images, then {cfg.crt_steps} steps of a new classifier "
+          f"({cfg.crt_sampler} sampling)")
     features = extract_features(net, t.images, t.train_idx, img_size=t.pre.img_size, mean=t.pre.mean,
                                 std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
                                 channels_last=t.channels_last)
@@ -692,6 +725,10 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         checkpoint.save(record, rdir / BEST)
         atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
+        write_report(rdir, title=f"{cfg.version}/fold{t.fold}: {selected} model on the validation split",
+                     metrics=metrics, class_names=t.class_names, settings=cfg.to_dict(),
+                     train_counts=t.train_counts, pngs={"Curves": rdir / "curves.png", "Confusion matrix":
+                                                        rdir / "confusion.png", "Learning rate": rdir / "lr.png"})
         last = checkpoint.read(rdir / LAST)
         last.finished, last.result = True, result
         checkpoint.save(last, rdir / LAST)

@@ -113,6 +113,29 @@ def class_sizes(matrix) -> np.ndarray:
     return np.asarray(matrix, dtype=np.int64).sum(axis=1)
 
 
+def calibration(probs: np.ndarray, y_true, bins: int = 15) -> dict:
+    """Expected calibration error and the reliability diagram's bins (Guo et al. 2017): the top-1
+    confidence max_c p(c|x) in `bins` equal-width bins of [0, 1] (the last one closed); per bin its count,
+    mean confidence and accuracy; ECE = sum over bins of count / N * |accuracy - confidence|."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    if probs.ndim != 2 or len(probs) != len(y_true) or len(y_true) == 0:
+        raise UserError(f"calibration: probabilities {probs.shape} and {len(y_true)} labels do not match")
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        if n:
+            conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
+            ece += n / len(y_true) * abs(acc - conf)
+            table.append({"low": b / bins, "high": (b + 1) / bins, "count": n, "confidence": conf,
+                          "accuracy": acc})
+    return {"ece": float(ece), "bins": table, "num_bins": bins}
+
+
 def per_class_report(metrics: dict, class_names: Sequence[str]) -> str:
     """A fixed-width text table (like sklearn's classification_report) from classification_metrics()."""
     width = max([len(n) for n in class_names] + [len("weighted avg")])

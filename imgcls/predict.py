@@ -24,8 +24,9 @@ from .data.sources import IMAGE_EXTENSIONS, list_images, unlabeled_manifest
 from .run import run_data
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
-from .metrics import classification_metrics, per_class_report
+from .metrics import calibration, classification_metrics, per_class_report
 from .plots import plot_confusion
+from .report import misses, write_report
 
 PRINT_AT_MOST = 20  # a console line per image up to this many images (or always with --print)
 
@@ -152,6 +153,10 @@ def predict(args, log=print) -> dict:
     if labels is not None:
         companions.mkdir(parents=True, exist_ok=True)
         metrics = classification_metrics(labels, probs.argmax(1), clf.classes)
+        # of the probabilities predictions.csv holds: after each member's decision tau, when it has one
+        metrics["calibration"] = dict(calibration(probs, labels), of="probabilities after the decision tau "
+                                      f"{', '.join(f'{t:+.1f}' for t in clf.taus)}" if any(clf.taus) else
+                                      "the model's probabilities")
         metrics.update(views=list(clf.views), models=[str(m.path) for m in clf.members], split=args.split,
                        logit_adjust=clf.taus, int8=bool(clf.int8_model),
                        train_time_s=sum(float(m.metrics().get("train_time_s", 0.0)) for m in clf.members),
@@ -159,6 +164,11 @@ def predict(args, log=print) -> dict:
         atomic_write(companions / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         atomic_write(companions / "report.txt", per_class_report(metrics, clf.classes) + "\n")
         plot_confusion(metrics["confusion_matrix"], clf.classes, companions / "confusion.png")
+        counts = clf.members[0].record.train_class_counts
+        write_report(companions, title=f"predictions: {out_csv}", metrics=dict(metrics, split=args.split),
+                     class_names=clf.classes, train_counts=counts,
+                     pngs={"Confusion matrix": companions / "confusion.png"},
+                     gallery_html=misses(images, probs, labels, clf.classes, counts, paths))
         log(f"accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
             f"weighted_f1 {metrics['weighted_f1']:.4f} balanced_acc {metrics['balanced_accuracy']:.4f}")
         result["metrics"] = metrics

@@ -158,6 +158,15 @@ def decision_taus(members, override: float | None = None) -> list[float]:
     return [float(override) if override is not None else float(m.record.decision_tau) for m in members]
 
 
+def starting_point(source: str | Path, fold: int) -> Member:
+    """The trained model a new run starts from (--init-from): a checkpoint file, a fold folder, or a run
+    folder's fold `fold` (its first fold when it has no such fold)."""
+    paths = find_checkpoints(source, "all")
+    same_fold = [p for p in paths if p.parent.name == f"fold{fold}"]
+    member = load_members([(same_fold or paths)[0]])[0]
+    return member
+
+
 def run_root_of(members) -> Path:
     """The folder that holds the members: the run folder for an ensemble, the fold folder for one model."""
     return members[0].folder.parent if len(members) > 1 else members[0].folder

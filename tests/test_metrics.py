@@ -145,3 +145,19 @@ def test_group_f1_matches_hand_computed_groups():
     assert out["tail_f1"] == pytest.approx(0.5) and out["tail_classes"] == 1
     assert out["worst_class_f1"] == pytest.approx(0.5)
     assert np.isnan(group_f1([0, 0], [0, 0], train_counts)["tail_f1"])
+
+
+def test_calibration_ece_and_bins_on_a_hand_computed_case():
+    from imgcls.metrics import calibration
+    # four images, two bins: confidences 0.9, 0.8 (bin [0.5, 1]), 0.3, 0.4 (bin [0, 0.5))
+    probs = np.array([[0.9, 0.1, 0.0], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.4, 0.3, 0.3]])
+    y = np.array([0, 0, 2, 1])  # right, wrong, right, wrong
+    out = calibration(probs, y, bins=2)
+    low, high = out["bins"]
+    assert (low["count"], high["count"]) == (2, 2)
+    assert low["confidence"] == pytest.approx(0.4) and low["accuracy"] == 0.5   # (0.4 + 0.4) / 2; 1 of 2
+    assert high["confidence"] == pytest.approx(0.85) and high["accuracy"] == 0.5
+    # ECE = 2/4 * |0.5 - 0.4| + 2/4 * |0.5 - 0.85| = 0.05 + 0.175
+    assert out["ece"] == pytest.approx(0.225)
+    perfect = calibration(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2]), bins=10)
+    assert perfect["ece"] == 0.0 and perfect["bins"][-1]["count"] == 3  # confidence 1.0 is in the last bin

@@ -8,6 +8,7 @@ Architectures with a single known checkpoint (`efficientnet_lite0`, `tf_efficien
 from __future__ import annotations
 
 import difflib
+import fnmatch
 
 from torch import nn
 
@@ -34,6 +35,23 @@ def list_models() -> list[str]:
     names = set(_ARCHS)
     names.update(f"{arch}.{tag}" for arch, tags in RECORDS.items() for tag in tags)
     return sorted(names)
+
+
+def model_table(pattern: str = "*") -> list[str]:
+    """`train.py --list-models [PATTERN]`: one line per name matching the shell-style pattern (as timm's
+    list_models('*lite*')): name, where its checkpoint comes from, the input size it was trained at."""
+    rows = [("name", "checkpoint", "input")]
+    for name in (n for n in list_models() if fnmatch.fnmatch(n, pattern)):
+        record = _resolve(name)[1]
+        if record is None:
+            rows.append((name, "none (random init)", "-"))
+            continue
+        source = f"pip {record.package}" if record.package else f"{record.format}: {record.file_name}"
+        rows.append((name, source, f"{record.train_size}"))
+    if len(rows) == 1:
+        raise UserError(f"--list-models {pattern}: no model name matches; try '*{pattern.strip('*')}*'")
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    return [f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows]
 
 
 def _resolve(name: str) -> tuple[str, WeightRecord | None]:
