@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
@@ -100,15 +101,22 @@ def main(argv=None) -> int:
     p.add_argument("--versions", nargs="+", default=list(VERSIONS))
     p.add_argument("--title", default="imgcls: the versions on the held-out test split")
     args = p.parse_args(argv)
-    table = comparison_table(Path(args.runs), args.versions)
+    runs = Path(args.runs)
+    versions = args.versions
+    if "--versions" not in (argv if argv is not None else sys.argv[1:]):  # the default: what there is
+        versions = [v for v in versions if find_metrics(runs / v) is not None]
+        if not versions:
+            raise UserError(f"{runs}: no version with predict-test*/metrics.json; run predict.py --run "
+                            f"{runs}/<version> first")
+    table = comparison_table(runs, versions)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    note = smoke_note(Path(args.runs), args.versions)
+    note = smoke_note(runs, versions)
     out.write_text(f"# {args.title}\n\n{note}Measured by `run_all.sh` on this project's held-out test split (mean "
                    f"of fold models; TTA where the version uses it). Training time is summed over folds; "
                    f"peak memory is CUDA max allocated on a GPU, process max RSS on a CPU. The write-up's "
                    f"columns are its own reported numbers (validation, GPU), for reference only.\n\n{table}\n")
-    print(table)
+    print(note + table)  # the console gets the smoke-run warning too
     print(f"wrote {out}")
     return 0
 

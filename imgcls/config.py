@@ -356,7 +356,8 @@ def resolve(version: str, overrides: dict[str, Any], log=None) -> Config:
 # next one (a new field joins the group of the field above it).
 FLAG_GROUPS = {"version": "run", "data": "data", "model": "model", "epochs": "optimisation", "loss": "loss",
                "sampler": "sampling", "hflip": "augmentation", "scheduler": "schedule", "swa_start": "SWA",
-               "metric": "validation", "amp": "speed", "tta": "prediction"}
+               "metric": "validation", "amp": "speed",
+               "crt_sampler": "long tail, after training (cRT, decision tau)", "tta": "prediction"}
 
 
 def _shown(value: Any) -> str:

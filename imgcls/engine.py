@@ -505,7 +505,9 @@ def val_probs(t: Trainer, net: nn.Module) -> np.ndarray:
     """Class probabilities of `net` on this fold's validation images (every rank gets the whole set's)."""
     return predict_dataset(net, t.images, t.val_idx, img_size=t.pre.img_size, mean=t.pre.mean, std=t.pre.std,
                            device=t.device, batch_size=t.cfg.eval_batch_size, amp=t.cfg.amp,
-                           channels_last=t.channels_last)
+                           channels_last=t.channels_last,
+                           progress=lambda batches: tqdm(batches, desc="validation", unit="batch", leave=False,
+                                                         disable=not sys.stderr.isatty() or not dist.is_main()))
 
 
 def evaluate(t: Trainer, net: nn.Module, probs: np.ndarray | None = None) -> dict:
@@ -725,6 +727,11 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         checkpoint.save(record, rdir / BEST)
         atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
+        stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
+        if stages:  # the curves end where the run's reported score is: after cRT and the tau
+            plot_curves(state.history, rdir / "curves.png", title=f"{cfg.version}/fold{t.fold}",
+                        objective=objective_label(cfg.to_dict()), best_epoch=state.best_epoch,
+                        swa_start=cfg.swa_start, after=stages)
         write_report(rdir, title=f"{cfg.version}/fold{t.fold}: {selected} model on the validation split",
                      metrics=metrics, class_names=t.class_names, settings=cfg.to_dict(),
                      train_counts=t.train_counts, pngs={"Curves": rdir / "curves.png", "Confusion matrix":
@@ -748,6 +755,16 @@ def final_line(rdir: Path, selected: str, metrics: dict, metric: str, refit: boo
     return (f"{rdir}: done; ships the {selected} model; on {split}{note}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
             + f"; train time {metrics['train_time_s']:.0f}s; test scores: predict.py --run {rdir.parent}")
+
+
+def after_training(cfg: Config, metrics: dict, tau: float) -> list[tuple[str, dict]]:
+    """The validation scores of the stages after the epochs, in order: cRT, then the decision tau."""
+    stages = []
+    if cfg.crt_sampler is not None:
+        stages.append(("cRT", metrics.get("before_decision", metrics)))
+    if "before_decision" in metrics:
+        stages.append((f"tau {tau:+.1f}", metrics))
+    return stages
 
 
 def _epoch_of(state: RunState, selected: str) -> int:

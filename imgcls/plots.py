@@ -83,13 +83,16 @@ def objective_label(cfg: dict) -> str:
 
 
 def curves_figure(rows: Sequence[dict], *, title: str = "", objective: str = "training objective",
-                  best_epoch: int | None = None, swa_start: int | None = None) -> Figure:
+                  best_epoch: int | None = None, swa_start: int | None = None,
+                  after: Sequence[tuple[str, dict]] = ()) -> Figure:
     """Three panels: the training objective, the validation NLL, the validation scores per epoch.
 
     The training loss is whatever the run optimises (focal, class-weighted, on mixed targets, on augmented
     batches) and the validation loss is the plain negative log-likelihood of clean images: different
     quantities, so each gets its own panel and y axis instead of one shared axis that invites comparison.
-    The best epoch (dashed line) and the SWA epochs (shaded) are marked on every panel.
+    The best epoch (dashed line) and the SWA epochs (shaded) are marked on every panel. `after`: the stages
+    that follow the epochs, in order, as (name, validation metrics), e.g. ("cRT", ...), ("tau +0.2", ...):
+    drawn past the last epoch on the scores panel, so the curve ends at the score the run reports.
     """
     epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(rows)]
     fig = Figure(figsize=(14, 4), layout="constrained")
@@ -111,6 +114,14 @@ def curves_figure(rows: Sequence[dict], *, title: str = "", objective: str = "tr
                        label=f"SWA (from epoch {swa_start})")
         if best_epoch:
             ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        if ax is panels[2] and after and epochs:
+            xs = [max(epochs) + 0.5 * (k + 1) for k in range(len(after))]
+            for (key, _), colour in zip(keys, ("tab:blue", "tab:orange", "tab:green")):
+                metric = {"val_acc": "accuracy", "val_macro_f1": "macro_f1",
+                          "val_balanced_acc": "balanced_accuracy"}[key]
+                ax.plot(xs, [m[metric] for _, m in after], ls=":", marker="s", ms=4, color=colour)
+            for x, (name, _) in zip(xs, after):
+                ax.annotate(name, (x, ax.get_ylim()[0]), fontsize=7, ha="center", va="bottom")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(panel_title, fontsize=10)
@@ -123,7 +134,8 @@ def curves_figure(rows: Sequence[dict], *, title: str = "", objective: str = "tr
 
 
 def plot_curves(rows: Sequence[dict], path, *, title: str | None = None, objective: str = "training objective",
-                best_epoch: int | None = None, swa_start: int | None = None) -> Path:
+                best_epoch: int | None = None, swa_start: int | None = None,
+                after: Sequence[tuple[str, dict]] = ()) -> Path:
     """curves.png (see curves_figure). title None names the run from its folder: OUT/<version>/fold<k>."""
     if len(rows) == 0:
         raise UserError(f"{path}: no epochs recorded to plot")
@@ -131,7 +143,7 @@ def plot_curves(rows: Sequence[dict], path, *, title: str | None = None, objecti
     if title is None:
         title = f"{path.parent.parent.name}/{path.parent.name}"
     return _save(curves_figure(rows, title=title, objective=objective, best_epoch=best_epoch,
-                               swa_start=swa_start), path)
+                               swa_start=swa_start, after=after), path)
 
 
 def printable(name: str) -> str:
@@ -150,22 +162,25 @@ def sized_labels(class_names: Sequence[str], sizes) -> list[str]:
 
 
 # Above this many classes the plot shows the largest ones (by images of the class in the split): one row per
-# class stops being readable long before, and the full matrix is in metrics.json.
+# class stops being readable long before, and the full matrix is in metrics.json. Sized to stay readable at
+# ~45 classes.
 PLOT_CLASSES_MAX = 60
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path) -> Path:
-    """Row-normalised confusion matrix (each true class sums to 1) sized to stay readable at ~45 classes;
-    `confusion` as metrics.classification_metrics stores it (dense, or the non-zero cells of a large one)."""
+    """Row-normalised confusion matrix (each true class sums to 1), classes largest first, with the image
+    counts in the cells up to 20 classes; `confusion` as metrics.classification_metrics stores it (dense, or
+    the non-zero cells of a large one)."""
     total = len(class_names)
     shape = tuple(confusion["shape"]) if isinstance(confusion, dict) else np.shape(confusion)
     if shape != (total, total):
         raise UserError(f"{path}: confusion matrix is {shape}, expected ({total}, {total}) for the class names")
-    sizes, shown = class_sizes(confusion), None
-    if total > PLOT_CLASSES_MAX:
-        shown = np.sort(np.argsort(-sizes, kind="stable")[:PLOT_CLASSES_MAX])
-        class_names, sizes = [class_names[i] for i in shown], sizes[shown]
-    cm = dense_confusion(confusion, shown).astype(np.float64)
+    # largest class first (ties by name): the head's block, then the tail's rows, where the misses are
+    sizes = class_sizes(confusion)
+    shown = np.argsort(-sizes, kind="stable")[:PLOT_CLASSES_MAX]
+    class_names, sizes = [class_names[i] for i in shown], sizes[shown]
+    counts = dense_confusion(confusion, shown)
+    cm = counts.astype(np.float64)
     n = len(class_names)
     row_sums = sizes[:, None].astype(np.float64)  # the whole row: misses into classes not shown count too
     # Classes absent from the evaluation split have an all-zero row: show zeros rather than NaN.
@@ -178,13 +193,12 @@ def plot_confusion(confusion, class_names: Sequence[str], path) -> Path:
     fig.colorbar(image, ax=ax, fraction=0.04, label="fraction of true class")
     ax.set_xticks(np.arange(n), labels=[printable(c) for c in class_names], rotation=90, fontsize=fontsize)
     ax.set_yticks(np.arange(n), labels=sized_labels(class_names, sizes), fontsize=fontsize)
-    if shown is not None:
-        ax.set_title(f"the {n} largest of {total} classes (all of them: metrics.json)", fontsize=9)
+    ax.set_title(f"classes by size{f', the {n} largest of {total} (all: metrics.json)' if n < total else ''}; "
+                 "colour: share of the true class" + ("; numbers: images" if n <= 20 else ""), fontsize=9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (n = images of the class here)")
-    if n <= 20:  # numbers in the cells only while they fit
-        for i, j in zip(*np.nonzero(normalised >= 0.005)):
-            value = normalised[i, j]
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
-                    color="white" if value > 0.5 else "black")
+    if n <= 20:  # counts in the cells only while they fit
+        for i, j in zip(*np.nonzero(counts)):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=fontsize,
+                    color="white" if normalised[i, j] > 0.5 else "black")
     return _save(fig, path)

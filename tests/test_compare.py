@@ -52,3 +52,13 @@ def test_run_all_flag_without_value_is_a_one_line_error(argv):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: run_all.sh {argv[-1] if argv[-1] != '--quick' else argv[0]} needs a value")
     assert "unbound" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_without_versions_the_table_compares_the_versions_there_are_and_prints_the_smoke_note(tmp_path, capsys):
+    _fake_run(tmp_path / "runs", "v4", None, "test_efficientnet")
+    out = tmp_path / "comparison.md"
+    assert compare_main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| v") and "version" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["v4"]
+    assert printed.startswith("> **Smoke run, not a result.**")

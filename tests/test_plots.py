@@ -53,3 +53,21 @@ def test_objective_label_names_what_the_run_optimises():
                                                            "mixed targets (Mixup/CutMix)")
     assert objective_label(resolve("v1", {}).to_dict()) == "cross-entropy"
     assert "v1" in VERSIONS
+
+
+def test_after_training_lists_crt_then_the_tau_with_their_validation_scores():
+    from imgcls.config import resolve
+    from imgcls.engine import after_training
+    final = {"accuracy": 0.9, "macro_f1": 0.7, "balanced_accuracy": 0.72,
+             "before_decision": {"accuracy": 0.88, "macro_f1": 0.65, "balanced_accuracy": 0.7}}
+    v4 = resolve("v4", {})
+    assert after_training(v4, final, -0.2) == [("cRT", final["before_decision"]), ("tau -0.2", final)]
+    v1 = resolve("v1", {})
+    assert after_training(v1, {"accuracy": 0.9, "macro_f1": 0.7}, 0.0) == []
+    figure = curves_figure([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.8, "val_macro_f1": 0.6,
+                             "val_balanced_acc": 0.6}], after=after_training(v4, final, -0.2))
+    scores = figure.axes[2]
+    # the last epoch's three scores, then each stage's, past the epochs
+    xs = sorted({x for line in scores.get_lines() for x in line.get_xdata()})
+    assert xs == [1, 1.5, 2.0]
+    assert max(max(line.get_ydata()) for line in scores.get_lines()) == 0.9
