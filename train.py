@@ -53,10 +53,9 @@ def main(argv=None) -> int:
     print_config = args.pop("print_config")
     version, fold_text, config_file = args.pop("version"), args.pop("fold"), args.pop("config")
     if config_file:  # the file's settings, then the flags typed here on top; its fold is the run's own
-        saved = {k: v for k, v in read_config_file(config_file).items() if k != "fold"}
-        version = version or saved.pop("version", None)
-        saved.pop("version", None)
-        args = dict(saved, **args)
+        values = read_config_file(config_file)
+        version = version or values.get("version")
+        args = dict({k: v for k, v in values.items() if k not in ("fold", "version")}, **args)
     version = version or "v1"
     # --print-config's stdout stays pure JSON; the note on scaled values goes to stderr there
     say = (lambda line: print(line, file=sys.stderr)) if print_config else print

@@ -163,8 +163,7 @@ def starting_point(source: str | Path, fold: int) -> Member:
     folder's fold `fold` (its first fold when it has no such fold)."""
     paths = find_checkpoints(source, "all")
     same_fold = [p for p in paths if p.parent.name == f"fold{fold}"]
-    member = load_members([(same_fold or paths)[0]])[0]
-    return member
+    return load_members([(same_fold or paths)[0]])[0]
 
 
 def run_root_of(members) -> Path:

@@ -374,12 +374,18 @@ def test_tta_with_no_view_is_one_line(finished_run, script, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_predict_says_when_it_decodes_again_past_a_damaged_cache(tmp_path, capsys):
+def _trained_with_cache(tmp_path, capsys) -> Path:
+    """A v1 run on a small folder data set with its decode cache in tmp_path/cache; returns the cache folder."""
     data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
     cache = tmp_path / "cache"
     code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY,
                        "--cache-dir", cache, capsys=capsys)
     assert code == 0, err
+    return cache
+
+
+def test_predict_says_when_it_decodes_again_past_a_damaged_cache(tmp_path, capsys):
+    cache = _trained_with_cache(tmp_path, capsys)
     npy = next(cache.glob("decoded-*.npy"))
     npy.write_bytes(npy.read_bytes()[:100])  # truncated
     code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
@@ -391,11 +397,7 @@ def test_predict_says_when_it_decodes_again_past_a_damaged_cache(tmp_path, capsy
 
 def test_predict_on_a_trained_run_reuses_its_cache_file(tmp_path, capsys):
     """Training asks for the data's own size, predict for the size it resolved to: one cache file for both."""
-    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
-    cache = tmp_path / "cache"
-    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY,
-                       "--cache-dir", cache, capsys=capsys)
-    assert code == 0, err
+    cache = _trained_with_cache(tmp_path, capsys)
     before = sorted(p.name for p in cache.iterdir())
     code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
                          capsys=capsys)

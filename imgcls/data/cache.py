@@ -57,14 +57,16 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
     optimisation: a damaged cache file means decoding again, an unwritable folder means one warning.
     """
     cache_dir = resolve_cache_dir(cache_dir)
-    if size is None and cache_dir:  # the size an earlier run found for these files: one cache per size
-        size = _recorded_size(cache_dir, cache_key(paths, None))
+    stamps = file_stamps(paths) if cache_dir else b""  # one stat per file, for both keys below
+    unsized = cache_key(paths, None, stamps) if cache_dir and size is None else ""
+    if unsized:  # the size an earlier run found for these files: one cache per size
+        size = _recorded_size(cache_dir, unsized)
     if size is None:
         size = most_common_size(paths, workers)
         log(f"storage size (most common H x W of the data): {size[0]}x{size[1]}")
-        if cache_dir:
-            _record_size(cache_dir, cache_key(paths, None), size, log)
-    key = cache_key(paths, size) if cache_dir else ""
+        if unsized:
+            _record_size(cache_dir, unsized, size, log)
+    key = cache_key(paths, size, stamps) if cache_dir else ""
     if cache_dir:
         log(f"decode cache: {cache_dir} ({_folder_size(cache_dir) / 2**20:.0f} MiB in use; --cache-dir none "
             "turns it off)")
@@ -98,21 +100,26 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
     return images, ok, reasons
 
 
-def cache_key(paths: list[str], size: tuple[int, int] | None) -> str:
+def cache_key(paths: list[str], size: tuple[int, int] | None, stamps: bytes | None = None) -> str:
     """Hash of the file list, each file's size and mtime (ns), the storage size and the cache format.
-
-    Paths are hashed as the bytes the OS gave us (os.fsencode): a file name that is not valid UTF-8 arrives
-    as a str with surrogate escapes, which str.encode() would refuse.
-    """
+    stamps: file_stamps(paths), when the caller needs keys for more than one size (one stat per file)."""
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "size": size}).encode())
+    h.update(file_stamps(paths) if stamps is None else stamps)
+    return h.hexdigest()[:24]
+
+
+def file_stamps(paths: list[str]) -> bytes:
+    """Every path with its size and mtime (ns). Paths are taken as the bytes the OS gave us (os.fsencode): a
+    file name that is not valid UTF-8 arrives as a str with surrogate escapes, which str.encode() refuses."""
+    out = []
     for path in paths:
         try:
             st = os.stat(path)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        h.update(os.fsencode(path) + f"\0{stamp}\n".encode())
-    return h.hexdigest()[:24]
+        out.append(os.fsencode(path) + f"\0{stamp}\n".encode())
+    return b"".join(out)
 
 
 class NotDecodable(Exception):
