@@ -114,8 +114,7 @@ def to_images(x, size: tuple[int, int], workers: int = 2, log=_QUIET) -> Images:
                         f"a folder or a uint8 tensor")
     pixels, ok, reasons = decode_images(paths, size=size, cache_dir=None, workers=workers, log=log)
     skipped = [(p, r) for p, r, good in zip(paths, reasons, ok) if not good]
-    keep = np.flatnonzero(ok)
-    return Images(pixels[torch.as_tensor(keep, dtype=torch.long)], [paths[i] for i in keep], skipped)
+    return Images(pixels, [paths[i] for i in np.flatnonzero(ok)], skipped)  # pixels: the decodable ones
 
 
 # ---------------------------------------------------------------- the classifier

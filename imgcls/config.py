@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.cache import CACHE_MODES
 from .data.samplers import SAMPLERS
 from .errors import UserError
 from .losses import LOSSES
@@ -91,6 +92,9 @@ class Config:
                                       parse_size)
     cache_dir: str | None = _opt("default", "decode cache folder; default = $XDG_CACHE_HOME/imgcls, else "
                                             "~/.cache/imgcls; none = off", parse_optional_str)
+    cache_mode: str = _opt("mmap", "mmap: map the decode cache read-only (shared by every process on the machine, "
+                                   "larger-than-RAM data pages in and out); memory: read it whole into this "
+                                   "process", choices=CACHE_MODES)
     test_frac: float = _opt(0.2, "stratified holdout test fraction (never trained on)")
     folds: str = _opt("1", "number of folds: 1 = one holdout validation split; K >= 2 = stratified K-fold; "
                            "auto = V3's rule (2 if smallest class < 3 else min(3, smallest))")

@@ -24,6 +24,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_rank() -> int:
+    """This process's rank on its own machine (torchrun's LOCAL_RANK; 0 when not launched so)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) if world_size() > 1 else 0
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

@@ -58,8 +58,8 @@ from .selection import make_ema, pick
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
 # "data": a run (or its data) moved to another folder resumes; what guards it is the split, which records the
 # data set's files relative to their common folder (splits.paths_digest), and the class names in last.pt.
-_RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir", "tta",
-                "fold", "data"}
+_RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir",
+                "cache_mode", "tta", "fold", "data"}
 
 
 class TrainingDiverged(UserError):
@@ -89,12 +89,16 @@ def num_folds(cfg: Config, labels: np.ndarray) -> int:
 def prepare_data(cfg: Config, log=print):
     """Load (decode once, cached) and split; the split is saved once per version so every fold, and
     predict.py later, sees the same held-out test set."""
-    # Under torchrun, rank 0 decodes and writes the cache first; the other ranks then read it.
-    if not dist.is_main():
+    # Under torchrun, local rank 0 of each machine decodes into the cache folder (node-local by default:
+    # ~/.cache/imgcls) while the other ranks wait; then every rank maps the same file, one copy in the page
+    # cache per machine. Machines that share a --cache-dir each decode, and the atomic rename makes the last
+    # identical file win. Every rank passes the barrier once: local rank 0 after its decode, the others before.
+    decodes = dist.local_rank() == 0
+    if not decodes:
         dist.barrier()
     dataset = load_dataset(cfg.data, label_col=cfg.label_col, size=cfg.storage_size,
-                           cache_dir=cfg.cache_dir, workers=cfg.workers, log=log)
-    if dist.is_main():
+                           cache_dir=cfg.cache_dir, workers=cfg.workers, log=log, cache_mode=cfg.cache_mode)
+    if decodes:
         dist.barrier()
     labels = dataset.labels.numpy()
     split_path = run_root(cfg) / SPLIT
@@ -112,6 +116,15 @@ def prepare_data(cfg: Config, log=print):
         for note in split.get("notes", []):
             log(f"split: {note}")
     return dataset, split
+
+
+def images_on(device: torch.device, images: torch.Tensor) -> torch.Tensor:
+    """The decoded images where batches are gathered from: on a GPU when they take at most a quarter of its
+    free memory (one copy; gathers on the device), else where they are (host memory or the cache mapping;
+    each batch is copied over)."""
+    if device.type == "cuda" and images.numel() <= torch.cuda.mem_get_info(device)[0] // 4:
+        return images.to(device)
+    return images
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -303,7 +316,7 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
     parts = dict(
         cfg=cfg, fold=fold, rdir=rdir, device=device, say=say, train_idx=train_idx,
         labels=dataset.labels, labels_dev=dataset.labels.to(device),
-        images=dataset.images.to(device) if device.type == "cuda" else dataset.images,
+        images=images_on(device, dataset.images),
         val_idx=stage.val_idx, carried=stage.carried, class_names=class_names,
         train_counts=np.bincount(dataset.labels.numpy()[train_idx], minlength=len(class_names)), pre=pre,
         channels_last=use_channels_last(cfg.channels_last, device))

@@ -61,7 +61,7 @@ def test_zero_byte_and_truncated_jpeg_are_reported_not_fatal(tmp_path):
     images, ok, reasons = decode_images([good, str(empty), str(truncated)], (8, 6), None, 1, **QUIET)
     assert ok.tolist() == [True, False, False]
     assert reasons[0] == "" and reasons[1].startswith("undecodable") and reasons[2].startswith("undecodable")
-    assert (images[1:] == 0).all()
+    assert images.shape == (1, 3, 8, 6)  # the decodable image only
 
 
 def test_size_none_uses_the_most_common_size(tmp_path):
@@ -143,7 +143,9 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_a_damaged_cache_is_decoded_again(tmp_path):
     paths = [_save(Image.new("RGB", (6, 8), (i, 0, 0)), tmp_path / f"{i}.png") for i in range(3)]
     cache_dir = tmp_path / "c"
-    first, _, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)
+    # a copy: the returned tensor maps the file itself, which this test truncates in place (imgcls never
+    # writes to a cache file in place; it renames a new one over it, so a mapping stays valid)
+    first = decode_images(paths, None, str(cache_dir), 1, **QUIET)[0].clone()
     npy = next(cache_dir.glob("*.npy"))
     npy.write_bytes(npy.read_bytes()[:40])
     again, ok, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)

@@ -25,7 +25,7 @@ __all__ = ["Dataset", "Index", "load_dataset", "load_index", "write_skipped"]
 class Dataset:
     """Decoded, usable images with their labels; everything left out is in `skipped` with a reason."""
 
-    images: torch.Tensor  # uint8 N x 3 x H x W
+    images: torch.Tensor  # uint8 N x 3 x H x W; a read-only mapping of the decode cache by default
     labels: torch.Tensor  # int64 N, indexes class_names
     class_names: list[str]
     paths: list[str]
@@ -33,7 +33,7 @@ class Dataset:
 
 
 def load_dataset(data: str | None = None, label_col: str = "subCategory", size: tuple[int, int] | None = None,
-                 cache_dir: str | None = None, workers: int = 2, log=print) -> Dataset:
+                 cache_dir: str | None = None, workers: int = 2, log=print, cache_mode: str = "mmap") -> Dataset:
     """Index `data`, decode it (or read the cache), drop undecodable files, and check it is trainable.
 
     Classes whose every image is undecodable disappear from class_names (labels are renumbered), so the
@@ -51,7 +51,7 @@ def load_dataset(data: str | None = None, label_col: str = "subCategory", size: 
         if not index.paths:
             raise UserError(f"--data {data}: no usable images found ({len(index.skipped)} skipped); "
                             "check the path and the layout")
-        images, ok, reasons = decode_images(index.paths, size, cache_dir, workers, log)
+        images, ok, reasons = decode_images(index.paths, size, cache_dir, workers, log, cache_mode)
 
     skipped = list(index.skipped)
     bad = np.flatnonzero(~ok)
@@ -59,8 +59,7 @@ def load_dataset(data: str | None = None, label_col: str = "subCategory", size: 
         skipped += [(index.paths[i], reasons[i]) for i in bad]
         log(f"skipped {len(bad)} undecodable image(s), e.g. "
             + ", ".join(os.path.basename(index.paths[i]) for i in bad[:5]))
-        keep = np.flatnonzero(ok)
-        images = _compact(images, keep)
+        keep = np.flatnonzero(ok)  # the pixels hold these rows only
         paths = [index.paths[i] for i in keep]
         labels, class_names = _renumber(index.labels[keep], index.class_names)
     else:
@@ -82,14 +81,6 @@ def write_skipped(skipped: list[tuple[str, str]], path: str) -> None:
     # ensure_ascii (json's default) writes a non-UTF-8 file name as \\udcXX escapes instead of failing
     atomic_write(path, json.dumps({"count": len(skipped),
                                    "skipped": [{"item": item, "reason": why} for item, why in skipped]}, indent=1))
-
-
-def _compact(images: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
-    """Move the kept rows to the front in place (no second N x 3 x H x W buffer) and return that view."""
-    for new, old in enumerate(keep.tolist()):
-        if new != old:  # old >= new always, so a row is read before it can be overwritten
-            images[new] = images[old]
-    return images[: len(keep)]
 
 
 def _renumber(labels: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, list[str]]:

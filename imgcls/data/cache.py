@@ -1,11 +1,18 @@
-"""Decode every image once into one uint8 N x 3 x H x W tensor, and keep it on disk for the next start.
+"""Decode every image once into one uint8 N x 3 x H x W array on disk, and map that file for every run.
 
-Training then never touches PIL: a batch is a gather from this tensor, augmented on the device. The tensor is
-preallocated and filled in place by a thread pool (Pillow releases the GIL while it decodes), so peak memory
-is the tensor itself plus one image per worker.
+Training then never touches PIL: a batch is a gather from this array, augmented on the device.
+
+With a cache folder (the default) the array is a .npy file that is memory-mapped read-only, never read whole:
+the operating system's page cache holds it once per machine, shared by every process that maps it (torchrun
+ranks, predict.py beside a training), and pages it in and out when the data set is larger than RAM (FFCV's
+`os_cache=True`). A first run decodes straight into that file: a thread pool (Pillow releases the GIL while it
+decodes) writes each chunk of images at its offset with pwrite, so peak memory is the chunks in flight, not
+the data set; the file is renamed into place when complete. Without a cache folder (`--cache-dir none`), or
+with `--cache-mode memory`, the array lives in the process's memory as before.
 
 The cache file is keyed by the list of files, each file's size and mtime, and the requested storage size: any
-change to the data gives a new key, so a stale cache is never read.
+change to the data gives a new key, so a stale cache is never read. The pixels hold the decodable images only
+(in order); the status file lists every file with its reason.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import hashlib
 import json
 import os
 import stat
+import struct
 import sys
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,12 +32,15 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from imgcls.fsio import atomic_write, clean_stale_temps
+from imgcls.fsio import atomic_write, clean_stale_temps, temp_name
 
-CACHE_FORMAT = 2  # bump when the decoded pixels would change for the same files (2: JPEG draft, reduce)
+# bump when the file would change for the same images (2: JPEG draft, reduce; 3: decodable rows only)
+CACHE_FORMAT = 3
+CACHE_MODES = ("mmap", "memory")
 # Refused above this (one RGB copy is 3 bytes a pixel, per decode worker): a 50 MP image is 150 MB.
 MAX_DECODE_PIXELS = 50_000_000
-_CHUNK = 256  # images per task: amortises pool overhead, keeps the progress bar smooth
+_CHUNK = 256  # images per task at most: amortises pool overhead, keeps the progress bar smooth
+_CHUNK_BYTES = 16 * 2**20  # and at most this many pixel bytes per task: the memory a decode worker holds
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 mean the stored image is transposed relative to its display
 
 
@@ -48,14 +60,17 @@ def resolve_cache_dir(value: str | None) -> str | None:
 
 
 def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str | None, workers: int = 2,
-                  log=print) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+                  log=print, mode: str = "mmap") -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """Decode `paths` to RGB uint8 at storage size (H, W); reuse the cache in `cache_dir` when it matches.
 
-    size None picks the most common (H, W) of the data. Returns (images N3HW uint8, ok bool array, reasons):
-    an undecodable file gets ok False, an all-zero image, and its reason (reasons[i] is "" when ok).
-    cache_dir: a folder, 'default' (see default_cache_dir) or None/'none' (off). The cache is only an
-    optimisation: a damaged cache file means decoding again, an unwritable folder means one warning.
+    size None picks the most common (H, W) of the data. Returns (images, ok bool array, reasons): images holds
+    the decodable files only, in order (len = ok.sum()); reasons[i] says why file i was not (or "").
+    cache_dir: a folder, 'default' (see default_cache_dir) or None/'none' (off). mode: 'mmap' maps the cache
+    file read-only (the tensor is a view of the page cache, not a copy); 'memory' reads it whole. The cache is
+    only an optimisation: a damaged cache file means decoding again, an unwritable folder means one warning.
     """
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache mode {mode!r}: expected one of {', '.join(CACHE_MODES)}")
     cache_dir = resolve_cache_dir(cache_dir)
     stamps = file_stamps(paths) if cache_dir else b""  # one stat per file, for both keys below
     unsized = cache_key(paths, None, stamps) if cache_dir and size is None else ""
@@ -66,38 +81,127 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
         log(f"storage size (most common H x W of the data): {size[0]}x{size[1]}")
         if unsized:
             _record_size(cache_dir, unsized, size, log)
-    key = cache_key(paths, size, stamps) if cache_dir else ""
-    if cache_dir:
-        log(f"decode cache: {cache_dir} ({_folder_size(cache_dir) / 2**20:.0f} MiB in use; --cache-dir none "
-            "turns it off)")
-        cached = _load_cache(cache_dir, key, len(paths), size, log)
+    if not cache_dir:
+        return _decode_in_memory(paths, size, workers)
+    key = cache_key(paths, size, stamps)
+    log(f"decode cache: {cache_dir} ({_folder_size(cache_dir) / 2**20:.0f} MiB in use; --cache-dir none "
+        "turns it off)")
+    cached = _load_cache(cache_dir, key, len(paths), size, log, mode)
+    if cached is not None:
+        log(f"decoded images: loaded {len(paths)} from cache {_cache_files(cache_dir, key)[0]}"
+            + (" (memory-mapped)" if mode == "mmap" else ""))
+        return cached
+    if _decode_to_file(cache_dir, key, paths, size, workers, log):
+        cached = _load_cache(cache_dir, key, len(paths), size, log, mode)
         if cached is not None:
-            log(f"decoded images: loaded {len(paths)} from cache {_cache_files(cache_dir, key)[0]}")
             return cached
+    return _decode_in_memory(paths, size, workers)
+
+
+def _decode_all(paths: list[str], size: tuple[int, int], workers: int, store) -> tuple[np.ndarray, list[str]]:
+    """Decode every file on a thread pool, calling store(start, block) with each chunk's pixels (undecodable
+    images all zero). Returns (ok, reasons); a file that cannot be decoded is reported, never fatal."""
     height, width = size
-    images = torch.zeros((len(paths), 3, height, width), dtype=torch.uint8)
     ok = np.ones(len(paths), dtype=bool)
     reasons = [""] * len(paths)
-    target = images.numpy()  # shares memory with `images`: workers write straight into the tensor
+    chunk = max(1, min(_CHUNK, _CHUNK_BYTES // (3 * height * width)))
 
     def work(start: int) -> int:
-        stop = min(start + _CHUNK, len(paths))
+        stop = min(start + chunk, len(paths))
+        block = np.zeros((stop - start, 3, height, width), dtype=np.uint8)
         for i in range(start, stop):
             try:
-                target[i] = _decode_file(paths[i], (height, width))
+                block[i - start] = _decode_file(paths[i], (height, width))
             except NotDecodable as err:  # our own checks: the reason says it all
                 ok[i], reasons[i] = False, str(err)
             except Exception as err:  # any unreadable file is reported, never fatal
                 ok[i], reasons[i] = False, f"undecodable: {type(err).__name__}: {err}"
+        store(start, block)
         return stop - start
 
     with ThreadPoolExecutor(max(1, workers)) as pool, \
             tqdm(total=len(paths), desc="decoding", unit="img", disable=len(paths) < 1000 or not sys.stderr.isatty()) as bar:
-        for done in pool.map(work, range(0, len(paths), _CHUNK)):
+        for done in pool.map(work, range(0, len(paths), chunk)):
             bar.update(done)
-    if cache_dir:
-        _save_cache(cache_dir, key, images, ok, reasons, log)
-    return images, ok, reasons
+    return ok, reasons
+
+
+def _decode_in_memory(paths: list[str], size: tuple[int, int], workers: int):
+    """No cache file: one N x 3 x H x W tensor filled in place, then the undecodable rows squeezed out in place
+    (no second buffer)."""
+    images = torch.zeros((len(paths), 3, *size), dtype=torch.uint8)
+    target = images.numpy()  # shares memory with `images`
+
+    def store(start, block):
+        target[start:start + len(block)] = block
+
+    ok, reasons = _decode_all(paths, size, workers, store)
+    keep = np.flatnonzero(ok)
+    for new, old in enumerate(keep.tolist()):
+        if new != old:  # old >= new always, so a row is read before it can be overwritten
+            images[new] = images[old]
+    return images[: len(keep)], ok, reasons
+
+
+def _decode_to_file(cache_dir: str, key: str, paths: list[str], size: tuple[int, int], workers: int,
+                    log=print) -> bool:
+    """Decode straight into the cache file: workers pwrite their chunks at their offsets in a temp file (the
+    page cache holds the pixels, not this process), the undecodable rows are squeezed out, then the file is
+    renamed into place and its status written last. False (with one warning) when the folder cannot take it:
+    the space is reserved before any decoding, so a full disk is found at once and the run decodes in memory."""
+    npy, meta = _cache_files(cache_dir, key)
+    row = 3 * size[0] * size[1]
+    tmp = None
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        clean_stale_temps(cache_dir)  # what killed runs (or a full disk) left behind
+        tmp = temp_name(npy)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            os.pwrite(fd, _npy_header((len(paths), 3, *size)), 0)
+            if len(paths):
+                os.posix_fallocate(fd, 0, _HEADER + len(paths) * row)
+
+            def store(start, block):
+                os.pwrite(fd, memoryview(block).cast("B"), _HEADER + start * row)
+
+            ok, reasons = _decode_all(paths, size, workers, store)
+            keep = np.flatnonzero(ok)
+            for new, old in enumerate(keep.tolist()):  # squeeze out the undecodable rows, front to back
+                if new != old:
+                    os.pwrite(fd, os.pread(fd, row, _HEADER + old * row), _HEADER + new * row)
+            os.ftruncate(fd, _HEADER + len(keep) * row)
+            os.pwrite(fd, _npy_header((len(keep), 3, *size)), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, npy)
+        tmp = None
+        # written last: its presence marks a complete cache
+        atomic_write(meta, json.dumps({"key": key, "shape": [int(len(keep)), 3, *size], "ok": ok.tolist(),
+                                       "reasons": reasons}))
+        return True
+    except Exception as err:  # unwritable folder, disk full, file size limit: the run goes on without it
+        log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: "
+            f"{str(err).strip()[:200]}); continuing without it (decoding in memory; next start decodes again)")
+        return False
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+# The .npy header (format 1.0), always this long, so that the row count can be rewritten in place after the
+# undecodable rows are squeezed out without moving the pixels. np.load reads it like any other.
+_HEADER = 128
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    text = "{'descr': '|u1', 'fortran_order': False, 'shape': (%s), }" % ", ".join(str(int(n)) for n in shape)
+    text = text.ljust(_HEADER - 10 - 1) + "\n"
+    return np.lib.format.magic(1, 0) + struct.pack("<H", len(text)) + text.encode("latin1")
 
 
 def cache_key(paths: list[str], size: tuple[int, int] | None, stamps: bytes | None = None) -> str:
@@ -209,24 +313,9 @@ def _cache_files(cache_dir: str, key: str) -> tuple[str, str]:
     return os.path.join(cache_dir, f"decoded-{key}.npy"), os.path.join(cache_dir, f"decoded-{key}.json")
 
 
-def _save_cache(cache_dir: str, key: str, images: torch.Tensor, ok: np.ndarray, reasons: list[str],
-                log=print) -> None:
-    """Write pixels (.npy) then status (.json), each atomically; any failure is one warning, never fatal."""
-    npy, meta = _cache_files(cache_dir, key)
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        clean_stale_temps(cache_dir)  # what killed runs (or a full disk) left behind
-        atomic_write(npy, lambda fh: np.save(fh, images.numpy()))
-        # written last: its presence marks a complete cache
-        atomic_write(meta, json.dumps({"key": key, "shape": list(images.shape), "ok": ok.tolist(),
-                                       "reasons": reasons}))
-    except Exception as err:  # unwritable folder, disk full, file size limit: the run goes on without it
-        log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: "
-            f"{str(err).strip()[:200]}); continuing without it (next start decodes again)")
-
-
-def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | None, log=print):
-    """The cached (images, ok, reasons), or None when absent; a damaged cache is reported and ignored."""
+def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | None, log=print, mode="mmap"):
+    """The cached (images, ok, reasons), or None when absent; a damaged cache is reported and ignored.
+    mode 'mmap': the images are a read-only mapping of the file (np.load's mmap_mode='r'), nothing is read."""
     npy, meta = _cache_files(cache_dir, key)
     if not (os.path.isfile(npy) and os.path.isfile(meta)):
         return None
@@ -236,18 +325,22 @@ def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | No
         ok, reasons = status["ok"], status["reasons"]
         if status.get("key") != key:
             raise ValueError(f"its status file was written for key {status.get('key')}, not {key}")
-        images = np.load(npy, allow_pickle=False)  # one read into memory
+        images = np.load(npy, mmap_mode="r" if mode == "mmap" else None, allow_pickle=False)
         if not (isinstance(ok, list) and isinstance(reasons, list) and len(ok) == len(reasons) == count):
             raise ValueError(f"status lists {len(ok)} images, expected {count}")
         # the pixels must be what the status file recorded, and the size asked for: a cache file of another
         # storage size that still parses would otherwise train the run at that size without a word
-        if images.dtype != np.uint8 or list(images.shape) != status.get("shape") or images.shape[:2] != (count, 3) \
+        if images.dtype != np.uint8 or list(images.shape) != status.get("shape") \
+                or images.shape[:2] != (sum(map(bool, ok)), 3) \
                 or (size is not None and tuple(images.shape[2:]) != tuple(size)):
             raise ValueError(f"pixels of shape {images.shape} {images.dtype}, expected {status.get('shape')} uint8")
     except Exception as err:  # 0-byte or truncated .npy, a .json of another shape: decode again
         log(f"decode cache {npy} unreadable ({type(err).__name__}: {str(err).strip()[:120]}); decoding again")
         return None
-    return torch.from_numpy(images), np.array(ok, dtype=bool), [str(r) for r in reasons]
+    with warnings.catch_warnings():  # "not writable": a read-only mapping is the point; nothing writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        pixels = torch.from_numpy(images)
+    return pixels, np.array(ok, dtype=bool), [str(r) for r in reasons]
 
 
 def _recorded_size(cache_dir: str, unsized_key: str) -> tuple[int, int] | None:
