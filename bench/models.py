@@ -8,6 +8,7 @@ load from other processes cancels out); `--out FILE` also writes the table, with
 
     python bench/models.py                         # defaults: a few minutes on 2 CPU cores
     python bench/models.py --models convnext_tiny --sizes 224x224:8 --repeats 3
+    python bench/models.py --models vit_b_16 swin_t --sizes 224x224:8 --formats contiguous
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
+from torchvision.ops import StochasticDepth
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imgcls.models import create_model  # noqa: E402
@@ -35,8 +37,18 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def build_pair(name: str, num_classes: int, drop_path: float):
-    """The project's model and torchvision's, with identical weights and stochastic depth."""
-    ref = getattr(tvm, name)(num_classes=num_classes, stochastic_depth_prob=drop_path)
+    """The project's model and torchvision's, with identical weights and stochastic depth (torchvision's ViT
+    has none: the project's ViT is built without it too)."""
+    builder = getattr(tvm, name)
+    if name.startswith("vit_"):
+        ref, drop_path = builder(num_classes=num_classes), 0.0
+    elif name.startswith("swin_"):  # its builders fix the rate per variant: set it on the layers
+        ref = builder(num_classes=num_classes)
+        layers = [m for m in ref.modules() if isinstance(m, StochasticDepth)]
+        for i, layer in enumerate(layers):
+            layer.p = drop_path * i / max(len(layers) - 1, 1)
+    else:
+        ref = builder(num_classes=num_classes, stochastic_depth_prob=drop_path)
     ours = create_model(name, num_classes, drop_path_rate=drop_path, log=lambda *_: None)
     ours.load_state_dict(ref.state_dict())
     return ours, ref

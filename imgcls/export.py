@@ -174,11 +174,13 @@ def export_torchscript(module: Deployable, path: str | Path) -> Path:
 
 
 def _ignore_fixed_size_tracer_warnings() -> None:
-    """TF "SAME" padding (models/layers.py, the tf_ and Lite models) is computed from the feature map's height
-    and width, which the tracer warns it turns into constants. Here that is right: the Deployable resizes
-    every input to img_size first, so H and W are the same for every call of the exported graph (only the
-    batch is free), and the parity tests check the result at several batch sizes."""
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"imgcls\.models\.layers")
+    """TF "SAME" padding (models/layers.py, the tf_ and Lite models), ViT's patch grid and Swin's window
+    padding and shift are computed from the feature map's height and width, which the tracer warns it turns
+    into constants. Here that is right: the Deployable resizes every input to img_size first, so H and W are
+    the same for every call of the exported graph (only the batch is free), and the parity tests check the
+    result at several batch sizes."""
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                            module=r"imgcls\.models\.(layers|vit|swin)")
 
 
 def export_program(module: Deployable, path: str | Path) -> Path:

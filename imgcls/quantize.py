@@ -13,6 +13,7 @@ activations, cost the fashion-small B0 run more accuracy (bench/results/inferenc
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,17 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: tor
     int8_path = Path(int8_path)
     prepared = int8_path.with_name(int8_path.stem + ".prep.onnx")
     # Shape inference and graph fusions (Conv+BN etc.) first, as onnxruntime's docs advise for static
-    # quantisation; the prepared file is an intermediate and is removed.
-    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    # quantisation; the prepared file is an intermediate and is removed. auto_merge: Swin pads to its window
+    # with sizes computed in the graph, which symbolic inference cannot prove equal without merging (it
+    # otherwise fails and leaves sym_shape_infer_temp.onnx in the working directory); the CNNs have nothing
+    # to merge. Its "unable to determine ... treat as equal" warnings are about those pads, so they are muted.
+    shape_log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = shape_log.level
+    shape_log.setLevel(logging.ERROR)
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False, auto_merge=True)
+    finally:
+        shape_log.setLevel(level)
     import onnx
     outside = [n.name for n in onnx.load(str(prepared)).graph.node if not n.name.startswith(NETWORK_SCOPE)]
     try:

@@ -16,6 +16,8 @@ from imgcls.errors import UserError
 
 from . import convnext as _convnext
 from . import efficientnet as _efficientnet
+from . import swin as _swin
+from . import vit as _vit
 from .weights import IMAGENET_MEAN, IMAGENET_STD, RECORDS, UNTAGGED, WeightRecord, fetch_state_dict, \
     load_pretrained, read_checkpoint
 
@@ -24,6 +26,8 @@ __all__ = ["create_model", "list_models", "pretrained_cfg"]
 # architecture -> (family, builder)
 _ARCHS = {name: ("convnext", _convnext.convnext) for name in _convnext.CONFIGS}
 _ARCHS.update({name: ("efficientnet", _efficientnet.efficientnet) for name in _efficientnet.CONFIGS})
+_ARCHS.update({name: ("vit", _vit.vit) for name in _vit.CONFIGS})
+_ARCHS.update({name: ("swin", _swin.swin) for name in _swin.CONFIGS})
 
 # The tiny test models have no checkpoint; their cfg describes how the engine's tests feed them ("format" is
 # the project's own key layout, which is torchvision's).

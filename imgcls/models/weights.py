@@ -82,6 +82,30 @@ RECORDS: dict[str, dict[str, WeightRecord]] = {
     "tf_efficientnetv2_b2": {"in1k": _timm_effv2("tf_efficientnetv2_b2-847de54e.pth", 208, 260)},
     "tf_efficientnetv2_b3": {"in1k": _timm_effv2("tf_efficientnetv2_b3-57773f13.pth", 240, 300)},
 }
+for _arch, _file, _size in (("vit_b_16", "vit_b_16-c867db91.pth", 224), ("vit_b_32", "vit_b_32-d86f8d99.pth", 224),
+                           ("vit_l_16", "vit_l_16-852ce7e3.pth", 224), ("vit_l_32", "vit_l_32-c7638314.pth", 224)):
+    RECORDS[_arch] = {"tv_in1k": _tv(_file, _size, "bilinear")}
+RECORDS.setdefault("vit_h_14", {})
+# SWAG (Singh et al. 2022): Instagram-pretrained, fine-tuned end to end at 384 / 512 / 518, or a linear head on
+# the frozen trunk at 224 ("lc")
+for _arch, _e2e, _e2e_size, _linear in (
+        ("vit_b_16", "vit_b_16_swag-9ac1b537.pth", 384, "vit_b_16_lc_swag-4e70ced5.pth"),
+        ("vit_l_16", "vit_l_16_swag-4f3808c9.pth", 512, "vit_l_16_lc_swag-4d563306.pth"),
+        ("vit_h_14", "vit_h_14_swag-80465313.pth", 518, "vit_h_14_lc_swag-c1eb923e.pth")):
+    RECORDS[_arch]["swag_e2e"] = _tv(_e2e, _e2e_size, "bicubic")
+    RECORDS[_arch]["swag_lc"] = _tv(_linear, 224, "bicubic")
+for _size, _file in (("tiny", "deit_tiny_patch16_224-a1311bcf.pth"), ("small", "deit_small_patch16_224-cd65a155.pth"),
+                     ("base", "deit_base_patch16_224-b5f2ef4d.pth")):
+    _deit = WeightRecord("timm", "https://dl.fbaipublicfiles.com/deit/" + _file, _file, 224, 224, "bicubic")
+    RECORDS[f"deit_{_size}_patch16_224"] = {"fb_in1k": _deit}
+RECORDS.update({
+    "swin_t": {"tv_in1k": _tv("swin_t-704ceda3.pth", 224, "bicubic")},
+    "swin_s": {"tv_in1k": _tv("swin_s-5e29d889.pth", 224, "bicubic")},
+    "swin_b": {"tv_in1k": _tv("swin_b-68c6b09e.pth", 224, "bicubic")},
+    "swin_v2_t": {"tv_in1k": _tv("swin_v2_t-b137f0e2.pth", 256, "bicubic")},
+    "swin_v2_s": {"tv_in1k": _tv("swin_v2_s-637d8ceb.pth", 256, "bicubic")},
+    "swin_v2_b": {"tv_in1k": _tv("swin_v2_b-781e5279.pth", 256, "bicubic")},
+})
 for _size in ("tiny", "small", "base", "large"):
     RECORDS[f"convnext_{_size}"]["fb_in22k"] = _fb(f"convnext_{_size}_22k_224.pth", 21841)
     RECORDS[f"convnext_{_size}"]["fb_in22k_ft_in1k"] = _fb(f"convnext_{_size}_22k_1k_224.pth", 1000)
@@ -240,17 +264,53 @@ def efficientnet_from_lukemelas(sd: dict) -> dict:
     return out
 
 
+# timm / DeiT ViT keys -> project (torchvision) keys; `blocks.N` is encoder_layer_N.
+_TIMM_VIT_RULES = [
+    (r"cls_token", "class_token"),
+    (r"pos_embed", "encoder.pos_embedding"),
+    (r"patch_embed\.proj\.(\w+)", "conv_proj.{0}"),
+    (r"blocks\.(\d+)\.norm1\.(\w+)", "encoder.layers.encoder_layer_{0}.ln_1.{1}"),
+    (r"blocks\.(\d+)\.attn\.qkv\.weight", "encoder.layers.encoder_layer_{0}.self_attention.in_proj_weight"),
+    (r"blocks\.(\d+)\.attn\.qkv\.bias", "encoder.layers.encoder_layer_{0}.self_attention.in_proj_bias"),
+    (r"blocks\.(\d+)\.attn\.proj\.(\w+)", "encoder.layers.encoder_layer_{0}.self_attention.out_proj.{1}"),
+    (r"blocks\.(\d+)\.norm2\.(\w+)", "encoder.layers.encoder_layer_{0}.ln_2.{1}"),
+    (r"blocks\.(\d+)\.mlp\.fc1\.(\w+)", "encoder.layers.encoder_layer_{0}.mlp.0.{1}"),
+    (r"blocks\.(\d+)\.mlp\.fc2\.(\w+)", "encoder.layers.encoder_layer_{0}.mlp.3.{1}"),
+    (r"norm\.(\w+)", "encoder.ln.{0}"),
+    (r"head\.(\w+)", "heads.head.{0}"),
+]
+
+
+def vit_from_timm(sd: dict) -> dict:
+    """timm / DeiT VisionTransformer keys (class token, no distillation token or layer scale) -> project keys.
+    Keys of other variants (dist_token, ls1, fc_norm weights) are left for the strict load to report."""
+    out = {}
+    for key, value in sd.items():
+        for pattern, target in _TIMM_VIT_RULES:
+            if m := re.fullmatch(pattern, key):
+                out[target.format(*m.groups())] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def vit_from_torchvision(sd: dict) -> dict:
+    """torchvision's ViT files predate its MLPBlock v2 names: mlp.linear_1 / linear_2 are mlp.0 / mlp.3."""
+    return {re.sub(r"\.mlp\.linear_([12])\.", lambda m: f".mlp.{3 * (int(m[1]) - 1)}.", k): v for k, v in sd.items()}
+
+
 def detect_format(sd: dict) -> str:
     """Tell the key layout of a state_dict: "torchvision", "official" (ConvNeXt), "timm" or
     "efficientnet_pytorch"."""
     keys = set(sd)
-    if any(k.startswith("features.") for k in keys):
+    if any(k.startswith("features.") for k in keys) or "conv_proj.weight" in keys:
         return "torchvision"
     if "_conv_stem.weight" in keys:
         return "efficientnet_pytorch"
     if any(k.startswith("downsample_layers.") for k in keys):
         return "official"
-    if "conv_stem.weight" in keys or any(k.startswith("stem.") for k in keys):
+    if "conv_stem.weight" in keys or any(k.startswith(("stem.", "patch_embed.")) for k in keys):
         return "timm"
     raise ValueError("unknown checkpoint layout (first keys: " + ", ".join(list(sd)[:5]) + ")")
 
@@ -263,8 +323,10 @@ def to_project_keys(sd: dict, family: str) -> dict:
         ("timm", "convnext"): lambda d: convnext_from("timm", d),
         ("timm", "efficientnet"): efficientnet_from_timm,
         ("efficientnet_pytorch", "efficientnet"): efficientnet_from_lukemelas,
+        ("timm", "vit"): vit_from_timm,
+        ("torchvision", "vit"): vit_from_torchvision,
     }
-    if fmt == "torchvision":
+    if fmt == "torchvision" and (fmt, family) not in converters:
         return dict(sd)
     if (fmt, family) not in converters:
         raise ValueError(f"a {fmt}-format checkpoint cannot be loaded into a {family} model")
@@ -357,6 +419,8 @@ def load_pretrained(model: nn.Module, sd: dict, family: str, source: str, log=pr
         sd = to_project_keys(sd, family)
     except ValueError as err:
         raise UserError(f"{source}: {err}; pass a checkpoint made for this model") from err
+    if hasattr(model, "fit_checkpoint"):  # a ViT takes the checkpoint's position grid
+        model.fit_checkpoint(sd)
     own = model.state_dict()
     head = classifier_keys(model)
     num_classes = own[head[0]].shape[0]
