@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the model names (matching PATTERN, e.g. '*lite*'), their checkpoint and "
                              "input size, and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--find-lr", nargs="?", type=int, const=100, default=None, metavar="UPDATES",
+                        help="learning-rate range test instead of training: UPDATES (default 100) updates with "
+                             "the lr growing from 1e-7 to 10 on this run's data, model, sampler and loss; prints "
+                             "the suggested --lr and writes OUT/lr_find.png, no run file")
     add_config_flags(parser)
     return parser
 
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
         from imgcls.models import model_table
         print_lines(model_table(pattern))
         return 0
-    print_config = args.pop("print_config")
+    print_config, find_lr = args.pop("print_config"), args.pop("find_lr")
     version, fold_text, config_file = args.pop("version"), args.pop("fold"), args.pop("config")
     if config_file:  # the file's settings, then the flags typed here on top; its fold is the run's own
         values = read_config_file(config_file)
@@ -67,6 +71,12 @@ def main(argv=None) -> int:
     if cfg.data is None and dist.is_main():
         print("note: no --data given: training on the built-in demo data (scikit-learn digits, long-tailed). "
               "Use --data DIR (Kaggle styles.csv + images/, or one folder per class) for real data.")
+
+    if find_lr is not None:
+        from imgcls.lr_find import find_lr as range_test
+        fold = parse_fold(fold_text)
+        range_test(cfg, 0 if fold is None else fold, find_lr)
+        return 0
 
     from imgcls import engine
     device = dist.local_device(cfg.device)

@@ -41,6 +41,8 @@ from .data import load_dataset, write_skipped
 from .data.augment import MixupCutmix, TrainAugment, eval_transform
 from .data.samplers import EpochSampler, epoch_seed
 from .decision import adjust, choose_tau
+from .distill import DISTILL, Distillation
+from .teacher import teacher_log_probs, teacher_test
 from .decoupling import extract_features, final_linear, replace_classifier, retrain_classifier
 from .data.splits import auto_num_folds, load_split, make_split, save_split
 from .errors import UserError
@@ -48,6 +50,7 @@ from .fsio import atomic_write, clean_stale_temps
 from .inference import autocast_dtype, predict_dataset, use_channels_last
 from .losses import build_loss
 from .metrics import classification_metrics
+from .progressive import Phase, build_phases, describe, make_augment, make_mixer, phase_at
 from .models import create_model, pretrained_cfg
 from .plots import objective_label, plot_confusion, plot_curves, plot_lr
 from .report import write_report
@@ -86,9 +89,10 @@ def num_folds(cfg: Config, labels: np.ndarray) -> int:
     return k
 
 
-def prepare_data(cfg: Config, log=print):
+def prepare_data(cfg: Config, log=print, keep_split: bool = True):
     """Load (decode once, cached) and split; the split is saved once per version so every fold, and
-    predict.py later, sees the same held-out test set."""
+    predict.py later, sees the same held-out test set (keep_split=False: the lr finder, which writes no run
+    files, uses the saved split or the one a run would make)."""
     # Under torchrun, local rank 0 of each machine decodes into the cache folder (node-local by default:
     # ~/.cache/imgcls) while the other ranks wait; then every rank maps the same file, one copy in the page
     # cache per machine. Machines that share a --cache-dir each decode, and the atomic rename makes the last
@@ -106,12 +110,13 @@ def prepare_data(cfg: Config, log=print):
         split = load_split(str(split_path), dataset.paths)
     else:
         split = make_split(labels, test_frac=cfg.test_frac, num_folds=num_folds(cfg, labels),
-                           val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names)
+                           val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names,
+                           test=teacher_test(cfg.teacher, dataset.paths) if cfg.teacher else None)
         empty = [k for k, fold in enumerate(split["folds"]) if not len(fold["val"])]
         if empty:  # refused before the split is saved: the loop chooses and schedules on validation scores
             raise UserError(f"--val-frac {cfg.val_frac}: fold {empty[0]}'s validation split of "
                             f"{len(labels) - len(split['test'])} images is empty; use a larger --val-frac")
-        if dist.is_main():
+        if dist.is_main() and keep_split:
             save_split(str(split_path), split, dataset.paths)
         for note in split.get("notes", []):
             log(f"split: {note}")
@@ -182,6 +187,7 @@ class Trainer:
     steps_per_epoch: int
     augment: TrainAugment
     mixer: MixupCutmix | None
+    phases: list[Phase] | None    # --progressive: the input size and strength by update (else augment, mixer)
     criterion: nn.Module | Phases  # a loss, or losses that switch at given epochs
     model: nn.Module
     train_model: nn.Module        # the model wrapped for DDP / torch.compile
@@ -191,6 +197,7 @@ class Trainer:
     amp_dtype: torch.dtype | None
     swa: AveragedModel | None
     ema: AveragedModel | None     # exponential moving average of the weights, updated every optimizer step
+    distill: Distillation | None  # the teacher's soft targets for every training image (--teacher)
     carried: Carried | None       # a refit's settings from its selection stage (None: choose on validation)
 
 
@@ -300,13 +307,22 @@ def open_run(cfg: Config, rdir: Path, say) -> checkpoint.Checkpoint | None:
 
 def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> Trainer:
     """The run folder's files, then model, data order, augmentation, loss and optimisation for one stage."""
-    dataset, _ = data
-    fold, rdir, train_idx = cfg.fold, stage.rdir, stage.train_idx
     if dist.is_main():
+        rdir = stage.rdir
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write(rdir / SPLIT, (run_root(cfg) / SPLIT).read_bytes())
         atomic_write(rdir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
-        write_skipped(dataset.skipped, str(rdir / "skipped.json"))
+        write_skipped(data[0].skipped, str(rdir / "skipped.json"))
+    t = build_trainer(cfg, data, stage, saved, say)
+    if saved is None:
+        _log_start(t)
+    return t
+
+
+def build_trainer(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> Trainer:
+    """Model, data order, augmentation, loss and optimisation for one stage; writes no file."""
+    dataset, _ = data
+    fold, train_idx = cfg.fold, stage.train_idx
     device = dist.local_device(cfg.device)
     class_names = list(dataset.class_names)
     pcfg = pretrained_cfg(cfg.model)
@@ -314,7 +330,7 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
     pre = checkpoint.Preprocessing(model=cfg.model, img_size=tuple(cfg.img_size or storage),
                                    mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), storage_size=storage)
     parts = dict(
-        cfg=cfg, fold=fold, rdir=rdir, device=device, say=say, train_idx=train_idx,
+        cfg=cfg, fold=fold, rdir=stage.rdir, device=device, say=say, train_idx=train_idx,
         labels=dataset.labels, labels_dev=dataset.labels.to(device),
         images=images_on(device, dataset.images),
         val_idx=stage.val_idx, carried=stage.carried, class_names=class_names,
@@ -322,14 +338,12 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
         channels_last=use_channels_last(cfg.channels_last, device))
     parts.update(_model_parts(cfg, parts, resuming=saved is not None))
     parts.update(_data_parts(cfg, parts))
+    parts.update(_teacher_parts(cfg, parts, dataset.paths, data[1]["test"]))
     parts.update(_optimisation_parts(cfg, parts))
     if saved is not None and list(saved.class_names) != class_names:
         raise UserError(f"{stage.rdir / LAST}: was trained on other classes ({len(saved.class_names)}) than "
                         f"--data {cfg.data} has ({len(class_names)}); use that run's data, or --restart")
-    t = Trainer(**parts)
-    if saved is None:
-        _log_start(t)
-    return t
+    return Trainer(**parts)
 
 
 def _model_parts(cfg: Config, parts: dict, resuming: bool) -> dict:
@@ -377,18 +391,28 @@ def _data_parts(cfg: Config, parts: dict) -> dict:
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size}: larger than the {epoch_draws} training images of fold "
                         f"{cfg.fold} (per process); use a smaller batch size")
-    pre = parts["pre"]
-    augment = TrainAugment(pre.img_size, pre.mean, pre.std, hflip=cfg.hflip, rotation=cfg.rotation,
-                           brightness=cfg.brightness, scale=cfg.scale)
-    mixing = cfg.mix_prob > 0 and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0)
-    mixer = MixupCutmix(len(parts["class_names"]), mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
-                        prob=cfg.mix_prob, switch_prob=cfg.switch_prob,
-                        label_smoothing=cfg.label_smoothing) if mixing else None
+    pre, num_classes = parts["pre"], len(parts["class_names"])
+    augment = make_augment(cfg, pre.img_size, pre.mean, pre.std)
+    mixer = make_mixer(cfg, num_classes)
+    phases = build_phases(cfg, cfg.epochs * steps_per_epoch, pre.img_size, pre.mean, pre.std, num_classes)
     # Label smoothing lives in exactly one place: the mixer's soft targets when mixing, else the loss.
     criterion = build_loss(cfg.loss, parts["train_counts"], cfg.to_dict(),
-                           label_smoothing=0.0 if mixing else cfg.label_smoothing)
-    return dict(sampler=sampler, steps_per_epoch=steps_per_epoch, augment=augment, mixer=mixer,
+                           label_smoothing=0.0 if mixer is not None else cfg.label_smoothing)
+    return dict(sampler=sampler, steps_per_epoch=steps_per_epoch, augment=augment, mixer=mixer, phases=phases,
                 criterion=criterion.to(parts["device"]))
+
+
+def _teacher_parts(cfg: Config, parts: dict, paths: list, test) -> dict:
+    """--teacher: its log-probabilities on the training images, once, and the loss that mixes them in."""
+    if cfg.teacher is None:
+        return {"distill": None}
+    if parts["mixer"] is not None:
+        raise UserError(f"--teacher {cfg.teacher}: not with mixup / CutMix (the teacher scores the stored "
+                        f"images, not mixed ones); pass --mix-prob 0")
+    table = teacher_log_probs(cfg.teacher, parts["images"], paths, parts["train_idx"], parts["class_names"],
+                              np.asarray(test), parts["device"], log=parts["say"])
+    distill = DISTILL.build(cfg.distill, table, parts["train_counts"], settings=cfg.to_dict())
+    return {"distill": distill.to(parts["device"])}
 
 
 def _optimisation_parts(cfg: Config, parts: dict) -> dict:
@@ -428,6 +452,8 @@ def _log_start(t: Trainer) -> None:
     t.say(f"{t.rdir}: {cfg.model} on {len(t.train_idx)} train / {len(t.val_idx)} val images, "
           f"{len(t.class_names)} classes, input {t.pre.img_size[0]}x{t.pre.img_size[1]}, {cfg.epochs} epochs x "
           f"{t.steps_per_epoch} steps, device {t.device}, amp {t.amp_dtype}, world size {dist.world_size()}")
+    if t.phases is not None:
+        t.say(describe(t.phases))
 
 
 def weight_span_warning(loss: str, weights: torch.Tensor) -> str | None:
@@ -484,15 +510,21 @@ def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Gene
                criterion: nn.Module) -> torch.Tensor:
     """Augment, forward under autocast, loss, backward, update, schedule. Returns the (unscaled) loss;
     a non-finite loss is returned before any update, for the caller to stop on."""
-    x = t.augment(t.images[batch.to(t.images.device)].to(t.device, non_blocking=True), gen)
+    augment, mixer = t.augment, t.mixer
+    if t.phases is not None:  # by the update's index: resumed runs and the schedule see the same stages
+        phase = phase_at(t.phases, state.num_updates + state.skipped_updates)
+        augment, mixer = phase.augment, phase.mixer
+    x = augment(t.images[batch.to(t.images.device)].to(t.device, non_blocking=True), gen)
     target = t.labels_dev[batch.to(t.device)]
-    if t.mixer is not None:
-        x, target = t.mixer(x, target, gen)
+    if mixer is not None:
+        x, target = mixer(x, target, gen)
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
         logits = t.train_model(x)
     loss = criterion(logits.float(), target)
+    if t.distill is not None:  # the hard-label loss mixed with the teacher's soft targets for these images
+        loss = t.distill(logits, loss, batch)
     if not torch.isfinite(loss):
         return loss
     t.optimizer.zero_grad(set_to_none=True)

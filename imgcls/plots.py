@@ -65,6 +65,30 @@ def plot_lr(lrs: Sequence[float], path) -> Path:
     return _save(fig, path)
 
 
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                 suggestion: float | None, path) -> Path:
+    """The lr range test: raw and smoothed loss against the lr (log axis), the suggestion marked."""
+    if len(lrs) == 0:
+        raise UserError(f"{path}: the lr sweep recorded no update to plot")
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, lw=0.8, alpha=0.35, label="loss")
+    ax.plot(lrs, smoothed, lw=1.6, label="smoothed loss")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", ls="--", lw=1.2, label=f"suggested --lr {suggestion:.1e}")
+    ax.set_xscale("log")
+    # the raw loss of the last, diverging updates would squash the useful part of the curve
+    lowest = int(np.argmin(smoothed))
+    low = min(float(smoothed[lowest]), float(np.min(losses[:lowest + 1])))
+    high = float(np.max(smoothed[: max(1, len(smoothed) // 10)]))
+    ax.set_ylim(low - 0.1 * (high - low + 1e-8), high + 0.5 * (high - low + 1e-8))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
 _LOSS_NAMES = {"ce": "cross-entropy", "weighted_ce": "class-weighted cross-entropy", "focal": "focal loss",
                "cb_focal": "class-balanced focal loss", "logit_adjusted": "logit-adjusted loss",
                "balanced_softmax": "balanced softmax loss"}

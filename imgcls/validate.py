@@ -43,6 +43,8 @@ RULES: dict[str, tuple] = {
     "label_smoothing": (0, 1, True, False),
     "focal_gamma": (0, None, True, True),
     "cb_beta": (0, 1, True, False),
+    "kd_temperature": (0, None, False, True),
+    "kd_alpha": (0, 1, True, True),
     "tau": (0, None, True, True),
     "epoch_samples": (1, None, True, True),
     "hflip": (0, 1, True, True),

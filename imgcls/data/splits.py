@@ -28,11 +28,12 @@ def auto_num_folds(class_counts) -> int:
 
 
 def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: float = 0.2, seed: int = 0,
-               class_names: list[str] | None = None) -> dict:
+               class_names: list[str] | None = None, test: np.ndarray | None = None) -> dict:
     """Split item indices into a stratified test set and train/val folds.
 
     test_frac 0 gives no test set; num_folds >= 2 uses StratifiedKFold on what is left, num_folds == 1 one
-    stratified holdout of val_frac. The result is plain data (lists of ints), ready for JSON. class_names only
+    stratified holdout of val_frac. `test` given: that test set instead of a drawn one (a distilled student
+    keeps its teacher's). The result is plain data (lists of ints), ready for JSON. class_names only
     makes the notes readable.
     """
 
@@ -50,7 +51,11 @@ def make_split(labels, test_frac: float = 0.2, num_folds: int = 1, val_frac: flo
     notes: list[str] = []
 
     everything = np.arange(len(labels))
-    rest, test, no_test = _stratified_holdout(everything, labels, test_frac, rng)
+    if test is None:
+        rest, test, no_test = _stratified_holdout(everything, labels, test_frac, rng)
+    else:
+        test = np.unique(np.asarray(test, dtype=np.int64))
+        rest, no_test = np.setdiff1d(everything, test), {}
     if test_frac > 0 and no_test:
         notes.append("too small for the test split (kept for train/val): "
                      + ", ".join(f"{name(c)} (n={n})" for c, n in sorted(no_test.items())))
