@@ -323,6 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=os.path.join(REPO, "runs-longtail"))
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "longtail.md"))
+    p.add_argument("--figure", default=os.path.join(REPO, "bench", "results", "time_to_quality.png"),
+                   help="test macro-F1 against training minutes, one colour per recipe ('' = none)")
     p.add_argument("extra", nargs="*", help="more train.py flags for every run, after --, e.g. -- --batch-size 8")
     args = p.parse_args(argv)
 
@@ -355,11 +357,39 @@ def main(argv=None) -> int:
                                    paired(results, init, "v4", "v5"),
                                    paired(results, init, "v5-refit", "v5")) if line]
     text += ["", *notes, ""]
+    if args.figure:
+        text += [f"Time to quality: {time_to_quality(results, args.figure)}", ""]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(text))
     print("\n".join(text))
     return 0
+
+
+def time_to_quality(results: dict, path: str) -> str:
+    """Test macro-F1 against training wall-clock minutes: each seed a dot, the median over seeds a ring; rows
+    without a training time of their own (the decompositions) are left out. Returns the file written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for (init, name), rows in results.items():
+        timed = [r for r in rows if r.get("train_s")]
+        if not timed or name.startswith(("v5 select", "v5 refit,", "v4 stage 1")):
+            continue
+        minutes = [r["train_s"] / 60 for r in timed]
+        f1 = [r["macro_f1"] for r in timed]
+        dots = ax.scatter(minutes, f1, s=18, alpha=0.6, label=f"{name} ({init})")
+        ax.scatter([statistics.median(minutes)], [statistics.median(f1)], s=120, facecolors="none",
+                   edgecolors=dots.get_facecolor()[:1], linewidths=1.5)
+    ax.set_xlabel("training wall-clock, minutes (this 2-core machine; 2 jobs at a time, 1 thread each)")
+    ax.set_ylabel("macro-F1 on the held-out test split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    FigureCanvasAgg(fig)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
 
 
 if __name__ == "__main__":

@@ -109,9 +109,11 @@ def prepare_data(cfg: Config, log=print, keep_split: bool = True):
     if split_path.exists():
         split = load_split(str(split_path), dataset.paths)
     else:
+        fixed_test = teacher_test(cfg.teacher, dataset.paths) if cfg.teacher else None
+        if fixed_test is not None:
+            log(f"split: the test split is the teacher's ({len(fixed_test)} images; --test-frac not used)")
         split = make_split(labels, test_frac=cfg.test_frac, num_folds=num_folds(cfg, labels),
-                           val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names,
-                           test=teacher_test(cfg.teacher, dataset.paths) if cfg.teacher else None)
+                           val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names, test=fixed_test)
         empty = [k for k, fold in enumerate(split["folds"]) if not len(fold["val"])]
         if empty:  # refused before the split is saved: the loop chooses and schedules on validation scores
             raise UserError(f"--val-frac {cfg.val_frac}: fold {empty[0]}'s validation split of "
@@ -852,6 +854,8 @@ def _write_summary(rows: list[dict], path: Path) -> None:
 
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
     current = cfg.to_dict()
+    # A setting the saved run does not record did not exist when it trained: it trained with the default.
+    saved = dict(Config().to_dict(), **saved)
     changed = sorted(k for k in current if k not in _RESUME_FREE and saved.get(k) != current[k])
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:5])

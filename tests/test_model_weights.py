@@ -37,11 +37,26 @@ def test_torchvision_records_match_torchvision():
         assert rec.mean == pytest.approx(tuple(transforms.mean)) and rec.std == pytest.approx(tuple(transforms.std))
 
 
+def test_swag_records_match_torchvision():
+    """ViT's SWAG weights are torchvision's too (end to end at 384 / 512 / 518, and linear-classifier)."""
+    enums = {"swag_e2e": "IMAGENET1K_SWAG_E2E_V1", "swag_lc": "IMAGENET1K_SWAG_LINEAR_V1"}
+    checked = 0
+    for arch, tags in RECORDS.items():
+        for tag, enum in enums.items():
+            if tag not in tags:
+                continue
+            rec, weights = tags[tag], getattr(tvm.get_model_weights(arch), enum)
+            assert rec.url == weights.url and rec.url.endswith("/" + rec.file_name)
+            assert rec.test_size == weights.transforms().crop_size[0]
+            checked += 1
+    assert checked >= 6  # B/16, L/16, H/14 each have both
+
+
 def test_timm_and_official_records_match_timm_cfgs():
     for name in list_models():
         arch, _, tag = name.partition(".")
-        if not tag or tag == "tv_in1k":
-            continue
+        if not tag or tag == "tv_in1k" or pretrained_cfg(name).get("format") == "torchvision":
+            continue  # torchvision's files are checked against torchvision above
         ref = get_pretrained_cfg(f"{arch}.{tag}")
         cfg = pretrained_cfg(name)
         assert cfg["url"] == ref.url and ref.url.endswith("/" + cfg["file_name"])
