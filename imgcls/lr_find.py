@@ -61,14 +61,15 @@ def sweep(step: Callable[[float], float], lrs: Sequence[float], beta: float = SM
     """Call step(lr) (one update at that lr, returning its loss) for each lr in order; stop at a loss that
     is not finite or once the smoothed loss exceeds `diverged` x its minimum. Returns (lrs, raw losses)
     of the updates done."""
-    done, losses, best = [], [], math.inf
+    done, losses, best, avg = [], [], math.inf, 0.0
     for lr in lrs:
         loss = float(step(float(lr)))
         if not math.isfinite(loss):
             break
         done.append(float(lr))
         losses.append(loss)
-        current = smooth(losses, beta)[-1]
+        avg = beta * avg + (1 - beta) * loss  # smooth()'s running value, kept instead of recomputed
+        current = avg / (1 - beta ** len(losses))
         best = min(best, current)
         if current > diverged * best:
             break
