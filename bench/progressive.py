@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ import torch  # noqa: E402
 import imgcls  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 from imgcls.run import find_checkpoints, load_members, run_data  # noqa: E402
+from tables import publish, spread  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 
@@ -77,9 +77,6 @@ def main(argv=None) -> int:
         seconds = json.loads(open(os.path.join(run, "fold0", "metrics.json")).read())["train_time_s"]
         rows.setdefault(name, []).append((m["accuracy"], m["macro_f1"], seconds))
 
-    def cell(values, fmt="{:.3f}"):
-        return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
-
     lines = ["# Progressive learning against fixed size (fashion-small, Lite0, v5 --folds 1)", "",
              "Command: `python bench/progressive.py " + " ".join(sys.argv[1:]) + "`", "",
              f"Seeds {' '.join(map(str, args.seeds))}; held-out test split; median [min, max]. fixed: "
@@ -87,16 +84,13 @@ def main(argv=None) -> int:
              f"`{args.stages}` (END:SIZE:STRENGTH).", "",
              "| recipe | acc | macro-F1 | train s |", "|---|---:|---:|---:|"]
     for name, values in rows.items():
-        lines.append(f"| {name} | {cell([v[0] for v in values])} | {cell([v[1] for v in values])} "
-                     f"| {cell([v[2] for v in values], '{:.0f}')} |")
+        lines.append(f"| {name} | {spread([v[0] for v in values])} | {spread([v[1] for v in values])} "
+                     f"| {spread([v[2] for v in values], '{:.0f}')} |")
     for i, seed in enumerate(args.seeds):
         f, g = rows["fixed"][i], rows["progressive"][i]
         lines.append(f"seed {seed}: progressive - fixed: macro-F1 {g[1] - f[1]:+.3f}, accuracy {g[0] - f[0]:+.3f}, "
                      f"time x{g[2] / f[2]:.2f}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.out, "w") as fh:
-        fh.write(text)
+    publish(lines, args.out)
     return 0
 
 
