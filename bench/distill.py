@@ -16,6 +16,7 @@ split; 80% of the rest trained on, 20% to choose the candidate, cRT head and tau
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 import imgcls  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 from imgcls.run import load_members, find_checkpoints, run_data  # noqa: E402
+from tables import publish, spread  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 
@@ -45,20 +47,22 @@ def student_out(args, seed: int, variant: str) -> str:
 
 
 def train_student(args, seed: int, variant: str) -> float:
-    """Train (or skip: train.py skips a finished run) one student; returns its wall-clock seconds."""
+    """Train (or skip: train.py skips a finished run) one student; returns its training time as train.py
+    records it (training loops + cRT; the teacher's probabilities are computed before and not counted), so a
+    skipped student reports the time it took when it trained."""
     out = student_out(args, seed, variant)
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--version", "v5", "--folds", "1", "--fold", "0",
            "--teacher", teacher_dir(args, seed), "--distill", variant, "--model", "efficientnet_lite0",
            "--pretrained", "default", "--img-size", "80x60", "--epochs", str(args.epochs), "--seed", str(seed),
            "--data", args.data, "--out", out, "--device", "cpu", "--workers", "1", *args.extra]
     os.makedirs(out, exist_ok=True)
-    t0 = time.time()
     with open(out + ".log", "a") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     if done.returncode != 0:
         raise SystemExit(f"student failed (exit {done.returncode}); see {out}.log")
-    return time.time() - t0
+    metrics = json.load(open(os.path.join(out, "v5", "fold0", "metrics.json")))
+    return metrics["train_time_s"] + metrics.get("crt_seconds", 0.0)
 
 
 def score(clf, pixels, labels) -> dict:
@@ -121,9 +125,6 @@ def main(argv=None) -> int:
             speed.setdefault(("ratio", name), []).extend(
                 [s / t for s, t in zip(timed[name], timed["teacher: v5 3-fold ensemble + TTA (4 views)"])])
 
-    def cell(values):
-        return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
-
     lines = [f"# Distillation: one Lite0 from v5's 3-fold ensemble (fashion-small, 80x60, {args.epochs} epochs)", "",
              "Command: `python bench/distill.py " + " ".join(sys.argv[1:]) + "`", "",
              f"Seeds {' '.join(map(str, args.seeds))}; test split of each seed's v5 run (never trained or tuned on); "
@@ -132,19 +133,17 @@ def main(argv=None) -> int:
              f"repeats; x TTA teacher = median of per-repeat ratios to the teacher with TTA.", "",
              "| model | acc | macro-F1 | img/s | x TTA teacher |", "|---|---:|---:|---:|---:|"]
     for name, scores in rows.items():
-        lines.append(f"| {name} | {cell([s['accuracy'] for s in scores])} | {cell([s['macro_f1'] for s in scores])} "
+        lines.append(f"| {name} | {spread([s['accuracy'] for s in scores])} | {spread([s['macro_f1'] for s in scores])} "
                      f"| {statistics.median(speed[name]):.0f} | {statistics.median(speed[('ratio', name)]):.2f} |")
-    lines += ["", "Student training wall-clock (s, 2 at a time, 1 thread each; teacher probabilities included): "
+    lines += ["", "Student training time (s, train.py's training loops + cRT, 2 at a time, 1 thread each; the teacher's "
+              "probabilities, computed once before, not counted): "
               + ", ".join(f"seed {s} {v} {walls[(s, v)]:.0f}" for s, v in jobs)]
     for seed_i, seed in enumerate(args.seeds):
         t = rows["teacher: v5 3-fold ensemble + TTA (4 views)"][seed_i]["macro_f1"]
         for v in variants:
             s = rows[f"student: one Lite0, --distill {v}"][seed_i]["macro_f1"]
             lines.append(f"seed {seed}: student {v} - teacher with TTA: macro-F1 {s - t:+.3f}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.out, "w") as fh:
-        fh.write(text)
+    publish(lines, args.out)
     return 0
 
 
