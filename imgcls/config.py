@@ -395,6 +395,11 @@ def resolve(version: str, overrides: dict[str, Any], log=None) -> Config:
         log(f"--epochs {overrides['epochs']}: {version}'s values for {preset['epochs']} epochs scaled: "
             + ", ".join(f"{k.replace('_', '-')} {preset[k]} -> {v:g}" for k, v in scaled.items()))
     values = dict(preset, **scaled, **overrides)
+    # The OneCycle presets write their peak as max_lr = lr. A user's --lr (e.g. the one --find-lr suggests)
+    # moves that peak with it, as it would without a preset, unless they also gave --max-lr; runs without
+    # --lr keep the preset's values (and still resume).
+    if "lr" in overrides and "max_lr" not in overrides and preset.get("max_lr") == preset.get("lr") is not None:
+        values["max_lr"] = overrides["lr"]
     values["version"] = version
     return Config.from_dict(values)
 

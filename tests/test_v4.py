@@ -139,3 +139,14 @@ def test_print_config_stays_json_when_values_are_scaled():
                           "--print-config"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and json.loads(out.stdout)["swa_start"] == 2
     assert "swa-start 20 -> 2" in out.stderr
+
+
+def test_lr_moves_the_onecycle_peak_that_a_preset_wrote_as_max_lr():
+    """v3-v5 write their OneCycle peak as max_lr = lr; --lr (what --find-lr prints) must move it (it was
+    silently ignored), --max-lr still wins, and without --lr the preset's values stay (old runs resume)."""
+    for version in ("v3", "v4", "v5"):
+        assert resolve(version, {}).max_lr == VERSIONS[version]["max_lr"] == 1e-3
+        cfg = resolve(version, {"lr": 5.2e-4})
+        assert cfg.lr == cfg.max_lr == 5.2e-4
+        cfg = resolve(version, {"lr": 5.2e-4, "max_lr": 2e-3})
+        assert (cfg.lr, cfg.max_lr) == (5.2e-4, 2e-3)
