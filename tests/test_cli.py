@@ -37,9 +37,10 @@ def test_print_config_shows_preset_values_and_flags_override_them():
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     for key, value in VERSIONS["v3"].items():
-        if key not in ("lr", "img_size"):
+        if key not in ("lr", "max_lr", "img_size"):
             assert cfg[key] == (list(value) if isinstance(value, tuple) else value), key
     assert cfg["lr"] == 5e-4 and cfg["img_size"] == [80, 60]
+    assert cfg["max_lr"] == 5e-4  # the preset's OneCycle peak (max_lr = lr) follows --lr
     assert cfg["loss"] == "cb_focal" and cfg["cb_beta"] == 0.9999 and cfg["sampler"] == "dynamic"
     assert cfg["scheduler"] == "onecycle" and cfg["folds"] == "auto"
 
