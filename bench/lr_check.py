@@ -55,9 +55,9 @@ def train(args, seed: int) -> None:
 
 
 def scores(run: str) -> dict:
-    """Fold 0's validation scores (its metrics.json) and its test scores alone."""
-    if json.load(open(os.path.join(run, "split.json")))["test"] != json.load(
-            open(os.path.join(run, "fold0", "split.json")))["test"]:
+    """Fold 0's validation scores (its metrics.json) and its test scores alone, with the run's test split."""
+    test_split = json.load(open(os.path.join(run, "split.json")))["test"]
+    if test_split != json.load(open(os.path.join(run, "fold0", "split.json")))["test"]:
         raise SystemExit(f"{run}: fold 0 was split differently from its run")
     val = json.load(open(os.path.join(run, "fold0", "metrics.json")))
     clf = imgcls.load(run, fold=0)
@@ -65,7 +65,7 @@ def scores(run: str) -> dict:
     probs = clf.probabilities(dataset.images[torch.as_tensor(test)])
     m = classification_metrics(dataset.labels.numpy()[test], probs.argmax(1), clf.classes)
     return {"val_f1": val["macro_f1"], "val_acc": val["accuracy"], "f1": m["macro_f1"], "acc": m["accuracy"],
-            "test": json.load(open(os.path.join(run, "split.json")))["test"]}
+            "test": test_split}
 
 
 def main(argv=None) -> int:
