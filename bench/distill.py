@@ -43,7 +43,17 @@ def teacher_dir(args, seed: int) -> str:
 
 
 def student_out(args, seed: int, variant: str) -> str:
-    return os.path.join(args.runs, f"imagenet-s{seed}", f"student-{variant}")
+    return os.path.join(args.runs, f"imagenet-s{seed}", f"student-{variant.replace(':', '-T')}")
+
+
+def distill_flags(variant: str) -> list[str]:
+    """'kd' or 'bkd', optionally ':T' for the temperature (e.g. kd:4); without it train.py's default T."""
+    loss, _, temperature = variant.partition(":")
+    return ["--distill", loss] + (["--kd-temperature", temperature] if temperature else [])
+
+
+def label(variant: str) -> str:
+    return "student: one Lite0, " + " ".join(distill_flags(variant))
 
 
 def train_student(args, seed: int, variant: str) -> float:
@@ -52,7 +62,7 @@ def train_student(args, seed: int, variant: str) -> float:
     skipped student reports the time it took when it trained."""
     out = student_out(args, seed, variant)
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--version", "v5", "--folds", "1", "--fold", "0",
-           "--teacher", teacher_dir(args, seed), "--distill", variant, "--model", "efficientnet_lite0",
+           "--teacher", teacher_dir(args, seed), *distill_flags(variant), "--model", "efficientnet_lite0",
            "--pretrained", "default", "--img-size", "80x60", "--epochs", str(args.epochs), "--seed", str(seed),
            "--data", args.data, "--out", out, "--device", "cpu", "--workers", "1", *args.extra]
     os.makedirs(out, exist_ok=True)
@@ -89,7 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", required=True, help="bench/longtail.py's --runs (the teachers are its v5 runs)")
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--variants", default="kd", help="kd, bkd; comma-separated")
+    p.add_argument("--variants", default="kd", help="kd, bkd, each optionally :T for the temperature (kd:4); "
+                                                    "comma-separated")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="threads per training")
@@ -114,7 +125,7 @@ def main(argv=None) -> int:
         clfs = {"teacher: v5 3-fold ensemble (as shipped, no TTA)": imgcls.load(teacher, batch_size=64),
                 "teacher: v5 3-fold ensemble + TTA (4 views)": imgcls.load(teacher, tta=True, batch_size=64)}
         for v in variants:
-            clfs[f"student: one Lite0, --distill {v}"] = imgcls.load(os.path.join(student_out(args, seed, v), "v5"),
+            clfs[label(v)] = imgcls.load(os.path.join(student_out(args, seed, v), "v5"),
                                                                      batch_size=64)
         for name, clf in clfs.items():
             rows.setdefault(name, []).append(score(clf, pixels, labels))
@@ -141,7 +152,7 @@ def main(argv=None) -> int:
     for seed_i, seed in enumerate(args.seeds):
         t = rows["teacher: v5 3-fold ensemble + TTA (4 views)"][seed_i]["macro_f1"]
         for v in variants:
-            s = rows[f"student: one Lite0, --distill {v}"][seed_i]["macro_f1"]
+            s = rows[label(v)][seed_i]["macro_f1"]
             lines.append(f"seed {seed}: student {v} - teacher with TTA: macro-F1 {s - t:+.3f}")
     publish(lines, args.out)
     return 0
