@@ -131,7 +131,8 @@ def offsets_score(parts, chosen_on, scored_on, rule: str) -> tuple[float, float]
     if rule.startswith("member"):
         offsets = [choose_offsets(s, y) for s, y in fit]
     else:
-        offsets = [choose_offsets(np.concatenate([s for s, _ in fit]), np.concatenate([y for _, y in fit]))] * len(parts)
+        pooled = choose_offsets(np.concatenate([s for s, _ in fit]), np.concatenate([y for _, y in fit]))
+        offsets = [pooled] * len(parts)
     y = np.concatenate([p["y"][m] for p, m in zip(parts, scored_on)])
     pred = np.concatenate([(log_adjusted(p[view][m], p["counts"], t) + b).argmax(1)
                            for p, m, t, b in zip(parts, scored_on, taus, offsets)])
