@@ -125,8 +125,7 @@ def main(argv=None) -> int:
         clfs = {"teacher: v5 3-fold ensemble (as shipped, no TTA)": imgcls.load(teacher, batch_size=64),
                 "teacher: v5 3-fold ensemble + TTA (4 views)": imgcls.load(teacher, tta=True, batch_size=64)}
         for v in variants:
-            clfs[label(v)] = imgcls.load(os.path.join(student_out(args, seed, v), "v5"),
-                                                                     batch_size=64)
+            clfs[label(v)] = imgcls.load(os.path.join(student_out(args, seed, v), "v5"), batch_size=64)
         for name, clf in clfs.items():
             rows.setdefault(name, []).append(score(clf, pixels, labels))
         timed = throughput(clfs, pixels[:args.throughput_images], args.repeats)

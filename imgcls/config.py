@@ -398,7 +398,8 @@ def resolve(version: str, overrides: dict[str, Any], log=None) -> Config:
     # The OneCycle presets write their peak as max_lr = lr. A user's --lr (e.g. the one --find-lr suggests)
     # moves that peak with it, as it would without a preset, unless they also gave --max-lr; runs without
     # --lr keep the preset's values (and still resume).
-    if "lr" in overrides and "max_lr" not in overrides and preset.get("max_lr") == preset.get("lr") is not None:
+    follows_lr = preset.get("lr") is not None and preset.get("max_lr") == preset["lr"]
+    if follows_lr and "lr" in overrides and "max_lr" not in overrides:
         values["max_lr"] = overrides["lr"]
     values["version"] = version
     return Config.from_dict(values)
