@@ -5,8 +5,10 @@ Every recipe trains the same backbone (EfficientNet-Lite0, ImageNet weights) at 
 test split and seed:
 
     plain      bench/plain.py, a separate short training loop like a user's own script (CE, natural sampling,
-               flip, AdamW + OneCycle, last epoch), trained on every image outside the test split: the
-               images v5 may use. None of imgcls's training code runs in it.
+               flip, AdamW + OneCycle, last epoch, batch 64), trained on every image outside the test split:
+               the images v5 may use. None of imgcls's training code runs in it.
+    plain-b32  the same script at v5's batch size, 32 (twice the updates): separates the batch size from
+               the rest of v5's recipe
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
     v5         train.py --version v5 --fold all: flip only, the annealed (last or EMA) weights, cRT with
@@ -65,7 +67,10 @@ INITS = {"imagenet": "default", "scratch": "none"}
 COLUMNS = [("accuracy", "acc"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "bal acc"), ("head_f1", "head F1"),
            ("medium_f1", "medium F1"), ("tail_f1", "tail F1"), ("worst_class_f1", "worst F1"),
            ("train_s", "train s")]
-ORDER = ["plain (independent, all images)", "v4 stage 1 (best epoch, 80%)", "v4",
+# the plain baseline's recipes: batch size, row name
+PLAIN = {"plain": (64, "plain (independent, all images)"),
+         "plain-b32": (32, "plain, batch 32 (independent, all images)")}
+ORDER = [*(name for _, name in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",
          "v5 select: best epoch + cRT + tau", "v5 select: last epoch + cRT + tau", "v5 select: EMA + cRT + tau",
          "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", "v1", "v2", "v3"]
 
@@ -96,13 +101,14 @@ def train(args, init: str, seed: int, recipe: str) -> None:
     """One train.py run (rerunning the same command skips a finished run, so the bench resumes), or the
     plain baseline (skipped when its probabilities exist)."""
     log = os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")
-    if recipe == "plain":
-        out = plain_probs_path(args, init, seed)
+    if recipe in PLAIN:
+        out = plain_probs_path(args, init, seed, recipe)
         if not os.path.exists(out):
-            lists = write_plain_lists(args, init, seed)
+            lists = write_plain_lists(args, init, seed, recipe)
             run_logged([sys.executable, os.path.join(REPO, "bench", "plain.py"), "--train", lists[0], "--test",
                         lists[1], "--num-classes", str(lists[2]), "--out", out, "--epochs", str(args.epochs),
-                        "--seed", str(seed), "--model", args.model], log, args.threads)
+                        "--seed", str(seed), "--model", args.model, "--batch-size", str(PLAIN[recipe][0])],
+                       log, args.threads)
         return
     version, folds = recipe, ["--fold", "0", "--folds", "1"]
     if recipe == "v5":  # the preset as it is: 3 folds
@@ -133,14 +139,14 @@ def bench_split(args, seed: int) -> dict:
     return make_split(dataset(args).labels.numpy(), test_frac=0.2, num_folds=1, val_frac=0.2, seed=seed)
 
 
-def plain_probs_path(args, init: str, seed: int) -> str:
-    return os.path.join(seed_dir(args, init, seed), "plain", "test_probs.npy")
+def plain_probs_path(args, init: str, seed: int, recipe: str = "plain") -> str:
+    return os.path.join(seed_dir(args, init, seed), recipe, "test_probs.npy")
 
 
-def write_plain_lists(args, init: str, seed: int) -> tuple[str, str, int]:
+def write_plain_lists(args, init: str, seed: int, recipe: str) -> tuple[str, str, int]:
     """train.csv = every image outside the test split (v5's train + validation), test.csv = the test split."""
     data, split = dataset(args), bench_split(args, seed)
-    folder = os.path.dirname(plain_probs_path(args, init, seed))
+    folder = os.path.dirname(plain_probs_path(args, init, seed, recipe))
     os.makedirs(folder, exist_ok=True)
     test = np.array(split["test"])
     train_idx = np.setdiff1d(np.arange(len(data.paths)), test)
@@ -212,12 +218,12 @@ class Scorer:
         return self.row(self.probs(record, net, test_idx), test_idx, counts, tau, train_s)
 
     def rows_of_run(self, args, init: str, seed: int, recipe: str) -> dict[str, dict]:
-        if recipe == "plain":
+        if recipe in PLAIN:
             split = bench_split(args, seed)
-            probs = np.load(plain_probs_path(args, init, seed))
-            log = open(os.path.join(args.runs, f"{init}-s{seed}-plain.log")).read().strip().splitlines()
+            probs = np.load(plain_probs_path(args, init, seed, recipe))
+            log = open(os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")).read().strip().splitlines()
             train_s = json.loads(log[-1])["train_s"]
-            return {"plain (independent, all images)": self.row(
+            return {PLAIN[recipe][1]: self.row(
                 probs, np.array(split["test"]), np.ones(probs.shape[1]), 0.0, train_s)}
         if recipe == "v5":
             return {recipe: self.ensemble_row(os.path.dirname(run_dir(args, init, seed, recipe)), seed)}
@@ -311,7 +317,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="data set (any train.py --data layout)")
     p.add_argument("--recipes", default="v5,v5-refit,v4,plain",
-                   help="v5, v5-refit, v4, plain, v1, v2, v3; comma-separated")
+                   help="v5, v5-refit, v4, plain, plain-b32, v1, v2, v3; comma-separated")
     p.add_argument("--inits", default="imagenet", help="imagenet (--pretrained default), scratch")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--img-size", default="80x60")
@@ -353,6 +359,7 @@ def main(argv=None) -> int:
             summarise(results), ""]
     for init in args.inits.split(","):
         text += [line for line in (paired(results, init, "plain (independent, all images)", "v5"),
+                                   paired(results, init, PLAIN["plain-b32"][1], "v5"),
                                    paired(results, init, "plain (independent, all images)", "v4"),
                                    paired(results, init, "v4", "v5"),
                                    paired(results, init, "v5-refit", "v5")) if line]
