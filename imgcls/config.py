@@ -326,11 +326,13 @@ VERSIONS["v5"] = dict(
     # square-root sampling in cRT: on both seeds' validation split it tied class-balanced sampling in
     # macro-F1 (0.713 / 0.731 vs 0.713 / 0.728, tau chosen on validation) with +0.6 / +0.5 points of accuracy
     crt_sampler="sqrt",
-    # batch 32: twice the optimiser updates in the same epochs (a member sees 2/3 of the images, ~590 updates
-    # in 2 epochs at batch 64). Chosen on the fold-0 member's held-out third (seeds 0 / 1, after cRT and tau):
-    # macro-F1 +0.018 / +0.002, accuracy +0.4 / -0.2 points, 5% more training time
-    # (bench/results/member_check-batch-32.md).
-    batch_size=32,
+    # batch 16: more optimiser updates in the same epochs (a member sees 2/3 of the images: ~590 updates in 2
+    # epochs at batch 64, against the plain script's ~880 on every image). Chosen on the fold-0 member's
+    # held-out third (seeds 0 / 1, after cRT and tau), one halving at a time: batch 32 over 64 macro-F1
+    # +0.018 / +0.002, accuracy +0.4 / -0.2 points (bench/results/member_check-batch-32.md); batch 16 over 32
+    # +0.049 / +0.007, accuracy +0.5 / +0.3 points, at about the same training time on the CPU
+    # (bench/results/member_check-batch-16.md).
+    batch_size=16,
     folds="3", refit=False,
 )
 
