@@ -7,8 +7,8 @@ test split and seed:
     plain      bench/plain.py, a separate short training loop like a user's own script (CE, natural sampling,
                flip, AdamW + OneCycle, last epoch, batch 64), trained on every image outside the test split:
                the images v5 may use. None of imgcls's training code runs in it.
-    plain-b32  the same script at v5's batch size, 32 (twice the updates): separates the batch size from
-               the rest of v5's recipe
+    plain-b32  the same script at batch 32 (twice the updates; v5's batch size in the fourth session), and
+    plain-b16  at batch 16 (v5's): separate the batch size from the rest of v5's recipe
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
     v5         train.py --version v5 --fold all: flip only, the annealed (last or EMA) weights, cRT with
@@ -69,7 +69,8 @@ COLUMNS = [("accuracy", "acc"), ("macro_f1", "macro-F1"), ("balanced_accuracy", 
            ("train_s", "train s")]
 # the plain baseline's recipes: batch size, row name
 PLAIN = {"plain": (64, "plain (independent, all images)"),
-         "plain-b32": (32, "plain, batch 32 (independent, all images)")}
+         "plain-b32": (32, "plain, batch 32 (independent, all images)"),
+         "plain-b16": (16, "plain, batch 16 (independent, all images)")}
 ORDER = [*(name for _, name in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",
          "v5 select: best epoch + cRT + tau", "v5 select: last epoch + cRT + tau", "v5 select: EMA + cRT + tau",
          "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", "v1", "v2", "v3"]
@@ -317,7 +318,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="data set (any train.py --data layout)")
     p.add_argument("--recipes", default="v5,v5-refit,v4,plain",
-                   help="v5, v5-refit, v4, plain, plain-b32, v1, v2, v3; comma-separated")
+                   help="v5, v5-refit, v4, plain, plain-b32, plain-b16, v1, v2, v3; comma-separated")
     p.add_argument("--inits", default="imagenet", help="imagenet (--pretrained default), scratch")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--img-size", default="80x60")
@@ -358,8 +359,7 @@ def main(argv=None) -> int:
             "[min, max]. train s: the training loops plus cRT (v5: its three folds; v5-refit: both stages).", "",
             summarise(results), ""]
     for init in args.inits.split(","):
-        text += [line for line in (paired(results, init, "plain (independent, all images)", "v5"),
-                                   paired(results, init, PLAIN["plain-b32"][1], "v5"),
+        text += [line for line in (*(paired(results, init, name, "v5") for _, name in PLAIN.values()),
                                    paired(results, init, "plain (independent, all images)", "v4"),
                                    paired(results, init, "v4", "v5"),
                                    paired(results, init, "v5-refit", "v5")) if line]

@@ -10,8 +10,10 @@ reports it; this is what a change is chosen on) and the test split (the member a
 
     python bench/member_check.py --runs RUNS --seeds 0 1 --label lr-0.00052 -- --lr 5.2e-4
     python bench/member_check.py --runs RUNS --seeds 0 1 --label batch-32 -- --batch-size 32
+    python bench/member_check.py --runs RUNS --seeds 0 1 --label batch-16 -- --batch-size 16
 
-(The first is the lr finder's suggestion, 5.2e-4 against the preset's peak 1e-3: bench/results/lr_check.md.)
+(The first is the lr finder's suggestion, 5.2e-4 against the preset's peak 1e-3: bench/results/lr_check.md;
+the other two chose v5's batch size, each against the preset of its day: 64, then 32.)
 """
 
 from __future__ import annotations

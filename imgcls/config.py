@@ -330,8 +330,8 @@ VERSIONS["v5"] = dict(
     # epochs at batch 64, against the plain script's ~880 on every image). Chosen on the fold-0 member's
     # held-out third (seeds 0 / 1, after cRT and tau), one halving at a time: batch 32 over 64 macro-F1
     # +0.018 / +0.002, accuracy +0.4 / -0.2 points (bench/results/member_check-batch-32.md); batch 16 over 32
-    # +0.049 / +0.007, accuracy +0.5 / +0.3 points, at about the same training time on the CPU
-    # (bench/results/member_check-batch-16.md).
+    # +0.049 / +0.007, accuracy +0.5 / +0.3 points (bench/results/member_check-batch-16.md). On five test
+    # seeds, with the members' training 1.2x as long on the CPU: bench/results/longtail.md.
     batch_size=16,
     folds="3", refit=False,
 )
