@@ -129,7 +129,9 @@ def main(argv=None) -> int:
         v = [r[key] for r in val[name]]
         return [float(np.mean(v[i * k:(i + 1) * k])) for i in range(len(args.seeds))]
 
-    lines = ["# v5's cRT variants on every member (fashion-small, Lite0 80x60, 2 epochs, batch 32)", "",
+    cfg = f["config"]  # every member of these runs trained with the same flags
+    lines = [f"# v5's cRT variants on every member (fashion-small, {cfg['model']}, {cfg['epochs']} epochs, "
+             f"batch {cfg['batch_size']})", "",
              "Command: `python bench/crt_check.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", "",
              f"Seeds {' '.join(map(str, args.seeds))}, {k} members each, median [min, max] over seeds. Validation:"
              " each member on its held-out third after its cRT and tau, averaged over the seed's members (the "
