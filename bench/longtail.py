@@ -9,6 +9,8 @@ test split and seed:
                the images v5 may use. None of imgcls's training code runs in it.
     plain-b32  the same script at batch 32 (twice the updates; v5's batch size in the fourth session), and
     plain-b16  at batch 16 (v5's): separate the batch size from the rest of v5's recipe
+    plain-e1, plain-lite1-e1, plain-lite2-e1
+               the plain script for 1 epoch, with Lite0, Lite1 and Lite2 (other budgets for the figure)
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
     v5         train.py --version v5 --fold all: flip only, the annealed (last or EMA) weights, cRT with
@@ -18,6 +20,9 @@ test split and seed:
     v5-refit   the other way to use every image: v5's recipe as one model (`--refit true --folds 1`): choose
                on a 20% validation split, then train again on train + validation with the chosen settings
     v1..v3     the write-up's recipes on the budget's backbone (optional)
+    student-kd, student-kd-e4
+               the distilled students bench/distill.py trains from each seed's v5 (2 and 4 epochs; scored
+               here, not trained; their time includes the teacher's training and its pass over their images)
 and, from the same runs (no extra training; cRT and tau recomputed here with the project's functions),
 what each of v5's changes contributed:
     v4 stage 1          v4's model before cRT and tau (the best epoch, 80% of the data)
@@ -45,6 +50,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -67,13 +73,34 @@ INITS = {"imagenet": "default", "scratch": "none"}
 COLUMNS = [("accuracy", "acc"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "bal acc"), ("head_f1", "head F1"),
            ("medium_f1", "medium F1"), ("tail_f1", "tail F1"), ("worst_class_f1", "worst F1"),
            ("train_s", "train s")]
-# the plain baseline's recipes: batch size, row name
-PLAIN = {"plain": (64, "plain (independent, all images)"),
-         "plain-b32": (32, "plain, batch 32 (independent, all images)"),
-         "plain-b16": (16, "plain, batch 16 (independent, all images)")}
-ORDER = [*(name for _, name in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",
+class Plain(NamedTuple):
+    """One of the plain baseline's recipes: bench/plain.py at this batch size (and model / epochs, when not
+    the bench's --model / --epochs)."""
+    batch: int
+    name: str
+    model: str | None = None
+    epochs: int | None = None
+
+
+PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
+         "plain-b32": Plain(32, "plain, batch 32 (independent, all images)"),
+         "plain-b16": Plain(16, "plain, batch 16 (independent, all images)"),
+         # other budgets and backbones for the time-to-quality figure: 1 epoch of Lite0, Lite1 and Lite2 (the
+         # larger backbones cost more an epoch, so they are compared with Lite0 by minutes, not epochs)
+         "plain-e1": Plain(64, "plain, 1 epoch", epochs=1),
+         "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", model="efficientnet_lite1", epochs=1),
+         "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1)}
+# distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
+# recipe -> folder. Their time includes the teacher's: a student cannot exist without its teacher.
+STUDENTS = {"student-kd": "student-kd", "student-kd-e4": "student-kd-e4"}
+# the figure's lines: rows that are one recipe at different budgets
+LINES = {"plain, 1 epoch": "plain (1, 2 epochs)", "plain (independent, all images)": "plain (1, 2 epochs)",
+         "student-kd": "distilled student (2, 4 epochs)", "student-kd-e4": "distilled student (2, 4 epochs)"}
+THRESHOLDS = (0.75, 0.80)
+ORDER = [*(plain.name for plain in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",
          "v5 select: best epoch + cRT + tau", "v5 select: last epoch + cRT + tau", "v5 select: EMA + cRT + tau",
-         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", "v1", "v2", "v3"]
+         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", *STUDENTS,
+         "v1", "v2", "v3"]
 
 
 def seed_dir(args, init: str, seed: int) -> str:
@@ -85,6 +112,8 @@ def run_dir(args, init: str, seed: int, recipe: str) -> str:
     OUT/v5/ for both v5 and v5-refit."""
     if recipe == "v5":
         return os.path.join(seed_dir(args, init, seed), "kfold3", "v5", "fold0")
+    if recipe in STUDENTS:
+        return os.path.join(seed_dir(args, init, seed), STUDENTS[recipe], "v5", "fold0")
     return os.path.join(seed_dir(args, init, seed), "v5" if recipe == "v5-refit" else recipe, "fold0")
 
 
@@ -103,13 +132,20 @@ def train(args, init: str, seed: int, recipe: str) -> None:
     plain baseline (skipped when its probabilities exist)."""
     log = os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")
     if recipe in PLAIN:
+        plain = PLAIN[recipe]
         out = plain_probs_path(args, init, seed, recipe)
         if not os.path.exists(out):
             lists = write_plain_lists(args, init, seed, recipe)
             run_logged([sys.executable, os.path.join(REPO, "bench", "plain.py"), "--train", lists[0], "--test",
-                        lists[1], "--num-classes", str(lists[2]), "--out", out, "--epochs", str(args.epochs),
-                        "--seed", str(seed), "--model", args.model, "--batch-size", str(PLAIN[recipe][0])],
+                        lists[1], "--num-classes", str(lists[2]), "--out", out,
+                        "--epochs", str(plain.epochs or args.epochs), "--seed", str(seed),
+                        "--model", plain.model or args.model, "--batch-size", str(plain.batch)],
                        log, args.threads)
+        return
+    if recipe in STUDENTS:  # it needs the finished teacher, which this pool may still be training
+        if not os.path.exists(os.path.join(run_dir(args, init, seed, recipe), "metrics.json")):
+            raise SystemExit(f"{run_dir(args, init, seed, recipe)}: no finished student; train it first with "
+                             f"python bench/distill.py --runs {args.runs} --seeds {seed}")
         return
     version, folds = recipe, ["--fold", "0", "--folds", "1"]
     if recipe == "v5":  # the preset as it is: 3 folds
@@ -162,6 +198,16 @@ def write_plain_lists(args, init: str, seed: int, recipe: str) -> tuple[str, str
     return names[0], names[1], len(data.class_names)
 
 
+def ensemble_train_s(run: str) -> float:
+    """A fold ensemble's training time: its members' training loops and cRT."""
+    split = json.load(open(os.path.join(run, "split.json")))
+    total = 0.0
+    for k in range(len(split["folds"])):
+        m = json.load(open(os.path.join(run, f"fold{k}", "metrics.json")))
+        total += m["train_time_s"] + m.get("crt_seconds", 0.0)
+    return total
+
+
 class Scorer:
     """Scores checkpoints on the run's test split (and validation, for the candidates' cRT and tau)."""
 
@@ -197,11 +243,22 @@ class Scorer:
             raise SystemExit(f"{run}: its test split differs from the plain baseline's")
         test_idx = np.array(split["test"])
         probs = imgcls.load(run, device="cpu").probabilities(dataset(self.args).images[torch.as_tensor(test_idx)])
-        train_s = 0.0
-        for k in range(len(split["folds"])):
-            m = json.load(open(os.path.join(run, f"fold{k}", "metrics.json")))
-            train_s += m["train_time_s"] + m.get("crt_seconds", 0.0)
-        return self.row(probs, test_idx, np.ones(probs.shape[1]), 0.0, train_s)
+        return self.row(probs, test_idx, np.ones(probs.shape[1]), 0.0, ensemble_train_s(run))
+
+    def teacher_pass_s(self, teacher: str, split: dict, sample: int = 2048) -> float:
+        """Seconds the teacher's one pass over the student's training images takes at the trainings' thread
+        count (train.py computes it before the student's first epoch and does not count it): timed on `sample`
+        of them and scaled, since the cost is linear in images."""
+        idx = torch.as_tensor(split["folds"][0]["train"])
+        clf, threads = imgcls.load(teacher, device="cpu", batch_size=256), torch.get_num_threads()
+        torch.set_num_threads(self.args.threads)
+        try:
+            clf.probabilities(dataset(self.args).images[idx[:64]])  # warm-up
+            t0 = time.perf_counter()
+            clf.probabilities(dataset(self.args).images[idx[:sample]])
+            return (time.perf_counter() - t0) * len(idx) / min(sample, len(idx))
+        finally:
+            torch.set_num_threads(threads)
 
     def crt_and_tau(self, record, weights: dict, split: dict, train_s: float) -> dict:
         """The candidate `weights` through the run's cRT (on its training images) and tau (on validation)."""
@@ -224,7 +281,7 @@ class Scorer:
             probs = np.load(plain_probs_path(args, init, seed, recipe))
             log = open(os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")).read().strip().splitlines()
             train_s = json.loads(log[-1])["train_s"]
-            return {PLAIN[recipe][1]: self.row(
+            return {PLAIN[recipe].name: self.row(
                 probs, np.array(split["test"]), np.ones(probs.shape[1]), 0.0, train_s)}
         if recipe == "v5":
             return {recipe: self.ensemble_row(os.path.dirname(run_dir(args, init, seed, recipe)), seed)}
@@ -235,6 +292,9 @@ class Scorer:
         test_idx = np.array(split["test"])
         metrics = json.load(open(os.path.join(rdir, "metrics.json")))
         train_s = metrics["train_time_s"] + metrics.get("crt_seconds", 0.0)
+        if recipe in STUDENTS:
+            teacher = os.path.dirname(run_dir(args, init, seed, "v5"))
+            train_s += ensemble_train_s(teacher) + self.teacher_pass_s(teacher, split)
         best = checkpoint.read(os.path.join(rdir, "best.pt"))
         rows = {recipe: self.row(self.probs(best, self.model(best), test_idx), test_idx, best.train_class_counts,
                                  best.decision_tau, train_s)}
@@ -318,7 +378,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="data set (any train.py --data layout)")
     p.add_argument("--recipes", default="v5,v5-refit,v4,plain",
-                   help="v5, v5-refit, v4, plain, plain-b32, plain-b16, v1, v2, v3; comma-separated")
+                   help=f"v5, v5-refit, v4, {', '.join(PLAIN)}, {', '.join(STUDENTS)}, v1, v2, v3; "
+                        f"comma-separated")
     p.add_argument("--inits", default="imagenet", help="imagenet (--pretrained default), scratch")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--img-size", default="80x60")
@@ -359,7 +420,7 @@ def main(argv=None) -> int:
             "[min, max]. train s: the training loops plus cRT (v5: its three folds; v5-refit: both stages).", "",
             summarise(results), ""]
     for init in args.inits.split(","):
-        text += [line for line in (*(paired(results, init, name, "v5") for _, name in PLAIN.values()),
+        text += [line for line in (*(paired(results, init, plain.name, "v5") for plain in PLAIN.values()),
                                    paired(results, init, "plain (independent, all images)", "v4"),
                                    paired(results, init, "v4", "v5"),
                                    paired(results, init, "v5-refit", "v5")) if line]
@@ -374,21 +435,40 @@ def main(argv=None) -> int:
 
 
 def time_to_quality(results: dict, path: str) -> str:
-    """Test macro-F1 against training wall-clock minutes: each seed a dot, the median over seeds a ring; rows
-    without a training time of their own (the decompositions) are left out. Returns the file written."""
+    """Test macro-F1 against training wall-clock minutes: each seed a dot, the median over seeds a ring, the
+    rings of one recipe at several budgets (LINES) joined; dashed lines at THRESHOLDS. Rows without a training
+    time of their own (the decompositions) are left out. Returns where each recipe stands against the
+    thresholds, and the file written."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
+    colours, lines, said = {}, {}, []
     for (init, name), rows in results.items():
         timed = [r for r in rows if r.get("train_s")]
         if not timed or name.startswith(("v5 select", "v5 refit,", "v4 stage 1")):
             continue
         minutes = [r["train_s"] / 60 for r in timed]
         f1 = [r["macro_f1"] for r in timed]
-        dots = ax.scatter(minutes, f1, s=18, alpha=0.6, label=f"{name} ({init})")
-        ax.scatter([statistics.median(minutes)], [statistics.median(f1)], s=120, facecolors="none",
-                   edgecolors=dots.get_facecolor()[:1], linewidths=1.5)
+        key = (init, LINES.get(name, name))
+        first = key not in colours
+        dots = ax.scatter(minutes, f1, s=18, alpha=0.6, color=colours.get(key),
+                          label=f"{key[1]} ({init})" if first else None)
+        colours.setdefault(key, dots.get_facecolor()[0][:3])
+        ring = (statistics.median(minutes), statistics.median(f1))
+        ax.scatter(*ring, s=120, facecolors="none", edgecolors=[colours[key]], linewidths=1.5)
+        lines.setdefault(key, []).append(ring)
+        for t in THRESHOLDS:
+            reached = [m for m, f in zip(minutes, f1) if f >= t]
+            said.append(f"{name} ({init}), median {ring[1]:.3f} at {ring[0]:.0f} min: macro-F1 {t:.2f} "
+                        + ("reached by the median" if ring[1] >= t else "not reached by the median")
+                        + f", by {len(reached)} of {len(f1)} seeds"
+                        + (f" (at {min(reached):.0f}-{max(reached):.0f} min)" if reached else ""))
+    for key, rings in lines.items():
+        if len(rings) > 1:
+            ax.plot(*zip(*sorted(rings)), color=colours[key], linewidth=1)
+    for t in THRESHOLDS:
+        ax.axhline(t, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("training wall-clock, minutes (this 2-core machine; 2 jobs at a time, 1 thread each)")
     ax.set_ylabel("macro-F1 on the held-out test split")
     ax.grid(alpha=0.3)
@@ -396,7 +476,7 @@ def time_to_quality(results: dict, path: str) -> str:
     FigureCanvasAgg(fig)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=100)
-    return path
+    return "\n".join([path, *("- " + line for line in said)])
 
 
 if __name__ == "__main__":

@@ -223,6 +223,12 @@ class Config:
                               "re-weighted by class-balanced weights, --cb-beta)", choices=tuple(DISTILL))
     kd_temperature: float = _opt(2.0, "distillation temperature T (the soft term is scaled by T^2)")
     kd_alpha: float = _opt(0.5, "weight of the soft term: (1 - alpha) * hard-label loss + alpha * soft term")
+    # --- contrastive auxiliary loss (contrast.py) ---
+    contrast: str | None = _opt(None, "supervised contrastive loss on the classifier's input features, added to "
+                                      "the loss: supcon (Khosla et al. 2020) | balanced (Zhu et al. 2022's "
+                                      "class-averaged denominator); none = off", parse_optional_str)
+    contrast_weight: float = _opt(0.1, "weight of the contrastive term")
+    contrast_temperature: float = _opt(0.1, "temperature of the contrastive term")
     # --- prediction (recorded with the run; predict.py reads it) ---
     tta: bool = _opt(False, "test-time augmentation when predicting this run: predict.py's default, which "
                            "--tta / --no-tta override", parse_bool)
@@ -418,7 +424,7 @@ FLAG_GROUPS = {"version": "run", "data": "data", "model": "model", "epochs": "op
                "sampler": "sampling", "hflip": "augmentation", "scheduler": "schedule", "swa_start": "SWA",
                "metric": "validation", "amp": "speed",
                "crt_sampler": "long tail, after training (cRT, decision tau)", "teacher": "distillation",
-               "tta": "prediction"}
+               "contrast": "contrastive auxiliary loss", "tta": "prediction"}
 
 
 def _shown(value: Any) -> str:

@@ -41,6 +41,7 @@ from .data import load_dataset, write_skipped
 from .data.augment import MixupCutmix, TrainAugment, eval_transform
 from .data.samplers import EpochSampler, epoch_seed
 from .decision import adjust, choose_tau
+from .contrast import CONTRAST, Contrast, FeatureTap
 from .distill import DISTILL, Distillation
 from .teacher import teacher_log_probs, teacher_test
 from .decoupling import extract_features, final_linear, replace_classifier, retrain_classifier
@@ -200,6 +201,7 @@ class Trainer:
     swa: AveragedModel | None
     ema: AveragedModel | None     # exponential moving average of the weights, updated every optimizer step
     distill: Distillation | None  # the teacher's soft targets for every training image (--teacher)
+    contrast: Contrast | None     # the supervised contrastive term on the batch's features (--contrast)
     carried: Carried | None       # a refit's settings from its selection stage (None: choose on validation)
 
 
@@ -341,6 +343,7 @@ def build_trainer(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint 
     parts.update(_model_parts(cfg, parts, resuming=saved is not None))
     parts.update(_data_parts(cfg, parts))
     parts.update(_teacher_parts(cfg, parts, dataset.paths, data[1]["test"]))
+    parts.update(_contrast_parts(cfg, parts))
     parts.update(_optimisation_parts(cfg, parts))
     if saved is not None and list(saved.class_names) != class_names:
         raise UserError(f"{stage.rdir / LAST}: was trained on other classes ({len(saved.class_names)}) than "
@@ -415,6 +418,17 @@ def _teacher_parts(cfg: Config, parts: dict, paths: list, test) -> dict:
                               np.asarray(test), parts["device"], log=parts["say"])
     distill = DISTILL.build(cfg.distill, table, parts["train_counts"], settings=cfg.to_dict())
     return {"distill": distill.to(parts["device"])}
+
+
+def _contrast_parts(cfg: Config, parts: dict) -> dict:
+    """--contrast: a tap on the model's classifier input and the term that uses it."""
+    if cfg.contrast is None:
+        return {"contrast": None}
+    CONTRAST.lookup(cfg.contrast)  # an unknown name fails here, before the tap is attached
+    if parts["mixer"] is not None:
+        raise UserError(f"--contrast {cfg.contrast}: not with mixup / CutMix (a mixed image has no single class "
+                        f"to be positive for); pass --mix-prob 0")
+    return {"contrast": CONTRAST.build(cfg.contrast, FeatureTap(parts["model"]), settings=cfg.to_dict())}
 
 
 def _optimisation_parts(cfg: Config, parts: dict) -> dict:
@@ -527,6 +541,8 @@ def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Gene
     loss = criterion(logits.float(), target)
     if t.distill is not None:  # the hard-label loss mixed with the teacher's soft targets for these images
         loss = t.distill(logits, loss, batch)
+    if t.contrast is not None:  # the features of this forward pass, pulled together within each class
+        loss = t.contrast(loss, target)
     if not torch.isfinite(loss):
         return loss
     t.optimizer.zero_grad(set_to_none=True)
