@@ -35,7 +35,7 @@ and tail (< 50) classes, worst-class F1 and training time (the training loops an
 median over seeds with [min, max]. v4's and v5's rows are checked against predict.py's own metrics.
 
     python bench/longtail.py                                  # fashion-small, Lite0 80x60, 2 epochs, seeds 0 1
-    python bench/longtail.py --seeds 0 1 2 --refit-seeds 0 1  # v5-refit (and its contributions) on two seeds
+    python bench/longtail.py --seeds 0 1 2 --seeds-for v5-refit:0,1  # v5-refit (and its contributions) on two seeds
     python bench/longtail.py --recipes v5,plain --seeds 0 --epochs 1
 """
 from __future__ import annotations
@@ -385,8 +385,8 @@ def main(argv=None) -> int:
     p.add_argument("--img-size", default="80x60")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--refit-seeds", type=int, nargs="+", default=None,
-                   help="seeds of the v5-refit rows and v5's contributions (default: --seeds)")
+    p.add_argument("--seeds-for", nargs="+", default=[], metavar="RECIPE:SEEDS",
+                   help="a recipe on fewer seeds than --seeds, e.g. v5-refit:0,1 student-kd:0,1")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (each gets --threads threads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=os.path.join(REPO, "runs-longtail"))
@@ -397,8 +397,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     recipes = args.recipes.split(",")
+    try:
+        seeds_for = {recipe: [int(s) for s in seeds.split(",")] for recipe, _, seeds in
+                     (entry.partition(":") for entry in args.seeds_for)}
+    except ValueError:
+        p.error(f"--seeds-for {' '.join(args.seeds_for)}: expected RECIPE:SEED,SEED,... entries, e.g. v5-refit:0,1")
     plan = [(init, seed, recipe) for init in args.inits.split(",") for seed in args.seeds for recipe in recipes
-            if recipe != "v5-refit" or args.refit_seeds is None or seed in args.refit_seeds]
+            if seed in seeds_for.get(recipe, args.seeds)]
     plan.sort(key=lambda job: recipes.index(job[2]))  # the longest (v5) first, so two jobs finish together
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
