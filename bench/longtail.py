@@ -439,6 +439,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def span(minutes: list[float]) -> str:
+    low, high = f"{min(minutes):.0f}", f"{max(minutes):.0f}"
+    return low if low == high else f"{low}-{high}"
+
+
 def time_to_quality(results: dict, path: str) -> str:
     """Test macro-F1 against training wall-clock minutes: each seed a dot, the median over seeds a ring, the
     rings of one recipe at several budgets (LINES) joined; dashed lines at THRESHOLDS. Rows without a training
@@ -468,7 +473,7 @@ def time_to_quality(results: dict, path: str) -> str:
             said.append(f"{name} ({init}), median {ring[1]:.3f} at {ring[0]:.0f} min: macro-F1 {t:.2f} "
                         + ("reached by the median" if ring[1] >= t else "not reached by the median")
                         + f", by {len(reached)} of {len(f1)} seeds"
-                        + (f" (at {min(reached):.0f}-{max(reached):.0f} min)" if reached else ""))
+                        + (f" (at {span(reached)} min)" if reached else ""))
     for key, rings in lines.items():
         if len(rings) > 1:
             ax.plot(*zip(*sorted(rings)), color=colours[key], linewidth=1)

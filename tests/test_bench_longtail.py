@@ -34,9 +34,9 @@ def test_time_to_quality_says_which_seeds_and_medians_reach_each_threshold(monke
     assert "- v5 (imagenet), median 0.760 at 27 min: macro-F1 0.75 reached by the median, by 2 of 3 seeds " \
            "(at 26-28 min)" in lines
     assert "- v5 (imagenet), median 0.760 at 27 min: macro-F1 0.80 not reached by the median, by 1 of 3 seeds " \
-           "(at 26-26 min)" in lines
+           "(at 26 min)" in lines
     # two seeds: the median is their mean (0.74 at 41 min)
     assert "- student-kd (imagenet), median 0.740 at 41 min: macro-F1 0.75 not reached by the median, by 1 of 2 " \
-           "seeds (at 42-42 min)" in lines
+           "seeds (at 42 min)" in lines
     assert not any("stage 1" in line for line in lines)
     assert len(lines) == 1 + 4 * len(longtail.THRESHOLDS)
