@@ -45,6 +45,8 @@ RULES: dict[str, tuple] = {
     "cb_beta": (0, 1, True, False),
     "kd_temperature": (0, None, False, True),
     "kd_alpha": (0, 1, True, True),
+    "contrast_weight": (0, None, True, True),
+    "contrast_temperature": (0, None, False, True),
     "tau": (0, None, True, True),
     "epoch_samples": (1, None, True, True),
     "hflip": (0, 1, True, True),

@@ -131,3 +131,6 @@ def test_train_py_trains_with_the_term_and_refuses_it_with_mixup(tmp_path, capsy
     code, _, err = cli(train, "--version", "v1", *common, "--out", tmp_path / "bad", "--contrast", "simclr",
                        capsys=capsys)
     assert_one_line_error(code, err, "--contrast", "supcon")
+    code, _, err = cli(train, "--version", "v1", *common, "--out", tmp_path / "bad", "--contrast", "supcon",
+                       "--contrast-temperature", "0", capsys=capsys)
+    assert_one_line_error(code, err, "--contrast-temperature")

@@ -91,10 +91,12 @@ def test_a_progressive_run_killed_inside_a_stage_resumes_to_the_same_weights(dat
 
 
 def test_a_run_saved_before_these_settings_existed_still_resumes():
-    """Runs trained before --progressive / --teacher existed recorded no such keys: they trained with the
-    defaults, so `--fold all` still skips (or resumes) them; a recorded different value is still refused."""
+    """Runs trained before --progressive / --teacher / --contrast existed recorded no such keys: they trained
+    with the defaults, so `--fold all` still skips (or resumes) them; a recorded different value is still
+    refused."""
     cfg = resolve("v5", {})
-    new = ("progressive", "teacher", "distill", "kd_alpha", "kd_temperature")
+    new = ("progressive", "teacher", "distill", "kd_alpha", "kd_temperature", "contrast", "contrast_weight",
+           "contrast_temperature")
     saved = {k: v for k, v in cfg.to_dict().items() if k not in new}
     engine._check_resumable(saved, cfg, Path("last.pt"))
     with pytest.raises(UserError, match="kd_alpha: 0.9 -> 0.5"):
