@@ -5,8 +5,8 @@ throughput, student against its teacher, same run.
 For each seed the teacher is bench/longtail.py's v5 run (RUNS/imagenet-sS/kfold3/v5: three Lite0 members).
 The student is one Lite0 trained with `train.py --version v5 --folds 1 --teacher TEACHER` (the teacher's test
 split; 80% of the rest trained on, 20% to choose the candidate, cRT head and tau), one per --variants entry
-(kd, bkd) and --epochs budget. Scored on the test split: the teacher as shipped (no TTA in v5's preset), the teacher with TTA
-(identity, hflip, scale 0.9, 1.1: 12 forward passes an image) and each student. Throughput: images/s of
+(kd, bkd) and --epochs budget. Scored on the test split: the teacher as shipped (no TTA in v5's preset), the
+teacher with TTA (identity, hflip, scale 0.9, 1.1: 12 forward passes an image) and each student. Throughput: images/s of
 `Classifier.probabilities` at batch 64 on --threads threads, teacher and student timed in turn, median of
 --repeats; the ratio is the median of the per-repeat ratios.
 

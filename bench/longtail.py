@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shlex
@@ -91,8 +92,8 @@ PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
          "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", model="efficientnet_lite1", epochs=1),
          "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1)}
 # distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
-# recipe -> folder. Their time includes the teacher's: a student cannot exist without its teacher.
-STUDENTS = {"student-kd": "student-kd", "student-kd-e4": "student-kd-e4"}
+# the recipe is the folder distill.py writes. Their time includes the teacher's: no student without its teacher.
+STUDENTS = ("student-kd", "student-kd-e4")
 # the figure's lines: rows that are one recipe at different budgets
 LINES = {"plain, 1 epoch": "plain (independent, all images)",  # joins the 2-epoch runs when both are scored
          "student-kd": "distilled student (2, 4 epochs)", "student-kd-e4": "distilled student (2, 4 epochs)"}
@@ -113,7 +114,7 @@ def run_dir(args, init: str, seed: int, recipe: str) -> str:
     if recipe == "v5":
         return os.path.join(seed_dir(args, init, seed), "kfold3", "v5", "fold0")
     if recipe in STUDENTS:
-        return os.path.join(seed_dir(args, init, seed), STUDENTS[recipe], "v5", "fold0")
+        return os.path.join(seed_dir(args, init, seed), recipe, "v5", "fold0")
     return os.path.join(seed_dir(args, init, seed), "v5" if recipe == "v5-refit" else recipe, "fold0")
 
 
@@ -245,11 +246,13 @@ class Scorer:
         probs = imgcls.load(run, device="cpu").probabilities(dataset(self.args).images[torch.as_tensor(test_idx)])
         return self.row(probs, test_idx, np.ones(probs.shape[1]), 0.0, ensemble_train_s(run))
 
-    def teacher_pass_s(self, teacher: str, split: dict, sample: int = 2048) -> float:
+    @functools.cache
+    def teacher_pass_s(self, teacher: str, train_images: tuple, sample: int = 2048) -> float:
         """Seconds the teacher's one pass over the student's training images takes at the trainings' thread
         count (train.py computes it before the student's first epoch and does not count it): timed on `sample`
-        of them and scaled, since the cost is linear in images."""
-        idx = torch.as_tensor(split["folds"][0]["train"])
+        of them and scaled, since the cost is linear in images; once per teacher and images (a seed's students
+        share both)."""
+        idx = torch.as_tensor(train_images)
         clf, threads = imgcls.load(teacher, device="cpu", batch_size=256), torch.get_num_threads()
         torch.set_num_threads(self.args.threads)
         try:
@@ -294,7 +297,8 @@ class Scorer:
         train_s = metrics["train_time_s"] + metrics.get("crt_seconds", 0.0)
         if recipe in STUDENTS:
             teacher = os.path.dirname(run_dir(args, init, seed, "v5"))
-            train_s += ensemble_train_s(teacher) + self.teacher_pass_s(teacher, split)
+            train_images = tuple(split["folds"][0]["train"])
+            train_s += ensemble_train_s(teacher) + self.teacher_pass_s(teacher, train_images)
         best = checkpoint.read(os.path.join(rdir, "best.pt"))
         rows = {recipe: self.row(self.probs(best, self.model(best), test_idx), test_idx, best.train_class_counts,
                                  best.decision_tau, train_s)}
