@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,13 @@ def assert_one_line_error(code, err, *fragments):
 def snapshot(folder: Path) -> dict:
     """{relative path: file bytes} of everything under folder: equal snapshots mean nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def load_bench_script(monkeypatch, name: str):
+    """bench/<name>.py as a module (bench/ is not a package; its scripts import their neighbours by name)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

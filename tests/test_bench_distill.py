@@ -1,22 +1,15 @@
 """bench/distill.py's split of a macro-F1 gap into the classes with few test images and the rest: a
 hand-computed case, and on random labels the two parts add up to scikit-learn's macro-F1 difference."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_bench_script
 
 
 @pytest.fixture
 def distill(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_distill", ROOT / "bench" / "distill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(monkeypatch, "distill")
 
 
 def test_gap_by_support_hand_computed(distill):

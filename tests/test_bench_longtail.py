@@ -1,17 +1,10 @@
 """bench/longtail.py's time-to-quality summary: where each recipe stands against macro-F1 0.75 and 0.80, by
 its median over seeds and seed by seed, on a hand-made table; the figure is written."""
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_bench_script
 
 
 def load_longtail(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_longtail", ROOT / "bench" / "longtail.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(monkeypatch, "longtail")
 
 
 def rows(*points):
