@@ -1,20 +1,13 @@
 """bench/posthoc.py's per-class offsets rule (measured, not shipped): its fast macro-F1 is scikit-learn's, and
 the coordinate ascent finds the threshold a constructed two-class problem needs."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import f1_score
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_bench_script
 
 
 def load_posthoc(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # posthoc imports bench/tables.py beside it
-    spec = importlib.util.spec_from_file_location("bench_posthoc", ROOT / "bench" / "posthoc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(monkeypatch, "posthoc")  # it imports bench/tables.py beside it
 
 
 def test_fast_macro_f1_is_scikit_learns_over_the_union_of_labels(monkeypatch):
