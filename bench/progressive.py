@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -59,10 +60,14 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-epochs", type=int, default=2)
     p.add_argument("--progressive-epochs", type=int, default=3)
     p.add_argument("--stages", default="0.5:0.5:0.5,1:1:1")
+    p.add_argument("--progressive-flags", default="", metavar="FLAGS",
+                   help="more train.py flags for the progressive run, to bring it to the fixed run's wall-clock, "
+                        "e.g. \"--epoch-samples 18052\" (fewer draws per epoch)")
     p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "progressive.md"))
     args = p.parse_args(argv)
     recipes = {"fixed": ["--epochs", str(args.fixed_epochs)],
-               "progressive": ["--epochs", str(args.progressive_epochs), "--progressive", args.stages]}
+               "progressive": ["--epochs", str(args.progressive_epochs), "--progressive", args.stages,
+                               *shlex.split(args.progressive_flags)]}
     jobs = [(seed, name) for seed in args.seeds for name in recipes]
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda job: train(args, job[0], job[1], recipes[job[1]]), jobs))
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
              "Command: `python bench/progressive.py " + " ".join(sys.argv[1:]) + "`", "",
              f"Seeds {' '.join(map(str, args.seeds))}; held-out test split; median [min, max]. fixed: "
              f"{args.fixed_epochs} epochs at 80x60; progressive: {args.progressive_epochs} epochs, stages "
-             f"`{args.stages}` (END:SIZE:STRENGTH).", "",
+             f"`{args.stages}` (END:SIZE:STRENGTH){', ' + args.progressive_flags if args.progressive_flags else ''}.", "",
              "| recipe | acc | macro-F1 | train s |", "|---|---:|---:|---:|"]
     for name, values in rows.items():
         lines.append(f"| {name} | {spread([v[0] for v in values])} | {spread([v[1] for v in values])} "
