@@ -11,9 +11,9 @@ test split and seed:
     plain-b16  at batch 16 (v5's): separate the batch size from the rest of v5's recipe
     plain-e1, plain-lite1-e1, plain-lite2-e1
                the plain script for 1 epoch, with Lite0, Lite1 and Lite2 (other budgets for the figure)
-    plain-lite1-eq, plain-lite2-eq
-               Lite1 and Lite2 for Lite0's 2-epoch minutes (1.3 and 1.2 epochs; the larger backbones at equal
-               wall-clock)
+    plain-lite1-e1.3, plain-lite1-e1.7, plain-lite2-e1.2, plain-lite2-e1.45
+               Lite1 and Lite2 for fractions of an epoch more, up to Lite0's 2-epoch minutes (the larger
+               backbones at equal wall-clock)
     v4         train.py --version v4: CE on 80% of the rest (20% validation), the best epoch by validation
                macro-F1, cRT, the validation-chosen decision tau
     v5         train.py --version v5 --fold all: flip only, the annealed (last or EMA) weights, cRT with
@@ -94,17 +94,21 @@ PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
          "plain-e1": Plain(64, "plain, 1 epoch", epochs=1),
          "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", model="efficientnet_lite1", epochs=1),
          "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1),
-         # ... and at Lite0's minutes: Lite0's 2 epochs took 444 s (5 seeds), Lite1's and Lite2's one epoch 336 s
-         # and 365 s (2 seeds, bench/results/time_to_quality.md), so 444/336 and 444/365 of an epoch
-         "plain-lite1-eq": Plain(64, "plain, Lite1, Lite0's minutes (1.3 epochs)", model="efficientnet_lite1",
-                                 epochs=1.3),
-         "plain-lite2-eq": Plain(64, "plain, Lite2, Lite0's minutes (1.2 epochs)", model="efficientnet_lite2",
-                                 epochs=1.2)}
+         # ... and toward Lite0's 2-epoch minutes: 1.3 / 1.2 epochs, planned from the seventh session's times
+         # (bench/results/time_to_quality.md), took 0.77x / 0.83x of Lite0's in one run; 1.7 / 1.45 from that run
+         "plain-lite1-e1.3": Plain(64, "plain, Lite1, 1.3 epochs", model="efficientnet_lite1", epochs=1.3),
+         "plain-lite1-e1.7": Plain(64, "plain, Lite1, 1.7 epochs", model="efficientnet_lite1", epochs=1.7),
+         "plain-lite2-e1.2": Plain(64, "plain, Lite2, 1.2 epochs", model="efficientnet_lite2", epochs=1.2),
+         "plain-lite2-e1.45": Plain(64, "plain, Lite2, 1.45 epochs", model="efficientnet_lite2", epochs=1.45)}
 # distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
 # the recipe is the folder distill.py writes. Their time includes the teacher's: no student without its teacher.
 STUDENTS = ("student-kd", "student-kd-e4")
 # the figure's lines: rows that are one recipe at different budgets
 LINES = {"plain, 1 epoch": "plain (independent, all images)",  # joins the 2-epoch runs when both are scored
+         **dict.fromkeys(["plain, Lite1, 1 epoch", "plain, Lite1, 1.3 epochs", "plain, Lite1, 1.7 epochs"],
+                         "plain, Lite1 (1-1.7 epochs)"),
+         **dict.fromkeys(["plain, Lite2, 1 epoch", "plain, Lite2, 1.2 epochs", "plain, Lite2, 1.45 epochs"],
+                         "plain, Lite2 (1-1.45 epochs)"),
          "student-kd": "distilled student (2, 4 epochs)", "student-kd-e4": "distilled student (2, 4 epochs)"}
 THRESHOLDS = (0.75, 0.80)
 ORDER = [*(plain.name for plain in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",

@@ -10,6 +10,11 @@ The two trainings of a seed run at the same time (1 thread each), so they share 
 table gives each one's wall-clock from train.py's own `train_time_s` (training loops and cRT).
 
     python bench/progressive.py --runs /work/notes/lt8/runs --seeds 0 1
+    python bench/progressive.py --runs RUNS --seeds 0 1 --progressive-flags "--epoch-samples 18052"
+
+At batch 16 (v5's batch since the fourth session) a 40x30 update costs about 2/3 of an 80x60 one, not 1/4, so
+3 progressive epochs take ~1.25x the fixed run's 2; --progressive-flags shortens them (18052 draws = 0.8 of
+the 22,565 training images an epoch: 2.4 epochs' draws in all).
 """
 
 from __future__ import annotations
@@ -83,10 +88,12 @@ def main(argv=None) -> int:
         rows.setdefault(name, []).append((m["accuracy"], m["macro_f1"], seconds))
 
     lines = ["# Progressive learning against fixed size (fashion-small, Lite0, v5 --folds 1)", "",
-             "Command: `python bench/progressive.py " + " ".join(sys.argv[1:]) + "`", "",
+             "Command: `" + shlex.join(["python", "bench/progressive.py",
+                                        *(argv if argv is not None else sys.argv[1:])]) + "`", "",
              f"Seeds {' '.join(map(str, args.seeds))}; held-out test split; median [min, max]. fixed: "
              f"{args.fixed_epochs} epochs at 80x60; progressive: {args.progressive_epochs} epochs, stages "
-             f"`{args.stages}` (END:SIZE:STRENGTH){', ' + args.progressive_flags if args.progressive_flags else ''}.", "",
+             f"`{args.stages}` (END:SIZE:STRENGTH)" + (f", {args.progressive_flags}" if args.progressive_flags else "")
+             + ".", "",
              "| recipe | acc | macro-F1 | train s |", "|---|---:|---:|---:|"]
     for name, values in rows.items():
         lines.append(f"| {name} | {spread([v[0] for v in values])} | {spread([v[1] for v in values])} "
