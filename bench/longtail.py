@@ -11,6 +11,7 @@ test split and seed:
     plain-b16  at batch 16 (v5's): separate the batch size from the rest of v5's recipe
     plain-e1, plain-lite1-e1, plain-lite2-e1
                the plain script for 1 epoch, with Lite0, Lite1 and Lite2 (other budgets for the figure)
+    plain-e2.2 Lite0 for 2.2 epochs: Lite1's 1.7 epochs' minutes
     plain-lite1-e1.3, plain-lite1-e1.7, plain-lite2-e1.2, plain-lite2-e1.45
                Lite1 and Lite2 for fractions of an epoch more, up to Lite0's 2-epoch minutes (the larger
                backbones at equal wall-clock)
@@ -92,6 +93,7 @@ PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
          # other budgets and backbones for the time-to-quality figure: 1 epoch of Lite0, Lite1 and Lite2 (the
          # larger backbones cost more an epoch, so they are compared with Lite0 by minutes, not epochs)
          "plain-e1": Plain(64, "plain, 1 epoch", epochs=1),
+         "plain-e2.2": Plain(64, "plain, 2.2 epochs", epochs=2.2),  # Lite1's 1.7 epochs' minutes (1.09x)
          "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", model="efficientnet_lite1", epochs=1),
          "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1),
          # ... and toward Lite0's 2-epoch minutes: 1.3 / 1.2 epochs, planned from the seventh session's times
@@ -105,6 +107,7 @@ PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
 STUDENTS = ("student-kd", "student-kd-e4")
 # the figure's lines: rows that are one recipe at different budgets
 LINES = {"plain, 1 epoch": "plain (independent, all images)",  # joins the 2-epoch runs when both are scored
+         "plain, 2.2 epochs": "plain (independent, all images)",
          **dict.fromkeys(["plain, Lite1, 1 epoch", "plain, Lite1, 1.3 epochs", "plain, Lite1, 1.7 epochs"],
                          "plain, Lite1 (1-1.7 epochs)"),
          **dict.fromkeys(["plain, Lite2, 1 epoch", "plain, Lite2, 1.2 epochs", "plain, Lite2, 1.45 epochs"],
