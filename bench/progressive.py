@@ -13,8 +13,8 @@ table gives each one's wall-clock from train.py's own `train_time_s` (training l
     python bench/progressive.py --runs RUNS --seeds 0 1 --progressive-flags "--epoch-samples 18052"
 
 At batch 16 (v5's batch since the fourth session) a 40x30 update costs about 2/3 of an 80x60 one, not 1/4, so
-3 progressive epochs would take an estimated 1.2-1.3x the fixed run's 2; --progressive-flags shortens them (18052 = 0.8 of
-the 22,565 training images an epoch: 2.4 epochs' draws in all).
+3 progressive epochs would take an estimated 1.2-1.3x the fixed run's 2; --progressive-flags shortens them
+(18052 draws = 0.8 of the 22,565 training images an epoch: 2.4 epochs' draws in all).
 """
 
 from __future__ import annotations
