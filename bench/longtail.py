@@ -85,33 +85,31 @@ class Plain(NamedTuple):
     name: str
     model: str | None = None
     epochs: float | None = None
+    line: str | None = None  # the figure's line that joins this budget with the recipe's others
 
 
-PLAIN = {"plain": Plain(64, "plain (independent, all images)"),
+LITE0 = "plain (independent, all images)"  # the default plain recipe's name, and its budgets' line
+LITE1, LITE2 = "plain, Lite1 (1-1.7 epochs)", "plain, Lite2 (1-1.45 epochs)"
+PLAIN = {"plain": Plain(64, LITE0),
          "plain-b32": Plain(32, "plain, batch 32 (independent, all images)"),
          "plain-b16": Plain(16, "plain, batch 16 (independent, all images)"),
          # other budgets and backbones for the time-to-quality figure: 1 epoch of Lite0, Lite1 and Lite2 (the
          # larger backbones cost more an epoch, so they are compared with Lite0 by minutes, not epochs)
-         "plain-e1": Plain(64, "plain, 1 epoch", epochs=1),
-         "plain-e2.2": Plain(64, "plain, 2.2 epochs", epochs=2.2),  # Lite1's 1.7 epochs' minutes (1.09x)
-         "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", model="efficientnet_lite1", epochs=1),
-         "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", model="efficientnet_lite2", epochs=1),
+         "plain-e1": Plain(64, "plain, 1 epoch", epochs=1, line=LITE0),
+         "plain-e2.2": Plain(64, "plain, 2.2 epochs", epochs=2.2, line=LITE0),  # Lite1's 1.7 epochs' minutes
+         "plain-lite1-e1": Plain(64, "plain, Lite1, 1 epoch", "efficientnet_lite1", 1, LITE1),
+         "plain-lite2-e1": Plain(64, "plain, Lite2, 1 epoch", "efficientnet_lite2", 1, LITE2),
          # ... and toward Lite0's 2-epoch minutes: 1.3 / 1.2 epochs, planned from the seventh session's times
          # (bench/results/time_to_quality.md), took 0.77x / 0.83x of Lite0's in one run; 1.7 / 1.45 from that run
-         "plain-lite1-e1.3": Plain(64, "plain, Lite1, 1.3 epochs", model="efficientnet_lite1", epochs=1.3),
-         "plain-lite1-e1.7": Plain(64, "plain, Lite1, 1.7 epochs", model="efficientnet_lite1", epochs=1.7),
-         "plain-lite2-e1.2": Plain(64, "plain, Lite2, 1.2 epochs", model="efficientnet_lite2", epochs=1.2),
-         "plain-lite2-e1.45": Plain(64, "plain, Lite2, 1.45 epochs", model="efficientnet_lite2", epochs=1.45)}
+         "plain-lite1-e1.3": Plain(64, "plain, Lite1, 1.3 epochs", "efficientnet_lite1", 1.3, LITE1),
+         "plain-lite1-e1.7": Plain(64, "plain, Lite1, 1.7 epochs", "efficientnet_lite1", 1.7, LITE1),
+         "plain-lite2-e1.2": Plain(64, "plain, Lite2, 1.2 epochs", "efficientnet_lite2", 1.2, LITE2),
+         "plain-lite2-e1.45": Plain(64, "plain, Lite2, 1.45 epochs", "efficientnet_lite2", 1.45, LITE2)}
 # distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
 # the recipe is the folder distill.py writes. Their time includes the teacher's: no student without its teacher.
 STUDENTS = ("student-kd", "student-kd-e4")
 # the figure's lines: rows that are one recipe at different budgets
-LINES = {"plain, 1 epoch": "plain (independent, all images)",  # joins the 2-epoch runs when both are scored
-         "plain, 2.2 epochs": "plain (independent, all images)",
-         **dict.fromkeys(["plain, Lite1, 1 epoch", "plain, Lite1, 1.3 epochs", "plain, Lite1, 1.7 epochs"],
-                         "plain, Lite1 (1-1.7 epochs)"),
-         **dict.fromkeys(["plain, Lite2, 1 epoch", "plain, Lite2, 1.2 epochs", "plain, Lite2, 1.45 epochs"],
-                         "plain, Lite2 (1-1.45 epochs)"),
+LINES = {**{plain.name: plain.line for plain in PLAIN.values() if plain.line},
          "student-kd": "distilled student (2, 4 epochs)", "student-kd-e4": "distilled student (2, 4 epochs)"}
 THRESHOLDS = (0.75, 0.80)
 ORDER = [*(plain.name for plain in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",
@@ -446,9 +444,9 @@ def main(argv=None) -> int:
             summarise(results), ""]
     for init in args.inits.split(","):
         text += [line for line in (*(paired(results, init, plain.name, "v5") for plain in PLAIN.values()),
-                                   *(paired(results, init, PLAIN["plain"].name, plain.name)
+                                   *(paired(results, init, LITE0, plain.name)
                                      for key, plain in PLAIN.items() if key != "plain"),
-                                   paired(results, init, "plain (independent, all images)", "v4"),
+                                   paired(results, init, LITE0, "v4"),
                                    paired(results, init, "v4", "v5"),
                                    paired(results, init, "v5-refit", "v5")) if line]
     text += ["", *notes, ""]
