@@ -35,6 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def free_space(path: Path) -> str:
+    """The free space of the file system `path` is (or would be) on, e.g. '1.2 GiB'."""
+    import shutil
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"
+    except OSError:
+        return "unknown space"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.int8 and args.format != "onnx":
@@ -66,8 +77,10 @@ def main(argv=None) -> int:
                 written.append(quantize.quantize_onnx(model_file, folder / "model.int8.onnx", calib).name)
             export.write_metadata(folder, record.class_names, record.preprocessing.to_dict(), views,
                                   [str(m.path) for m in members], model_file.name, taus)
-    except OSError as err:  # disk full, quota, a read-only file system
-        raise UserError(f"--out {out}: could not write the export ({err.strerror or err}); "
+    except (OSError, RuntimeError) as err:  # disk full, quota, a read-only file system; ONNX's C++ writer
+        reason = (err.strerror if isinstance(err, OSError) else None) or str(err).strip().splitlines()[0][:200]
+        where = f"{err.filename}: " if isinstance(err, OSError) and err.filename else ""
+        raise UserError(f"--out {out}: could not write the export ({where}{reason}; {free_space(out)} free there); "
                         f"{'the earlier export there is unchanged' if out.exists() else 'nothing was written'}"
                         ) from None
     print(f"exported {len(members)} model(s) x {len(views)} view(s): "

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from imgcls.cli import ArgumentParser, print_lines, run_cli  # first: it sets the thread policy before torch loads
 from imgcls import distributed as dist  # noqa: I001
-from imgcls.config import VERSIONS, add_config_flags, read_config_file, resolve
+from imgcls.config import VERSIONS, add_config_flags, parse_config_values, read_config_file, resolve
 from imgcls.errors import UserError
-from imgcls.validate import check_config
+from imgcls.limits import MAX_FIND_LR
+from imgcls.run import check_restart
+from imgcls.validate import check_config, check_range
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_in(err: UserError, from_file: dict, typed: dict, config_file: str | None) -> str:
+    """' (set in --config FILE)' when the refused value came from the file, not from a flag typed here."""
+    first = str(err).split(" ", 1)[0]
+    key = first[2:].replace("-", "_") if first.startswith("--") else None
+    return f" (set in --config {config_file})" if key in from_file and key not in typed else ""
+
+
 def parse_fold(text: str) -> int | None:
     """'all' -> None; '2' -> 2; anything else is a user error (the range is checked against the split)."""
     if text == "all":
@@ -48,7 +57,8 @@ def parse_fold(text: str) -> int | None:
 
 
 def main(argv=None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     pattern = args.pop("list_models")
     if pattern is not None:
         from imgcls.models import model_table
@@ -56,17 +66,27 @@ def main(argv=None) -> int:
         return 0
     print_config, find_lr = args.pop("print_config"), args.pop("find_lr")
     version, fold_text, config_file = args.pop("version"), args.pop("fold"), args.pop("config")
-    if config_file:  # the file's settings, then the flags typed here on top; its fold is the run's own
-        values = read_config_file(config_file)
-        version = version or values.get("version")
-        args = dict({k: v for k, v in values.items() if k not in ("fold", "version")}, **args)
-    version = version or "v1"
-    # --print-config's stdout stays pure JSON; the note on scaled values goes to stderr there
+    # --print-config's stdout stays pure JSON; notes go to stderr there
     say = (lambda line: print(line, file=sys.stderr)) if print_config else print
-    cfg = resolve(version, args, log=say if dist.is_main() else None)
-    check_config(cfg)  # every numeric flag, --device and --out, before any data is read
+    from_file = {}
+    if config_file:  # the file's settings through the flags' own parsers, then the flags typed here on top
+        values = read_config_file(config_file)
+        from_file, notes = parse_config_values(parser, values, config_file)
+        version = version or values.get("version")
+        for note in notes if dist.is_main() else ():
+            say(f"note: {note}")
+    scaled = []  # what the preset scaled to --epochs, said once the settings are known to be valid
+    cfg = resolve(version or "v1", dict(from_file, **args), log=scaled.append)
+    try:
+        check_config(cfg)  # every numeric flag, --device and --out, before any data is read
+    except UserError as err:
+        raise UserError(f"{err}{_set_in(err, from_file, args, config_file)}") from None
+    check_range("find_lr", find_lr, 2, MAX_FIND_LR)
+    check_restart(cfg, parse_fold(fold_text), {"--config": config_file})
+    for line in scaled if dist.is_main() else ():
+        say(line)
     if print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+        print(json.dumps(cfg.settings(), indent=2))
         return 0
     if cfg.data is None and dist.is_main():
         print("note: no --data given: training on the built-in demo data (scikit-learn digits, long-tailed). "

@@ -45,6 +45,7 @@ median over seeds with [min, max]. v4's and v5's rows are checked against predic
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import functools
 import json
@@ -53,6 +54,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -86,6 +88,26 @@ class Plain(NamedTuple):
     model: str | None = None
     epochs: float | None = None
     line: str | None = None  # the figure's line that joins this budget with the recipe's others
+    members: int = 1  # an ensemble: this many plain models (seeds seed, seed + 1000, ...), probabilities averaged
+    v5_minutes: bool = False  # trained for --v5-factor x --epochs epochs: the plain script given v5's minutes
+
+
+def plain_epochs(args, plain: Plain) -> float:
+    """The epochs a plain recipe trains: its own budget, v5's minutes (--v5-factor x --epochs), or the bench's."""
+    if plain.v5_minutes:
+        return round(args.v5_factor * args.epochs, 2)
+    return plain.epochs or args.epochs
+
+
+def plain_members(args, init: str, seed: int, recipe: str) -> list[tuple[str, str, int]]:
+    """(probabilities file, log, training seed) of each model of a plain recipe. An ensemble's first model is
+    the plain recipe's own run (same command, same seed: the same weights), trained once for both."""
+    plain, out = PLAIN[recipe], []
+    for m in range(plain.members):
+        folder = f"{recipe}-m{m}" if m else ("plain" if plain.members > 1 else recipe)
+        out.append((plain_probs_path(args, init, seed, folder), os.path.join(args.runs, f"{init}-s{seed}-{folder}.log"),
+                    seed + 1000 * m))
+    return out
 
 
 LITE0 = "plain (independent, all images)"  # the default plain recipe's name, and its budgets' line
@@ -104,7 +126,11 @@ PLAIN = {"plain": Plain(64, LITE0),
          "plain-lite1-e1.3": Plain(64, "plain, Lite1, 1.3 epochs", "efficientnet_lite1", 1.3, LITE1),
          "plain-lite1-e1.7": Plain(64, "plain, Lite1, 1.7 epochs", "efficientnet_lite1", 1.7, LITE1),
          "plain-lite2-e1.2": Plain(64, "plain, Lite2, 1.2 epochs", "efficientnet_lite2", 1.2, LITE2),
-         "plain-lite2-e1.45": Plain(64, "plain, Lite2, 1.45 epochs", "efficientnet_lite2", 1.45, LITE2)}
+         "plain-lite2-e1.45": Plain(64, "plain, Lite2, 1.45 epochs", "efficientnet_lite2", 1.45, LITE2),
+         # what a user would do with v5's minutes instead (issue 33): the plain script trained longer (its
+         # OneCycle schedule over the longer run), or as many plain models as v5 has members, averaged
+         "plain-eq": Plain(64, "plain for v5's minutes (more epochs)", v5_minutes=True, line=LITE0),
+         "plain-ens3": Plain(64, "plain x3, probabilities averaged (v5's member count)", members=3)}
 # distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
 # the recipe is the folder distill.py writes. Their time includes the teacher's: no student without its teacher.
 STUDENTS = ("student-kd", "student-kd-e4")
@@ -148,14 +174,16 @@ def train(args, init: str, seed: int, recipe: str) -> None:
     log = os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")
     if recipe in PLAIN:
         plain = PLAIN[recipe]
-        out = plain_probs_path(args, init, seed, recipe)
-        if not os.path.exists(out):
-            lists = write_plain_lists(args, init, seed, recipe)
-            run_logged([sys.executable, os.path.join(REPO, "bench", "plain.py"), "--train", lists[0], "--test",
-                        lists[1], "--num-classes", str(lists[2]), "--out", out,
-                        "--epochs", str(plain.epochs or args.epochs), "--seed", str(seed),
-                        "--model", plain.model or args.model, "--batch-size", str(plain.batch)],
-                       log, args.threads)
+        for out, member_log, member_seed in plain_members(args, init, seed, recipe):
+            with _LOCKS[out]:  # an ensemble's first model is also the plain recipe's: one job trains it
+                if os.path.exists(out):
+                    continue
+                lists = write_plain_lists(args, init, seed, os.path.basename(os.path.dirname(out)))
+                run_logged([sys.executable, os.path.join(REPO, "bench", "plain.py"), "--train", lists[0], "--test",
+                            lists[1], "--num-classes", str(lists[2]), "--out", out,
+                            "--epochs", str(plain_epochs(args, plain)), "--seed", str(member_seed),
+                            "--model", plain.model or args.model, "--batch-size", str(plain.batch)],
+                           member_log, args.threads)
         return
     if recipe in STUDENTS:  # it needs the finished teacher, which this pool may still be training
         if not os.path.exists(os.path.join(run_dir(args, init, seed, recipe), "metrics.json")):
@@ -176,6 +204,7 @@ def train(args, init: str, seed: int, recipe: str) -> None:
 
 
 _DATA = {}
+_LOCKS = collections.defaultdict(threading.Lock)
 
 
 def dataset(args):
@@ -293,11 +322,10 @@ class Scorer:
         return self.row(self.probs(record, net, test_idx), test_idx, counts, tau, train_s)
 
     def rows_of_run(self, args, init: str, seed: int, recipe: str) -> dict[str, dict]:
-        if recipe in PLAIN:
-            split = bench_split(args, seed)
-            probs = np.load(plain_probs_path(args, init, seed, recipe))
-            log = open(os.path.join(args.runs, f"{init}-s{seed}-{recipe}.log")).read().strip().splitlines()
-            train_s = json.loads(log[-1])["train_s"]
+        if recipe in PLAIN:  # an ensemble's probabilities are its models' mean, its time their sum
+            split, members = bench_split(args, seed), plain_members(args, init, seed, recipe)
+            probs = np.mean([np.load(out) for out, _, _ in members], axis=0)
+            train_s = sum(json.loads(open(log).read().strip().splitlines()[-1])["train_s"] for _, log, _ in members)
             return {PLAIN[recipe].name: self.row(
                 probs, np.array(split["test"]), np.ones(probs.shape[1]), 0.0, train_s)}
         if recipe == "v5":
@@ -402,6 +430,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--img-size", default="80x60")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--v5-factor", type=float, default=3.7,
+                   help="plain-eq trains this many times --epochs: v5's training time over the plain script's "
+                        "(3.7 measured at 2 epochs, bench/results/longtail.md)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--seeds-for", nargs="+", default=[], metavar="RECIPE:SEEDS",
                    help="a recipe on fewer seeds than --seeds, e.g. v5-refit:0,1 student-kd:0,1")

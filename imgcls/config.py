@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .data.cache import CACHE_MODES
 from .data.samplers import SAMPLERS
 from .distill import DISTILL
 from .errors import UserError
+from .limits import MIN_SIDE
 from .losses import LOSSES
 from .schedules import SCHEDULES
 
@@ -35,8 +37,8 @@ def parse_size(text: str | list | tuple | None) -> tuple[int, int] | None:
         sizes = [int(p) for p in parts]
     except ValueError:
         raise UserError(f"size '{text}': expected H or HxW in pixels, e.g. 224 or 224x168") from None
-    if len(sizes) not in (1, 2) or min(sizes) < 8:
-        raise UserError(f"size '{text}': expected H or HxW with both sides >= 8, e.g. 224x168")
+    if len(sizes) not in (1, 2) or min(sizes) < MIN_SIDE:
+        raise UserError(f"size '{text}': expected H or HxW with both sides >= {MIN_SIDE}, e.g. 224x168")
     return (sizes[0], sizes[-1])
 
 
@@ -53,6 +55,8 @@ def parse_stages(text) -> tuple | None:
         except ValueError:
             raise UserError(f"--progressive {text}: expected END:SIZE[:STRENGTH],..., e.g. 0.5:0.5:0.5,1:1:1") from None
     stages = [stage if len(stage) == 3 else (*stage, 1.0) for stage in stages]
+    if not all(math.isfinite(v) for stage in stages for v in stage):
+        raise UserError(f"--progressive {text}: every END, SIZE and STRENGTH must be a finite number")
     ends = [stage[0] for stage in stages]
     if any(len(stage) != 3 for stage in stages) or ends != sorted(set(ends)) or ends[-1] != 1.0 or ends[0] <= 0:
         raise UserError(f"--progressive {text}: expected stages END:SIZE[:STRENGTH] with END increasing to 1, "
@@ -82,6 +86,20 @@ def parse_bool(text: str | bool) -> bool:
     raise UserError(f"'{text}': expected true/false")
 
 
+def parse_betas(text: str) -> tuple:
+    return tuple(float(v) for v in str(text).split(","))
+
+
+def parse_optional_float(text: str) -> float | None:
+    """'none' (or 'off') -> None, else a number."""
+    return None if str(text).lower() in ("none", "off") else float(text)
+
+
+def parse_grad_clip(text: str) -> float | None:
+    """'none', 'off' or 0 -> no clipping."""
+    return None if str(text).lower() in ("none", "off", "0") else float(text)
+
+
 def parse_tau(text: str | float) -> str | float:
     """'auto' (chosen on validation) or a number."""
     if str(text).lower() == "auto":
@@ -90,6 +108,11 @@ def parse_tau(text: str | float) -> str | float:
         return float(text)
     except ValueError:
         raise UserError(f"--decision-tau '{text}': expected 'auto' or a number, e.g. 0.5") from None
+
+
+# What a command does to its run folder, not what the run trains: never written into config.json, and
+# ignored when a config file has it (older runs' config.json files do).
+RUN_STATE = ("restart", "resume")
 
 
 def _opt(default: Any, help: str, parse=None, choices=None):
@@ -139,11 +162,11 @@ class Config:
     lr: float = _opt(1e-3, "base learning rate")
     weight_decay: float = _opt(1e-2, "weight decay (decoupled for AdamW)")
     betas: tuple = _opt((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999",
-                        lambda t: tuple(float(v) for v in str(t).split(",")))
+                        parse_betas)
     eps: float = _opt(1e-8, "AdamW eps")
     momentum: float = _opt(0.9, "SGD momentum")
     grad_clip: float | None = _opt(None, "clip the gradient norm (after unscaling); none = off",
-                                   lambda t: None if str(t).lower() in ("none", "off", "0") else float(t))
+                                   parse_grad_clip)
     # --- loss ---
     loss: str = _opt("ce", " | ".join(LOSSES), choices=tuple(LOSSES))
     label_smoothing: float = _opt(0.0, "label smoothing")
@@ -170,7 +193,7 @@ class Config:
     scheduler: str = _opt("cosine", " | ".join(SCHEDULES), choices=tuple(SCHEDULES))
     warmup_epochs: float = _opt(0.0, "linear warmup epochs (cosine)")
     min_lr: float = _opt(0.0, "final learning rate (cosine)")
-    max_lr: float | None = _opt(None, "OneCycle peak lr; none = --lr", lambda t: None if str(t) == "none" else float(t))
+    max_lr: float | None = _opt(None, "OneCycle peak lr; none = --lr", parse_optional_float)
     pct_start: float = _opt(0.1, "OneCycle warmup fraction")
     div_factor: float = _opt(25.0, "OneCycle initial lr = max_lr / div_factor")
     final_div_factor: float = _opt(1000.0, "OneCycle final lr = initial lr / final_div_factor")
@@ -235,6 +258,12 @@ class Config:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def settings(self) -> dict:
+        """What the run trains with, as JSON values: config.json, the checkpoints' record, --print-config.
+        Without RUN_STATE: a run's recorded settings reproduce what it trained, not what the command that
+        started it did to the folder (a config.json that said "restart": true deleted the run it came from)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_STATE}
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
@@ -442,6 +471,23 @@ def preset_values(name: str, default: Any) -> str:
     return ", ".join(f"{v} {value}" for v, value in values.items())
 
 
+def field_parser(f: dataclasses.Field):
+    """The parser of a Config field's flag. A value typed on the command line and a value in a --config file both
+    go through it (train.py, parse_config_values): one set of rules. A parser's UserError becomes argparse's own
+    error, which names the flag (`argument --refit: 'maybe': expected true/false`)."""
+    parse = f.metadata.get("parse") or _plain_type(f)
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = parse.__name__  # argparse's "invalid int value: '1.5'"
+    convert.is_bool = parse is parse_bool
+    return convert
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field, in argument groups by area; the help shows each preset's value.
     Defaults are SUPPRESSed so that only flags the user typed override."""
@@ -452,9 +498,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if f.name in ("version", "fold"):
             continue
         flag = "--" + f.name.replace("_", "-")
-        parse = f.metadata.get("parse") or _plain_type(f)
+        parse = field_parser(f)
         # Booleans work as bare switches (--compile) and with a value (--compile false).
-        extra = dict(nargs="?", const=True) if parse is parse_bool else {}
+        extra = dict(nargs="?", const=True) if parse.is_bool else {}
         help_text = f"{f.metadata['help']} ({preset_values(f.name, f.default)})".replace("%", "%%")
         group.add_argument(flag, dest=f.name, type=parse, default=argparse.SUPPRESS,
                            choices=f.metadata.get("choices"), metavar=f.name.upper(), help=help_text, **extra)
@@ -468,3 +514,55 @@ def _plain_type(f: dataclasses.Field):
     if isinstance(f.default, float):
         return float
     return str
+
+
+def as_flag_text(value: Any, sizes: bool = False) -> str:
+    """A config file's value spelled as it would be typed after its flag: true/false, none, 80x60 (sizes),
+    0.9,0.999, 0.5:0.5:0.5,1:1:1. An empty list stays '[]', which no parser takes."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(v, list) for v in value):
+            return ",".join(":".join(as_flag_text(x) for x in v) for v in value)
+        return ("x" if sizes else ",").join(as_flag_text(v) for v in value)
+    return json.dumps(value)  # [] or a mapping: refused by every parser, and shown as the file has it
+
+
+def parse_config_values(parser: argparse.ArgumentParser, values: dict[str, Any], path: str) -> tuple[dict, list]:
+    """A --config file's settings through the command line's own path: each value spelled as its flag would
+    be typed and parsed by `parser` (type and choices), before any file is touched. Returns (settings, notes):
+    RUN_STATE keys and the fold are parsed, then left out with a note (flags say what to do to a folder; the
+    file says what to train). A value its flag would refuse is one UserError naming the file and the key."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    settings, notes = {}, []
+    exits = parser.exit_on_error
+    parser.exit_on_error = False  # errors come back as exceptions, to be named after the file
+    try:
+        for key, value in values.items():
+            if key in ("version", "fold"):
+                if key == "version" and not isinstance(value, str):
+                    raise UserError(f"--config {path}: \"version\": {json.dumps(value)}: expected a preset name, "
+                                    f"e.g. \"v5\"")
+                continue  # the version is train.py's to resolve; the fold trained is the command's
+            text = as_flag_text(value, sizes=fields[key].metadata.get("parse") is parse_size)
+            try:
+                parsed = vars(parser.parse_args([f"--{key.replace('_', '-')}={text}"]))[key]
+            except (argparse.ArgumentError, UserError) as err:
+                message = err.message if isinstance(err, argparse.ArgumentError) else str(err)
+                raise UserError(f"--config {path}: \"{key}\": {json.dumps(value)} refused ({message}); write it as "
+                                f"the flag takes it (train.py --help)") from None
+            if key in RUN_STATE:
+                if parsed:
+                    notes.append(f"--config {path}: \"{key}\": true ignored (it is what a command does to the run "
+                                 f"folder, not a setting); pass --{key} to do it")
+                continue
+            settings[key] = parsed
+    finally:
+        parser.exit_on_error = exits
+    return settings, notes

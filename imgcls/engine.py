@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, interrupt
 from .checkpoint import RunState
 from . import distributed as dist
 from .config import Config
@@ -55,7 +55,7 @@ from .progressive import Phase, build_phases, describe, make_augment, make_mixer
 from .models import create_model, pretrained_cfg
 from .plots import objective_label, plot_confusion, plot_curves, plot_lr
 from .report import write_report
-from .run import BEST, CONFIG, LAST, METRICS, SPLIT, fold_dir, starting_point
+from .run import BEST, CONFIG, LAST, METRICS, SPLIT, check_restart, fold_dir, reads_inputs_inside, starting_point
 from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
 from .selection import make_ema, pick
 
@@ -209,10 +209,17 @@ def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
     """Train one fold; resume it if OUT/<version>/fold<k>/last.pt exists. Returns the run's result dict.
 
     data: (dataset, split) from prepare_data, so that `--fold all` loads and splits once for every fold.
+    A Ctrl-C stops it at once, or at the next update if it landed where Python drops exceptions (interrupt.py).
     """
+    with interrupt.recorded():
+        return _fit(cfg, fold, log, data)
+
+
+def _fit(cfg: Config, fold: int, log, data) -> dict:
     cfg = dataclasses.replace(cfg, fold=fold)  # config.json and the checkpoints record the fold trained
     say = log if dist.is_main() else (lambda *a, **k: None)
     rdir = run_dir(cfg, fold)
+    check_restart(cfg, fold)  # never deletes what --init-from or --teacher reads
     if cfg.restart and dist.is_main() and rdir.exists():
         shutil.rmtree(rdir)
     if not cfg.refit:
@@ -268,6 +275,7 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         end_epoch(t, state, epoch, val)
         log_epoch(t, state, epoch, lr, train_loss, seconds, val, ema_val)
         save_progress(t, state, val)
+        interrupt.check()  # a Ctrl-C swallowed while the epoch's files were written stops here
     # the final epoch's scores are those of the "last" and "ema" candidates: no second validation pass
     net, selected, metrics = select_result(t, state, scored={"last": val, "ema": ema_val})
     net, metrics, probs = retrain_head(t, state, net, selected, metrics)
@@ -305,7 +313,7 @@ def open_run(cfg: Config, rdir: Path, say) -> checkpoint.Checkpoint | None:
     if cfg.resume and saved is None:
         raise UserError(f"--resume: {last_path} not found; nothing to resume (drop --resume to start this run)")
     if saved is not None:
-        _check_resumable(saved.config, cfg, last_path)
+        _check_resumable(saved.config, cfg, last_path, inputs_inside=reads_inputs_inside(cfg, rdir))
     return saved
 
 
@@ -315,7 +323,7 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
         rdir = stage.rdir
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write(rdir / SPLIT, (run_root(cfg) / SPLIT).read_bytes())
-        atomic_write(rdir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write(rdir / CONFIG, json.dumps(cfg.settings(), indent=2) + "\n")
         write_skipped(data[0].skipped, str(rdir / "skipped.json"))
     t = build_trainer(cfg, data, stage, saved, say)
     if saved is None:
@@ -509,6 +517,7 @@ def train_one_epoch(t: Trainer, state: RunState, epoch: int) -> tuple[float, flo
                disable=not (dist.is_main() and sys.stderr.isatty()), dynamic_ncols=True)
     criterion = at_epoch(t.criterion, epoch)
     for step in bar:
+        interrupt.check()
         loss = train_step(t, state, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], gen, criterion)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"{t.rdir}: loss is {loss.item()} at epoch {epoch + 1} step {step + 1}; "
@@ -569,8 +578,9 @@ def val_probs(t: Trainer, net: nn.Module) -> np.ndarray:
     return predict_dataset(net, t.images, t.val_idx, img_size=t.pre.img_size, mean=t.pre.mean, std=t.pre.std,
                            device=t.device, batch_size=t.cfg.eval_batch_size, amp=t.cfg.amp,
                            channels_last=t.channels_last,
-                           progress=lambda batches: tqdm(batches, desc="validation", unit="batch", leave=False,
-                                                         disable=not sys.stderr.isatty() or not dist.is_main()))
+                           progress=lambda batches: interrupt.checked(tqdm(
+                               batches, desc="validation", unit="batch", leave=False,
+                               disable=not sys.stderr.isatty() or not dist.is_main())))
 
 
 def evaluate(t: Trainer, net: nn.Module, probs: np.ndarray | None = None) -> dict:
@@ -838,7 +848,7 @@ def _epoch_of(state: RunState, selected: str) -> int:
 def _record(t: Trainer, net: nn.Module, epoch: int, metric: float, selected: str) -> checkpoint.Checkpoint:
     return checkpoint.Checkpoint(
         model_name=t.cfg.model, num_classes=len(t.class_names), class_names=t.class_names,
-        preprocessing=t.pre, config=t.cfg.to_dict(), fold=t.fold, train_class_counts=t.train_counts.tolist(),
+        preprocessing=t.pre, config=t.cfg.settings(), fold=t.fold, train_class_counts=t.train_counts.tolist(),
         model=net.state_dict(), epoch=epoch, metric=metric, selected=selected)
 
 
@@ -868,12 +878,15 @@ def _write_summary(rows: list[dict], path: Path) -> None:
     atomic_write(path, text.getvalue())
 
 
-def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
+def _check_resumable(saved: dict, cfg: Config, path: Path, inputs_inside=()) -> None:
     current = cfg.to_dict()
     # A setting the saved run does not record did not exist when it trained: it trained with the default.
     saved = dict(Config().to_dict(), **saved)
     changed = sorted(k for k in current if k not in _RESUME_FREE and saved.get(k) != current[k])
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:5])
+        # advice that works: --restart would delete the weights --init-from / --teacher point at
+        fix = (f"pass another --out ({' and '.join(f'{n} {p}' for n, p in inputs_inside)} reads from this run, so "
+               f"--restart is no way out)" if inputs_inside else "pass --restart (or another --out) to start over")
         raise UserError(f"{path}: holds a run with other settings ({diffs}); rerun with the same flags to "
-                        f"resume, or pass --restart (or another --out) to start over")
+                        f"resume, or {fix}")

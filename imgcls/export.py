@@ -11,6 +11,8 @@ that averages the members' probabilities over models and views.
 
 from __future__ import annotations
 
+import io
+
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -169,8 +171,7 @@ def export_torchscript(module: Deployable, path: str | Path) -> Path:
         _ignore_fixed_size_tracer_warnings()
         traced = torch.jit.trace(module.eval(), example_input(module.storage_size), check_trace=False)
         traced = torch.jit.freeze(traced)
-    traced.save(str(path))
-    return path
+        return _write_serialised(lambda buffer: torch.jit.save(traced, buffer), path)
 
 
 def _ignore_fixed_size_tracer_warnings() -> None:
@@ -192,7 +193,20 @@ def export_program(module: Deployable, path: str | Path) -> Path:
     with torch.no_grad():
         program = torch.export.export(module.eval(), (example_input(module.storage_size),),
                                       dynamic_shapes={"images": {0: batch}})
-    torch.export.save(program, str(path))
+    return _write_serialised(lambda buffer: torch.export.save(program, buffer), path)
+
+
+def _write_serialised(save: Callable[[io.BytesIO], None], path: Path) -> Path:
+    """Serialise into memory, then write the bytes with Python's own file I/O: torch's C++ file writer turns
+    a full disk into a RuntimeError and, from its destructor, an abort (exit -6) that no caller can catch;
+    here it is an OSError with the file's name, which export.py reports in one line."""
+    buffer = io.BytesIO()
+    save(buffer)
+    try:
+        with open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
     return path
 
 

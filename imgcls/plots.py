@@ -6,10 +6,7 @@ global backend is switched under the caller's feet, and nothing is left open bet
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgcls import interrupt
 from imgcls.errors import UserError
 from imgcls.fsio import atomic_write
 from imgcls.metrics import class_sizes, dense_confusion
@@ -27,27 +25,9 @@ def _save(fig: Figure, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     # through a temp file like every writer: a kill mid-plot never leaves a truncated PNG
-    with interrupt_after():
+    with interrupt.deferred():
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"))  # no clipped names
     return path
-
-
-@contextmanager
-def interrupt_after():
-    """Hold a Ctrl-C that arrives inside the block and raise it when the block ends. The PNG writer calls
-    back into Python from C code, where a KeyboardInterrupt is printed as "Exception ignored in ..." and
-    dropped: the run then trained on to its end. A plot takes well under a second, so the wait is short."""
-    if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
 
 
 def plot_lr(lrs: Sequence[float], path) -> Path:

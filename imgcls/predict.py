@@ -27,6 +27,7 @@ from .fsio import atomic_write, clean_stale_temps
 from .metrics import calibration, classification_metrics, per_class_report
 from .plots import plot_confusion
 from .report import misses, write_report
+from .validate import check_out_file
 
 PRINT_AT_MOST = 20  # a console line per image up to this many images (or always with --print)
 
@@ -121,6 +122,13 @@ def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
 
 def predict(args, log=print) -> dict:
     clf = load_classifier(args, log)
+    out_csv, companions = output_paths(args, clf)
+    if not args.out:  # --out was checked with the flags; the default folder is known now, before any work
+        try:
+            check_out_file("--out", str(out_csv))
+        except UserError as err:
+            raise UserError(f"the default output {out_csv} cannot be written ({str(err).split(': ', 1)[-1]}); "
+                            f"pass --out FILE.csv somewhere writable") from None
     images, paths, labels, skipped = select_images(args, clf, log)
     if len(paths) == 0:
         what = ", ".join(p for p, _ in skipped[:3])
@@ -133,7 +141,6 @@ def predict(args, log=print) -> dict:
     if any(clf.taus):
         log(f"decision rule: logit adjustment tau {', '.join(f'{t:+.1f}' for t in clf.taus)} "
             f"({'--logit-adjust' if args.logit_adjust is not None else 'chosen in training'})")
-    out_csv, companions = output_paths(args, clf)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_csv.parent)
     write_predictions(out_csv, paths, probs, clf.classes, labels)

@@ -35,6 +35,33 @@ def fold_dir(root: str | Path, fold: int) -> Path:
     return Path(root) / f"fold{fold}"
 
 
+def reads_inputs_inside(cfg: Config, folder: Path, inputs: dict | None = None) -> list[tuple[str, str]]:
+    """(flag, path) of each input this run reads (--init-from, --teacher, and `inputs`, e.g. --config) that lies
+    inside `folder` or holds it: what deleting `folder` would destroy before the run could read it."""
+    reads = {"--init-from": cfg.init_from, "--teacher": cfg.teacher, **(inputs or {})}
+    target = Path(folder).resolve()
+    found = []
+    for name, path in reads.items():
+        if not path:
+            continue
+        p = Path(path).resolve()
+        if p == target or target in p.parents or p in target.parents:
+            found.append((name, str(path)))
+    return found
+
+
+def check_restart(cfg: Config, fold: int | None, inputs: dict | None = None) -> None:
+    """--restart deletes the fold folder it trains (every fold folder with --fold all, fold None): refused, naming
+    both paths, when an input of the run lies there. A refusal never deletes."""
+    if not cfg.restart:
+        return
+    doomed = Path(cfg.out) / cfg.version
+    doomed = doomed if fold is None else fold_dir(doomed, fold)
+    for name, path in reads_inputs_inside(cfg, doomed, inputs):
+        raise UserError(f"--restart would delete {doomed}, which {name} {path} reads from; train into another "
+                        f"--out instead (or copy {path} out of {doomed} first)")
+
+
 def is_finished(folder: str | Path) -> bool:
     """A fold's training finished: train.py writes metrics.json only at its very end."""
     return (Path(folder) / METRICS).is_file()

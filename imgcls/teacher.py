@@ -12,13 +12,24 @@ import torch
 from .errors import UserError
 
 
+def _named(read: Callable, teacher: str, **kwargs):
+    """read(teacher, ...) with its refusal naming the flag: on a resume the teacher may have gone, and the
+    line must say that it is --teacher's run that is missing."""
+    try:
+        return read(teacher, **kwargs)
+    except UserError as err:
+        if str(err).startswith("--teacher"):
+            raise
+        raise UserError(f"--teacher {teacher}: {err}") from None
+
+
 def teacher_test(teacher: str, paths: list) -> np.ndarray:
     """The teacher's held-out test images as indices into `paths` (this run's data set): a student that
     distils from it is split around the same test set, so it never learns from the teacher's view of the
     images it is scored on."""
     from .data.splits import load_split
     from .run import SPLIT, find_checkpoints
-    split_file = find_checkpoints(teacher)[0].parent / SPLIT
+    split_file = _named(find_checkpoints, teacher)[0].parent / SPLIT
     if not split_file.exists():
         raise UserError(f"--teacher {teacher}: {split_file} not found: the teacher's test split is unknown; "
                         f"pass a run folder or a fold folder")
@@ -33,7 +44,7 @@ def teacher_log_probs(teacher: str, images: torch.Tensor, paths: list, index: np
     storage size, or one whose held-out test split is not this run's `test` (a student run that existed
     before it was given this teacher: the teacher may have trained on images the student is scored on)."""
     from . import api
-    clf = api.load(teacher, device=str(device), log=log)
+    clf = _named(api.load, teacher, device=str(device), log=log)
     if list(clf.classes) != list(class_names):
         raise UserError(f"--teacher {teacher}: was trained on {len(clf.classes)} other classes; distil with "
                         f"the teacher's --data")

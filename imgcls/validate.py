@@ -15,15 +15,12 @@ from pathlib import Path
 
 import torch
 
+from .contrast import CONTRAST
 from .errors import UserError
 from .data.samplers import SAMPLERS
-from .models import pretrained_cfg
-
-# Upper bounds that keep a typo from becoming an allocation of hundreds of GB: an input side beyond 4096
-# pixels, a batch beyond 4096 images (ConvNeXt-Base at 224 needs ~40 GB of activations for 4096 in training).
-MAX_SIDE = 4096
-MAX_BATCH = 4096
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools accept at most 32 bits
+from .limits import MAX_BATCH, MAX_SEED, MAX_SIDE
+from .models import input_multiple, pretrained_cfg
+from .progressive import plan
 
 # field -> (low, high, low inclusive, high inclusive); None means unbounded. NaN and inf always fail.
 RULES: dict[str, tuple] = {
@@ -180,6 +177,8 @@ def check_config(cfg) -> None:
                         f"machine ({memory_bytes() / 2**30:.0f} GiB of memory)")
     if cfg.crt_sampler is not None and cfg.crt_sampler not in SAMPLERS:
         raise UserError(f"--crt-sampler {cfg.crt_sampler}: unknown; choose none or one of {', '.join(SAMPLERS)}")
+    if cfg.contrast is not None and cfg.contrast not in CONTRAST:
+        raise UserError(f"--contrast {cfg.contrast}: unknown; choose none or one of {', '.join(CONTRAST)}")
     if cfg.decision_tau != "auto":  # the grid 'auto' searches is -1..1; a fixed tau may go further
         check_range("decision_tau", cfg.decision_tau, -10, 10)
     if len(cfg.betas) != 2:
@@ -197,8 +196,28 @@ def check_config(cfg) -> None:
         raise UserError("--refit: the plateau schedule follows validation scores, which a refit on train + "
                         "validation does not have; use --scheduler onecycle or cosine")
     pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
+    check_patch_sizes(cfg)
     check_device(cfg.device)
     check_out_folder("--out", cfg.out)
+
+
+def check_patch_sizes(cfg) -> None:
+    """A ViT takes only sides its patch divides: --img-size and every --progressive stage checked now, naming
+    the flag, not at the first update of that stage. (No --img-size: the storage size, known once the data is
+    read; the model refuses it there.)"""
+    p = input_multiple(cfg.model)
+    if p == 1 or cfg.img_size is None:
+        return
+    h, w = cfg.img_size
+    if h % p or w % p:
+        raise UserError(f"--img-size {h}x{w}: {cfg.model}'s {p}-pixel patches need sides divisible by {p}, e.g. "
+                        f"{max(p, h // p * p)}x{max(p, w // p * p)}")
+    for i, (_, (sh, sw), _) in enumerate(plan(cfg.progressive or (), 1, cfg.img_size)):
+        if sh % p or sw % p:
+            stages = ",".join(":".join(f"{v:g}" for v in stage) for stage in cfg.progressive)
+            raise UserError(f"--progressive {stages}: stage {i + 1} trains at {sh}x{sw} (its SIZE x --img-size "
+                            f"{h}x{w}), which {cfg.model}'s {p}-pixel patches do not divide; pick SIZE fractions "
+                            f"that give multiples of {p}")
 
 
 def memory_bytes() -> int:

@@ -25,3 +25,20 @@ def _seed():
 _CACHE_HOME = tempfile.mkdtemp(prefix="imgcls-test-xdg-")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, True)
+
+
+@pytest.fixture(scope="session")
+def finished_v1(tmp_path_factory):
+    """A finished v1 run (tiny model, one epoch) on the built-in demo data, trained once per test run and shared:
+    tests that use it must leave it as they found it (they compare snapshots of it)."""
+    import train
+    out = tmp_path_factory.mktemp("finished-v1")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(out / "cache")
+    try:
+        assert train.main(["--version", "v1", "--out", str(out), "--model", "test_efficientnet", "--pretrained",
+                           "none", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "1",
+                           "--eval-batch-size", "64", "--device", "cpu"]) == 0
+    finally:
+        os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.update(XDG_CACHE_HOME=old)
+    return out

@@ -72,11 +72,11 @@ def test_size_none_uses_the_most_common_size(tmp_path):
 
 
 def test_cache_is_reused_without_decoding_and_invalidated_by_a_change(tmp_path, monkeypatch):
-    paths = [_save(Image.new("RGB", (6, 8), (i * 40, 0, 0)), tmp_path / f"{i}.png") for i in range(4)]
+    paths = [_save(Image.new("RGB", (8, 10), (i * 40, 0, 0)), tmp_path / f"{i}.png") for i in range(4)]
     cache_dir = str(tmp_path / "cache")
     first, ok1, _ = decode_images(paths, None, cache_dir, 2, **QUIET)
     files = sorted(os.listdir(cache_dir))
-    # pixels + status, and the size found for these files (so that asking for 8x6 later reads the same cache)
+    # pixels + status, and the size found for these files (so that asking for 10x8 later reads the same cache)
     assert [f.split("-")[0] for f in files] == ["decoded", "decoded", "size"]
     stamps = {f: os.stat(os.path.join(cache_dir, f)).st_mtime_ns for f in files}
 
@@ -100,7 +100,7 @@ def test_cache_is_reused_without_decoding_and_invalidated_by_a_change(tmp_path, 
 
     # change one file: the key changes, everything is decoded again and the new pixels are used
     calls.clear()
-    Image.new("RGB", (6, 8), (0, 255, 0)).save(paths[2])
+    Image.new("RGB", (8, 10), (0, 255, 0)).save(paths[2])
     st = os.stat(paths[2])
     os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     third, _, _ = decode_images(paths, None, cache_dir, 2, **QUIET)
@@ -151,3 +151,57 @@ def test_a_damaged_cache_is_decoded_again(tmp_path):
     again, ok, _ = decode_images(paths, None, str(cache_dir), 1, **QUIET)
     assert ok.all() and torch.equal(again, first)
     assert np.load(npy).shape == (3, 3, 8, 6)  # and the cache was rewritten
+
+
+@pytest.mark.parametrize("damage", [[0, 0], [4, 4], [10, "8"], [10, 8.5], [10, 10**6]])
+def test_a_recorded_size_outside_the_flags_bounds_is_a_miss_and_the_size_is_found_again(tmp_path, damage):
+    paths = [_save(Image.new("RGB", (8, 10), (i * 40, 0, 0)), tmp_path / f"{i}.png") for i in range(3)]
+    cache_dir = str(tmp_path / "cache")
+    decode_images(paths, None, cache_dir, 1, **QUIET)
+    record = next(p for p in os.listdir(cache_dir) if p.startswith("size-"))
+    with open(os.path.join(cache_dir, record), "w") as f:
+        f.write('{"size": %s}' % str(damage).replace("'", '"'))
+    logged = []
+    for _ in range(2):  # the cached path and, with the cache gone, the decoding one
+        images, ok, _ = decode_images(paths, None, cache_dir, 1, log=logged.append)
+        assert images.shape == (3, 3, 10, 8) and ok.all()
+        assert "storage size (most common H x W of the data): 10x8" in logged
+        for name in os.listdir(cache_dir):
+            if name.startswith("decoded-"):
+                os.unlink(os.path.join(cache_dir, name))
+        with open(os.path.join(cache_dir, record), "w") as f:
+            f.write('{"size": %s}' % str(damage).replace("'", '"'))
+        logged.clear()
+    images, _, _ = decode_images(paths, None, None, 1, **QUIET)  # no cache: unaffected
+    assert images.shape == (3, 3, 10, 8)
+
+
+@pytest.mark.parametrize("failing", ["_decode_to_file", "_write_status", "_write_size"])
+def test_a_cache_write_that_fails_removes_every_file_it_wrote(tmp_path, monkeypatch, failing):
+    """A disk that takes the pixels but not the status file (or the size record): nothing is left behind, the
+    images come back decoded in memory, and one warning says why."""
+    paths = [_save(Image.new("RGB", (8, 10), (i * 40, 0, 0)), tmp_path / f"{i}.png") for i in range(3)]
+    cache_dir = tmp_path / "cache"
+    real = getattr(cache, failing)
+
+    def full_disk(*args, **kwargs):
+        if failing != "_decode_to_file":
+            real(*args, **kwargs)  # the file is written, then the disk fills: the error comes after it
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache, failing, full_disk)
+    logged = []
+    images, ok, _ = decode_images(paths, None, str(cache_dir), 1, log=logged.append)
+    assert images.shape == (3, 3, 10, 8) and ok.all() and int(images[1, 0, 0, 0]) == 40
+    assert sorted(os.listdir(cache_dir)) == []
+    warnings = [line for line in logged if line.startswith("warning:")]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+
+
+def test_a_cache_folder_that_cannot_be_created_is_one_warning(tmp_path):
+    paths = [_save(Image.new("RGB", (8, 10), (9, 9, 9)), tmp_path / f"{i}.png") for i in range(2)]
+    (tmp_path / "taken").write_text("a file where the cache folder would go")
+    logged = []
+    images, ok, _ = decode_images(paths, None, str(tmp_path / "taken" / "cache"), 1, log=logged.append)
+    assert images.shape == (2, 3, 10, 8) and ok.all()
+    assert len([line for line in logged if line.startswith("warning:")]) == 1, logged

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from imgcls.fsio import atomic_write, clean_stale_temps, temp_name
+from imgcls.limits import MAX_SIDE, MIN_SIDE
 
 # bump when the file would change for the same images (2: JPEG draft, reduce; 3: decodable rows only)
 CACHE_FORMAT = 3
@@ -74,15 +75,15 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
     cache_dir = resolve_cache_dir(cache_dir)
     stamps = file_stamps(paths) if cache_dir else b""  # one stat per file, for both keys below
     unsized = cache_key(paths, None, stamps) if cache_dir and size is None else ""
-    if unsized:  # the size an earlier run found for these files: one cache per size
-        size = _recorded_size(cache_dir, unsized)
+    recorded = _recorded_size(cache_dir, unsized) if unsized else None  # the size an earlier run found
+    size = size or recorded
     if size is None:
         size = most_common_size(paths, workers)
         log(f"storage size (most common H x W of the data): {size[0]}x{size[1]}")
-        if unsized:
-            _record_size(cache_dir, unsized, size, log)
     if not cache_dir:
         return _decode_in_memory(paths, size, workers)
+    # one cache per size: a run asking for the data's own size finds it again through this record
+    size_record = _size_record(cache_dir, unsized) if unsized and recorded is None else None
     key = cache_key(paths, size, stamps)
     log(f"decode cache: {cache_dir} ({_folder_size(cache_dir) / 2**20:.0f} MiB in use; --cache-dir none "
         "turns it off)")
@@ -90,12 +91,42 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
     if cached is not None:
         log(f"decoded images: loaded {len(paths)} from cache {_cache_files(cache_dir, key)[0]}"
             + (" (memory-mapped)" if mode == "mmap" else ""))
+        if size_record is not None:
+            _write_cache_files(cache_dir, [(size_record, lambda: _write_size(size_record, size))], log)
         return cached
-    if _decode_to_file(cache_dir, key, paths, size, workers, log):
+    npy, meta = _cache_files(cache_dir, key)
+    decoded = []  # (ok, reasons) from the decode, for the status file written after the pixels
+    steps = [(npy, lambda: decoded.extend(_decode_to_file(npy, paths, size, workers))),
+             (meta, lambda: _write_status(meta, key, size, *decoded))]
+    if size_record is not None:
+        steps.append((size_record, lambda: _write_size(size_record, size)))
+    if _write_cache_files(cache_dir, steps, log):
         cached = _load_cache(cache_dir, key, len(paths), size, log, mode)
         if cached is not None:
             return cached
     return _decode_in_memory(paths, size, workers)
+
+
+def _write_cache_files(cache_dir: str, steps: list, log=print) -> bool:
+    """Run each (file, write) step in order, all or nothing: when one fails (unwritable folder, disk full,
+    file size limit) every file these steps wrote is removed, so no pixels are left without their status file
+    and no size record points at nothing, and one warning says why; the run goes on without the cache."""
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        clean_stale_temps(cache_dir)  # what killed runs (or a full disk) left behind
+        for _, write in steps:
+            write()
+        return True
+    except Exception as err:
+        for path, _ in steps:  # the failing step's own file too; a cache file is never worth keeping half
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        reason = getattr(err, "strerror", None) or str(err).strip()[:200]
+        log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: {reason}); "
+            "continuing without it (decoding in memory; next start decodes again)")
+        return False
 
 
 def _decode_all(paths: list[str], size: tuple[int, int], workers: int, store) -> tuple[np.ndarray, list[str]]:
@@ -143,20 +174,15 @@ def _decode_in_memory(paths: list[str], size: tuple[int, int], workers: int):
     return images[: len(keep)], ok, reasons
 
 
-def _decode_to_file(cache_dir: str, key: str, paths: list[str], size: tuple[int, int], workers: int,
-                    log=print) -> bool:
+def _decode_to_file(npy: str, paths: list[str], size: tuple[int, int], workers: int) -> tuple[np.ndarray, list]:
     """Decode straight into the cache file: workers pwrite their chunks at their offsets in a temp file (the
     page cache holds the pixels, not this process), the undecodable rows are squeezed out, then the file is
-    renamed into place and its status written last. False (with one warning) when the folder cannot take it:
-    the space is reserved before any decoding, so a full disk is found at once and the run decodes in memory."""
-    npy, meta = _cache_files(cache_dir, key)
+    renamed into place. The space is reserved before any decoding, so a full disk is found at once. Returns
+    (ok, reasons) for the status file, which the caller writes last: its presence marks a complete cache."""
     row = 3 * size[0] * size[1]
-    tmp = None
+    tmp = temp_name(npy)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        clean_stale_temps(cache_dir)  # what killed runs (or a full disk) left behind
-        tmp = temp_name(npy)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             os.pwrite(fd, _npy_header((len(paths), 3, *size)), 0)
             if len(paths):
@@ -176,21 +202,18 @@ def _decode_to_file(cache_dir: str, key: str, paths: list[str], size: tuple[int,
         finally:
             os.close(fd)
         os.replace(tmp, npy)
-        tmp = None
-        # written last: its presence marks a complete cache
-        atomic_write(meta, json.dumps({"key": key, "shape": [int(len(keep)), 3, *size], "ok": ok.tolist(),
-                                       "reasons": reasons}))
-        return True
-    except Exception as err:  # unwritable folder, disk full, file size limit: the run goes on without it
-        log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: "
-            f"{str(err).strip()[:200]}); continuing without it (decoding in memory; next start decodes again)")
-        return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return ok, reasons
+
+
+def _write_status(meta: str, key: str, size: tuple[int, int], ok: np.ndarray, reasons: list) -> None:
+    atomic_write(meta, json.dumps({"key": key, "shape": [int(ok.sum()), 3, *size], "ok": ok.tolist(),
+                                   "reasons": reasons}))
 
 
 # The .npy header (format 1.0), always this long, so that the row count can be rewritten in place after the
@@ -343,23 +366,27 @@ def _load_cache(cache_dir: str, key: str, count: int, size: tuple[int, int] | No
     return pixels, np.array(ok, dtype=bool), [str(r) for r in reasons]
 
 
+def _size_record(cache_dir: str, unsized_key: str) -> str:
+    return os.path.join(cache_dir, f"size-{unsized_key}.json")
+
+
 def _recorded_size(cache_dir: str, unsized_key: str) -> tuple[int, int] | None:
     """The storage size found for these files before (size-<key>.json), so that a run asking for the data's
-    own size and predict asking for the resolved one (80x60) read the same cache file."""
+    own size and predict asking for the resolved one (80x60) read the same cache file. A record outside the
+    flag's bounds (a damaged file: [0, 0], [4, 4]) is a miss, as an unreadable one is: the size is found again."""
     try:
-        with open(os.path.join(cache_dir, f"size-{unsized_key}.json"), encoding="utf-8") as f:
+        with open(_size_record(cache_dir, unsized_key), encoding="utf-8") as f:
             height, width = json.load(f)["size"]
-        return int(height), int(width)
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: find the size again
         return None
+    sides = (height, width)
+    if not all(type(v) is int and MIN_SIDE <= v <= MAX_SIDE for v in sides):
+        return None
+    return height, width
 
 
-def _record_size(cache_dir: str, unsized_key: str, size: tuple[int, int], log=print) -> None:
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        atomic_write(os.path.join(cache_dir, f"size-{unsized_key}.json"), json.dumps({"size": list(size)}))
-    except OSError as err:  # like the cache itself: an optimisation, never fatal
-        log(f"warning: could not record the storage size in {cache_dir} ({err.strerror or err})")
+def _write_size(path: str, size: tuple[int, int]) -> None:
+    atomic_write(path, json.dumps({"size": list(size)}))
 
 
 def _folder_size(folder: str) -> int:

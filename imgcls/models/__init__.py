@@ -58,11 +58,26 @@ def model_table(pattern: str = "*") -> list[str]:
     return [f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows]
 
 
+def close_names(name: str, names: list[str], n: int = 3) -> list[str]:
+    """The names most like `name`, best first; equally close ones in `names`' own order, so that
+    efficientnet_bo suggests b0 before b7 (difflib breaks ties by the reversed alphabet)."""
+    score = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in names}
+    ranked = sorted((c for c in names if score[c] >= 0.6), key=lambda c: -score[c])
+    return ranked[:n]
+
+
+def input_multiple(name: str) -> int:
+    """What an input side must be a multiple of for `name`: a ViT's patch size (it refuses other sizes), else 1
+    (CNNs take any size; Swin pads to its window)."""
+    arch = name.partition(".")[0]
+    return _vit.CONFIGS[arch].patch_size if arch in _vit.CONFIGS else 1
+
+
 def _resolve(name: str) -> tuple[str, WeightRecord | None]:
     """Split `name` into its architecture and the checkpoint record it refers to (None: no checkpoint)."""
     arch, _, tag = name.partition(".")
     if arch not in _ARCHS:
-        close = difflib.get_close_matches(name, list_models(), n=3)
+        close = close_names(name, list_models())
         raise UserError(f"--model {name}: unknown model; "
                         + (f"did you mean {' or '.join(close)}? " if close else "")
                         + "train.py --list-models prints every name")
