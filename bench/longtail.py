@@ -453,7 +453,9 @@ def main(argv=None) -> int:
         p.error(f"--seeds-for {' '.join(args.seeds_for)}: expected RECIPE:SEED,SEED,... entries, e.g. v5-refit:0,1")
     plan = [(init, seed, recipe) for init in args.inits.split(",") for seed in args.seeds for recipe in recipes
             if seed in seeds_for.get(recipe, args.seeds)]
-    plan.sort(key=lambda job: recipes.index(job[2]))  # the longest (v5) first, so two jobs finish together
+    # seed by seed, the longest (v5) first within a seed: two jobs finish together, and a bench stopped early
+    # has whole seeds to score (rerun with fewer --seeds: finished trainings are skipped)
+    plan.sort(key=lambda job: (job[1], recipes.index(job[2])))
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: train(args, *job), plan))
