@@ -12,7 +12,7 @@ from .errors import UserError
 
 # OpenMP threads that wait for work sleep instead of spinning: beside another busy process, spinning made
 # training ~3.5x slower on 2 cores, at a cost of ~15% when the machine is otherwise idle (bench/threads.py,
-# README "Threads"). Set here, on import, because it must be in the environment before torch loads: the
+# docs/benchmarks.md, "Threads"). Set here, on import, because it must be in the environment before torch loads: the
 # command lines import this module first. A user's own OMP_WAIT_POLICY (even an empty one) wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -45,8 +45,8 @@ def _memory(mb: float, kind: str) -> str:
 def find_metrics(run: Path) -> Path | None:
     """Prefer the TTA predictions of the test split, else the plain ones."""
     for name in ("predict-test-tta", "predict-test"):
-        if (run / name / "metrics.json").is_file():
-            return run / name / "metrics.json"
+        if (run / name / METRICS).is_file():
+            return run / name / METRICS
     return None
 
 

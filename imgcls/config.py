@@ -4,7 +4,7 @@ presets: plain dicts of overrides.
 Resolution order: Config defaults -> the version's preset -> flags the user gave. Every field is a
 command-line flag (``--field-name``), so every preset value can be seen (``--print-config``) and overridden.
 Values the write-up leaves open (epochs, batch size, input size, some learning rates) are chosen here and
-marked "chosen" in the preset comments; the README's versions table lists the write-up's own values.
+marked "chosen" in the preset comments; docs/presets.md lists the write-up's own values.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ VERSIONS: dict[str, dict[str, Any]] = {
         scheduler="onecycle", max_lr=1e-3, pct_start=0.1, div_factor=25.0, final_div_factor=1000.0,
         amp="auto", folds="auto", tta=True, metric="macro_f1",
     ),
-    # The project's own recipe, chosen on a validation split by bench/longtail.py (README, "Results"): learn
+    # The project's own recipe, chosen on a validation split by bench/longtail.py (docs/results.md): learn
     # the features with plain cross-entropy and natural sampling (re-balancing while features are learned
     # cost macro-F1 there), then re-train the classifier on frozen features with class-balanced sampling
     # (cRT), then pick the decision rule's tau on validation for macro-F1.

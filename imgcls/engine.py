@@ -1,4 +1,5 @@
-"""The training loop: one readable file, no framework.
+"""The training loop: one readable file, no framework (its parts are built in trainer.py; what the run ships
+after its epochs is decided in shipping.py).
 
 fit(cfg, fold) trains one fold of one version into OUT/<version>/fold<k>/ and returns its result. With --refit
 it trains twice: a selection stage in fold<k>/select/ chooses the epochs, the model candidate and the decision
@@ -18,46 +19,36 @@ import csv
 import dataclasses
 import io
 import json
-import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
 from . import checkpoint, interrupt
 from .checkpoint import RunState
 from . import distributed as dist
 from .config import Config
-from .data import load_dataset, write_skipped
-from .data.augment import MixupCutmix, TrainAugment, eval_transform
-from .data.samplers import EpochSampler, epoch_seed
-from .decision import adjust, choose_tau
-from .contrast import CONTRAST, Contrast, FeatureTap
-from .distill import DISTILL, Distillation
-from .teacher import teacher_log_probs, teacher_test
-from .decoupling import extract_features, final_linear, replace_classifier, retrain_classifier
-from .data.splits import auto_num_folds, load_split, make_split, save_split
+from .data import write_skipped
+from .data.samplers import epoch_seed
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
-from .inference import autocast_dtype, predict_dataset, use_channels_last
-from .losses import build_loss
-from .metrics import classification_metrics
-from .progressive import Phase, build_phases, describe, make_augment, make_mixer, phase_at
-from .models import create_model, pretrained_cfg
-from .plots import objective_label, plot_confusion, plot_curves, plot_lr
-from .report import write_report
-from .run import BEST, CONFIG, LAST, METRICS, SPLIT, check_restart, fold_dir, reads_inputs_inside, starting_point
-from .schedules import PerEpoch, Phases, Schedule, Switch, at_epoch, build_schedule
-from .selection import make_ema, pick
+from .progressive import describe, phase_at
+from .plots import objective_label, plot_curves, plot_lr
+from .run import (BEST, CONFIG, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY, check_restart,
+                  reads_inputs_inside)
+from .schedules import at_epoch
+
+from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, prepare_data,
+                      run_dir, run_root)
+from .shipping import choose_decision, finish, retrain_head, select_result
+# the training parts under the names lr_find.py, bench scripts and tests have always used (engine.X)
+from .trainer import make_optimizer, weight_span_warning  # noqa: F401
+from .shipping import after_training, final_line  # noqa: F401
 
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
 # "data": a run (or its data) moved to another folder resumes; what guards it is the split, which records the
@@ -68,141 +59,6 @@ _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_siz
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf: the message names the epoch and step; last.pt holds the last good epoch."""
-
-
-def run_root(cfg: Config) -> Path:
-    return Path(cfg.out) / cfg.version
-
-
-def run_dir(cfg: Config, fold: int) -> Path:
-    return fold_dir(run_root(cfg), fold)
-
-
-def num_folds(cfg: Config, labels: np.ndarray) -> int:
-    if cfg.folds == "auto":
-        return auto_num_folds(np.bincount(labels))
-    try:
-        k = int(cfg.folds)
-    except ValueError:
-        raise UserError(f"--folds {cfg.folds}: expected a whole number >= 1 or 'auto'") from None
-    if k < 1:
-        raise UserError(f"--folds {cfg.folds}: expected a whole number >= 1 or 'auto'")
-    return k
-
-
-def prepare_data(cfg: Config, log=print, keep_split: bool = True):
-    """Load (decode once, cached) and split; the split is saved once per version so every fold, and
-    predict.py later, sees the same held-out test set (keep_split=False: the lr finder, which writes no run
-    files, uses the saved split or the one a run would make)."""
-    # Under torchrun, local rank 0 of each machine decodes into the cache folder (node-local by default:
-    # ~/.cache/imgcls) while the other ranks wait; then every rank maps the same file, one copy in the page
-    # cache per machine. Machines that share a --cache-dir each decode, and the atomic rename makes the last
-    # identical file win. Every rank passes the barrier once: local rank 0 after its decode, the others before.
-    decodes = dist.local_rank() == 0
-    if not decodes:
-        dist.barrier()
-    dataset = load_dataset(cfg.data, label_col=cfg.label_col, size=cfg.storage_size,
-                           cache_dir=cfg.cache_dir, workers=cfg.workers, log=log, cache_mode=cfg.cache_mode)
-    if decodes:
-        dist.barrier()
-    labels = dataset.labels.numpy()
-    split_path = run_root(cfg) / SPLIT
-    if split_path.exists():
-        split = load_split(str(split_path), dataset.paths)
-    else:
-        fixed_test = teacher_test(cfg.teacher, dataset.paths) if cfg.teacher else None
-        if fixed_test is not None:
-            log(f"split: the test split is the teacher's ({len(fixed_test)} images; --test-frac not used)")
-        split = make_split(labels, test_frac=cfg.test_frac, num_folds=num_folds(cfg, labels),
-                           val_frac=cfg.val_frac, seed=cfg.seed, class_names=dataset.class_names, test=fixed_test)
-        empty = [k for k, fold in enumerate(split["folds"]) if not len(fold["val"])]
-        if empty:  # refused before the split is saved: the loop chooses and schedules on validation scores
-            raise UserError(f"--val-frac {cfg.val_frac}: fold {empty[0]}'s validation split of "
-                            f"{len(labels) - len(split['test'])} images is empty; use a larger --val-frac")
-        if dist.is_main() and keep_split:
-            save_split(str(split_path), split, dataset.paths)
-        for note in split.get("notes", []):
-            log(f"split: {note}")
-    return dataset, split
-
-
-def images_on(device: torch.device, images: torch.Tensor) -> torch.Tensor:
-    """The decoded images where batches are gathered from: on a GPU when they take at most a quarter of its
-    free memory (one copy; gathers on the device), else where they are (host memory or the cache mapping;
-    each batch is copied over)."""
-    if device.type == "cuda" and images.numel() <= torch.cuda.mem_get_info(device)[0] // 4:
-        return images.to(device)
-    return images
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases (1-d tensors), as timm and the ConvNeXt recipe do.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-
-
-@dataclass(frozen=True)
-class Carried:
-    """What a refit takes over from its selection stage (read back from select/best.pt and metrics.json)."""
-    selected: str        # the candidate that won on validation: best, last, ema or swa
-    epochs: int          # epochs that candidate trained for
-    decision_tau: float
-    metrics: dict        # the selection stage's validation metrics: the run's only held-out score
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training pass: where it writes, which images it learns from and is scored on."""
-    rdir: Path
-    train_idx: np.ndarray
-    val_idx: np.ndarray          # empty for a refit: every labelled image outside the test split is trained on
-    carried: Carried | None = None
-
-
-@dataclass
-class Trainer:
-    """Everything one fold's loop works with, built once by `setup` (the data flow's parts, in order)."""
-    cfg: Config
-    fold: int
-    rdir: Path
-    device: torch.device
-    say: Callable
-    images: torch.Tensor          # uint8 N x 3 x H x W, on the device when it is a GPU
-    labels: torch.Tensor          # int64 N, on the CPU
-    labels_dev: torch.Tensor      # the same on the device
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    class_names: list
-    train_counts: np.ndarray
-    pre: checkpoint.Preprocessing
-    channels_last: bool
-    sampler: EpochSampler
-    steps_per_epoch: int
-    augment: TrainAugment
-    mixer: MixupCutmix | None
-    phases: list[Phase] | None    # --progressive: the input size and strength by update (else augment, mixer)
-    criterion: nn.Module | Phases  # a loss, or losses that switch at given epochs
-    model: nn.Module
-    train_model: nn.Module        # the model wrapped for DDP / torch.compile
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    swa: AveragedModel | None
-    ema: AveragedModel | None     # exponential moving average of the weights, updated every optimizer step
-    distill: Distillation | None  # the teacher's soft targets for every training image (--teacher)
-    contrast: Contrast | None     # the supervised contrastive term on the batch's features (--contrast)
-    carried: Carried | None       # a refit's settings from its selection stage (None: choose on validation)
 
 
 def fit(cfg: Config, fold: int, log=print, data=None) -> dict:
@@ -233,7 +89,7 @@ def _fit(cfg: Config, fold: int, log, data) -> dict:
         return _already_finished(cfg, rdir, finished, say)
     data = data if data is not None else prepare_data(cfg, say)
     train_idx, val_idx = fold_indices(data[1], fold)
-    select_dir = rdir / "select"
+    select_dir = rdir / SELECT
     saved = open_run(cfg, select_dir, say)
     if saved is None or not saved.finished:
         say(f"refit, stage 1 of 2: choose the model candidate and tau on {len(val_idx)} validation images")
@@ -248,14 +104,6 @@ def _fit(cfg: Config, fold: int, log, data) -> dict:
         f"ships the {carried.selected} weights with tau {carried.decision_tau:+.1f}")
     return train_stage(refit_cfg, data, Stage(rdir, everything, everything[:0], carried),
                        open_run(refit_cfg, rdir, say), say)
-
-
-def fold_indices(split: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    if not 0 <= fold < len(split["folds"]):
-        raise UserError(f"--fold {fold}: this run has {len(split['folds'])} fold(s), "
-                        f"0..{len(split['folds']) - 1}")
-    return (np.asarray(split["folds"][fold]["train"], dtype=np.int64),
-            np.asarray(split["folds"][fold]["val"], dtype=np.int64))
 
 
 def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> dict:
@@ -324,143 +172,11 @@ def setup(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, 
         rdir.mkdir(parents=True, exist_ok=True)
         atomic_write(rdir / SPLIT, (run_root(cfg) / SPLIT).read_bytes())
         atomic_write(rdir / CONFIG, json.dumps(cfg.settings(), indent=2) + "\n")
-        write_skipped(data[0].skipped, str(rdir / "skipped.json"))
+        write_skipped(data[0].skipped, str(rdir / SKIPPED))
     t = build_trainer(cfg, data, stage, saved, say)
     if saved is None:
         _log_start(t)
     return t
-
-
-def build_trainer(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> Trainer:
-    """Model, data order, augmentation, loss and optimisation for one stage; writes no file."""
-    dataset, _ = data
-    fold, train_idx = cfg.fold, stage.train_idx
-    device = dist.local_device(cfg.device)
-    class_names = list(dataset.class_names)
-    pcfg = pretrained_cfg(cfg.model)
-    storage = tuple(dataset.images.shape[-2:])
-    pre = checkpoint.Preprocessing(model=cfg.model, img_size=tuple(cfg.img_size or storage),
-                                   mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]), storage_size=storage)
-    parts = dict(
-        cfg=cfg, fold=fold, rdir=stage.rdir, device=device, say=say, train_idx=train_idx,
-        labels=dataset.labels, labels_dev=dataset.labels.to(device),
-        images=images_on(device, dataset.images),
-        val_idx=stage.val_idx, carried=stage.carried, class_names=class_names,
-        train_counts=np.bincount(dataset.labels.numpy()[train_idx], minlength=len(class_names)), pre=pre,
-        channels_last=use_channels_last(cfg.channels_last, device))
-    parts.update(_model_parts(cfg, parts, resuming=saved is not None))
-    parts.update(_data_parts(cfg, parts))
-    parts.update(_teacher_parts(cfg, parts, dataset.paths, data[1]["test"]))
-    parts.update(_contrast_parts(cfg, parts))
-    parts.update(_optimisation_parts(cfg, parts))
-    if saved is not None and list(saved.class_names) != class_names:
-        raise UserError(f"{stage.rdir / LAST}: was trained on other classes ({len(saved.class_names)}) than "
-                        f"--data {cfg.data} has ({len(class_names)}); use that run's data, or --restart")
-    return Trainer(**parts)
-
-
-def _model_parts(cfg: Config, parts: dict, resuming: bool) -> dict:
-    torch.manual_seed(cfg.seed)
-    # On resume the weights come from last.pt: no pretrained lookup (and no network) is needed.
-    starting = not resuming and cfg.init_from is not None
-    model = create_model(cfg.model, len(parts["class_names"]),
-                         pretrained=None if resuming or starting else cfg.pretrained,
-                         drop_path_rate=cfg.drop_path, log=parts["say"])
-    if starting:
-        _load_starting_point(model, cfg, parts["class_names"], parts["say"])
-    model.to(parts["device"], memory_format=torch.channels_last if parts["channels_last"]
-             else torch.contiguous_format)
-    return {"model": model}
-
-
-def _load_starting_point(model: nn.Module, cfg: Config, class_names: list, say) -> None:
-    """--init-from: the trained run's weights; with other classes, all but the classifier (a new one is
-    learned, as when fine-tuning from ImageNet)."""
-    member = starting_point(cfg.init_from, cfg.fold)
-    record = member.record
-    if record.model_name.split(".")[0] != cfg.model.split(".")[0]:
-        raise UserError(f"--init-from {cfg.init_from}: holds a {record.model_name}, not a {cfg.model}; pass "
-                        f"--model {record.model_name.split('.')[0]}")
-    state = record.model
-    if list(record.class_names) != list(class_names):
-        head = {id(p) for p in final_linear(model).parameters()}
-        keep = {name for name, p in model.named_parameters() if id(p) not in head}
-        keep |= {name for name, _ in model.named_buffers()}
-        state = {k: v for k, v in state.items() if k in keep}
-        say(f"--init-from {member.path}: its {len(record.class_names)} classes differ from these "
-            f"{len(class_names)}: backbone loaded, new classifier")
-    else:
-        say(f"--init-from {member.path}: weights loaded (epoch {record.epoch} of that run); a fresh schedule")
-    model.load_state_dict(state, strict=len(state) == len(record.model))
-
-
-def _data_parts(cfg: Config, parts: dict) -> dict:
-    """Sampler, augmentation, mixing and loss: what turns the training fold into loss values."""
-    sampler = EpochSampler(parts["labels"].numpy()[parts["train_idx"]], kind=cfg.sampler,
-                           num_samples=cfg.epoch_samples, seed=cfg.seed, total_epochs=cfg.epochs,
-                           rank=dist.rank(), world_size=dist.world_size(), settings=cfg.to_dict())
-    epoch_draws = cfg.epoch_samples or len(parts["train_idx"])
-    steps_per_epoch = (epoch_draws // dist.world_size()) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise UserError(f"--batch-size {cfg.batch_size}: larger than the {epoch_draws} training images of fold "
-                        f"{cfg.fold} (per process); use a smaller batch size")
-    pre, num_classes = parts["pre"], len(parts["class_names"])
-    augment = make_augment(cfg, pre.img_size, pre.mean, pre.std)
-    mixer = make_mixer(cfg, num_classes)
-    phases = build_phases(cfg, cfg.epochs * steps_per_epoch, pre.img_size, pre.mean, pre.std, num_classes)
-    # Label smoothing lives in exactly one place: the mixer's soft targets when mixing, else the loss.
-    criterion = build_loss(cfg.loss, parts["train_counts"], cfg.to_dict(),
-                           label_smoothing=0.0 if mixer is not None else cfg.label_smoothing)
-    return dict(sampler=sampler, steps_per_epoch=steps_per_epoch, augment=augment, mixer=mixer, phases=phases,
-                criterion=criterion.to(parts["device"]))
-
-
-def _teacher_parts(cfg: Config, parts: dict, paths: list, test) -> dict:
-    """--teacher: its log-probabilities on the training images, once, and the loss that mixes them in."""
-    if cfg.teacher is None:
-        return {"distill": None}
-    if parts["mixer"] is not None:
-        raise UserError(f"--teacher {cfg.teacher}: not with mixup / CutMix (the teacher scores the stored "
-                        f"images, not mixed ones); pass --mix-prob 0")
-    table = teacher_log_probs(cfg.teacher, parts["images"], paths, parts["train_idx"], parts["class_names"],
-                              np.asarray(test), parts["device"], log=parts["say"])
-    distill = DISTILL.build(cfg.distill, table, parts["train_counts"], settings=cfg.to_dict())
-    return {"distill": distill.to(parts["device"])}
-
-
-def _contrast_parts(cfg: Config, parts: dict) -> dict:
-    """--contrast: a tap on the model's classifier input and the term that uses it."""
-    if cfg.contrast is None:
-        return {"contrast": None}
-    CONTRAST.lookup(cfg.contrast)  # an unknown name fails here, before the tap is attached
-    if parts["mixer"] is not None:
-        raise UserError(f"--contrast {cfg.contrast}: not with mixup / CutMix (a mixed image has no single class "
-                        f"to be positive for); pass --mix-prob 0")
-    return {"contrast": CONTRAST.build(cfg.contrast, FeatureTap(parts["model"]), settings=cfg.to_dict())}
-
-
-def _optimisation_parts(cfg: Config, parts: dict) -> dict:
-    """Optimizer, lr schedule (SWALR as its late phase), AMP scaler, SWA average, DDP / compile wrapping."""
-    model, device = parts["model"], parts["device"]
-    optimizer = make_optimizer(cfg, model)
-    schedule = build_schedule(cfg.scheduler, optimizer, epochs=cfg.epochs,
-                              steps_per_epoch=parts["steps_per_epoch"], settings=cfg.to_dict())
-    if cfg.swa_start is not None and not 1 <= cfg.swa_start <= cfg.epochs:
-        raise UserError(f"--swa-start {cfg.swa_start}: must be an epoch in 1..{cfg.epochs} (or none)")
-    if cfg.swa_start is not None:  # SWALR owns the lr from the end of epoch swa_start on
-        schedule = Switch(schedule, cfg.swa_start, lambda: PerEpoch(
-            SWALR(optimizer, swa_lr=cfg.swa_lr, anneal_epochs=cfg.swa_anneal_epochs)))
-    # fp16 takes the same path on every device: autocast + GradScaler (torch.amp works on the CPU too).
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    train_model = model
-    if dist.world_size() > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    return dict(optimizer=optimizer, schedule=schedule, scaler=scaler, amp_dtype=amp_dtype,
-                swa=AveragedModel(model) if cfg.swa_start is not None else None, train_model=train_model,
-                ema=make_ema(model, cfg.ema_decay, cfg.ema_warmup))
 
 
 def _log_start(t: Trainer) -> None:
@@ -478,15 +194,6 @@ def _log_start(t: Trainer) -> None:
           f"{t.steps_per_epoch} steps, device {t.device}, amp {t.amp_dtype}, world size {dist.world_size()}")
     if t.phases is not None:
         t.say(describe(t.phases))
-
-
-def weight_span_warning(loss: str, weights: torch.Tensor) -> str | None:
-    """One line when class weights span more than 100x (V3's beta 0.9999 gives ~3,900x on the Kaggle set)."""
-    span = float(weights.max() / weights.min())
-    if span <= 100:
-        return None
-    return (f"warning: --loss {loss} class weights span {span:.0f}x: the tail's few images dominate the loss; "
-            "try --cb-beta 0.999, or --version v4 (re-balance only the classifier, after training)")
 
 
 def restore(t: Trainer, saved: checkpoint.Checkpoint) -> RunState:
@@ -573,25 +280,6 @@ def train_step(t: Trainer, state: RunState, batch: torch.Tensor, gen: torch.Gene
     return loss
 
 
-def val_probs(t: Trainer, net: nn.Module) -> np.ndarray:
-    """Class probabilities of `net` on this fold's validation images (every rank gets the whole set's)."""
-    return predict_dataset(net, t.images, t.val_idx, img_size=t.pre.img_size, mean=t.pre.mean, std=t.pre.std,
-                           device=t.device, batch_size=t.cfg.eval_batch_size, amp=t.cfg.amp,
-                           channels_last=t.channels_last,
-                           progress=lambda batches: interrupt.checked(tqdm(
-                               batches, desc="validation", unit="batch", leave=False,
-                               disable=not sys.stderr.isatty() or not dist.is_main())))
-
-
-def evaluate(t: Trainer, net: nn.Module, probs: np.ndarray | None = None) -> dict:
-    """Validation metrics of `net` (or of given validation probabilities), plus the NLL as "loss"."""
-    probs = val_probs(t, net) if probs is None else probs
-    y = t.labels.numpy()[t.val_idx]
-    metrics = classification_metrics(y, probs.argmax(1), t.class_names)
-    metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return metrics
-
-
 def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict | None) -> None:
     """The epoch's consequences: schedule, SWA average, best checkpoint, early stopping (the last two only
     with a validation split)."""
@@ -607,7 +295,7 @@ def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict | None) -> None
     if score > state.best_metric:
         state.best_metric, state.best_epoch = score, done
         if dist.is_main():
-            checkpoint.save(_record(t, t.model, done, score, "best"), t.rdir / BEST)
+            checkpoint.save(make_record(t, t.model, done, score, "best"), t.rdir / BEST)
     state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if cfg.early_stop is not None and state.bad_epochs >= cfg.early_stop:
         state.stopped_early = True
@@ -635,221 +323,30 @@ def log_epoch(t: Trainer, state: RunState, epoch: int, lr: float, train_loss: fl
         line += (f" val_loss {val['loss']:.4f} acc {val['accuracy']:.4f} macro_f1 {val['macro_f1']:.4f} "
                  f"bal_acc {val['balanced_accuracy']:.4f}")
     if ema_val is not None:
-        line += f" | ema val_loss {ema_val['loss']:.4f} acc {ema_val['accuracy']:.4f} macro_f1 {ema_val['macro_f1']:.4f}"
+        line += (f" | ema val_loss {ema_val['loss']:.4f} acc {ema_val['accuracy']:.4f} "
+                 f"macro_f1 {ema_val['macro_f1']:.4f}")
     t.say(line + f" ({seconds:.1f}s)" + (" *" if state.best_epoch == epoch + 1 else ""))
 
 
 def save_progress(t: Trainer, state: RunState, val: dict | None) -> None:
     """last.pt (everything a resume needs), summary.csv and the plots, at the end of every epoch."""
     if dist.is_main():
-        record = _record(t, t.model, state.epoch, float(val[t.cfg.metric]) if val else float("nan"), "last")
+        record = make_record(t, t.model, state.epoch, float(val[t.cfg.metric]) if val else float("nan"), "last")
         record.progress, record.rng = state, {"torch": torch.get_rng_state()}
         record.optimizer, record.schedule = t.optimizer.state_dict(), t.schedule.state_dict()
         record.scaler = t.scaler.state_dict()
         record.swa_model = t.swa.state_dict() if t.swa is not None else None
         record.ema_model = t.ema.state_dict() if t.ema is not None else None
         checkpoint.save(record, t.rdir / LAST)
-        _write_summary(state.history, t.rdir / "summary.csv")
-        plot_lr(state.lr_history, t.rdir / "lr.png")
-        plot_curves(state.history, t.rdir / "curves.png", title=f"{t.cfg.version}/fold{t.fold}",
+        _write_summary(state.history, t.rdir / SUMMARY)
+        plot_lr(state.lr_history, t.rdir / LR_PLOT)
+        plot_curves(state.history, t.rdir / CURVES, title=f"{t.cfg.version}/fold{t.fold}",
                     objective=objective_label(t.cfg.to_dict()), best_epoch=state.best_epoch,
                     swa_start=t.cfg.swa_start)
     dist.barrier()
     if state.stopped_early:
         t.say(f"early stopping: no {t.cfg.metric} improvement > {t.cfg.early_stop_min_delta} for "
               f"{t.cfg.early_stop} epochs (best {state.best_metric:.4f} at epoch {state.best_epoch})")
-
-
-def select_result(t: Trainer, state: RunState, scored: dict | None = None) -> tuple[nn.Module, str, dict | None]:
-    """The run's model, by --select (selection.py): best = the better of the best epoch and the SWA average
-    by --metric; last = the final weights, their EMA or the SWA average, whichever has the lowest validation
-    loss. A refit takes the kind of candidate its selection stage chose (and has no validation to score it).
-    scored: validation metrics already computed for the current weights ("last") and the EMA, if any."""
-    if t.carried is not None:
-        kind = t.carried.selected
-        return (_candidates(t, [kind])[kind] if kind in ("ema", "swa") else t.model), kind, None
-    if t.cfg.select == "last":
-        nets = _candidates(t, ["last", "ema", "swa"])
-        scores = {name: (scored or {}).get(name) or evaluate(t, net) for name, net in nets.items()}
-        name = pick(scores, by="loss")
-        if len(scores) > 1:
-            t.say("candidates by validation loss: " + ", ".join(
-                f"{n} {m['loss']:.4f} (macro_f1 {m['macro_f1']:.4f})" for n, m in scores.items()) + f" -> {name}")
-        if dist.is_main() and (t.rdir / BEST).exists():  # the best-epoch model, kept for inspection
-            shutil.copyfile(t.rdir / BEST, t.rdir / "best_epoch.pt")
-        return nets[name], name, scores[name]
-    dist.barrier()  # rank 0 has written best.pt; torchrun's ranks share this machine's disk
-    best = checkpoint.read(t.rdir / BEST)
-    t.model.load_state_dict(best.model)
-    chosen = (t.model, "best", evaluate(t, t.model))
-    if t.swa is None or int(t.swa.n_averaged) == 0:
-        return chosen
-    swa_net = _candidates(t, ["swa"])["swa"]
-    swa_metrics = evaluate(t, swa_net)
-    metric = t.cfg.metric
-    if dist.is_main():  # kept whichever wins, so both candidates can be inspected
-        checkpoint.save(_record(t, swa_net, state.epoch, float(swa_metrics[metric]), "swa"), t.rdir / "swa.pt")
-    t.say(f"SWA ({int(t.swa.n_averaged)} averages) {metric} {swa_metrics[metric]:.4f} vs best "
-          f"epoch {best.epoch} {chosen[2][metric]:.4f}")
-    return (swa_net, "swa", swa_metrics) if swa_metrics[metric] >= chosen[2][metric] else chosen
-
-
-def _candidates(t: Trainer, kinds: list[str]) -> dict[str, nn.Module]:
-    """The models of these kinds that the run has: last (the current weights), ema, swa (BatchNorm statistics
-    recomputed on the training images, as SWA needs)."""
-    nets = {}
-    for kind in kinds:
-        if kind == "last":
-            nets[kind] = t.model
-        elif kind == "ema" and t.ema is not None and int(t.ema.n_averaged) > 0:
-            nets[kind] = t.ema.module
-        elif kind == "swa" and t.swa is not None and int(t.swa.n_averaged) > 0:
-            update_bn(_bn_batches(t.images, t.train_idx, t.pre, t.device, t.cfg.eval_batch_size,
-                                  t.channels_last), t.swa.module)
-            nets[kind] = t.swa.module
-    return nets
-
-
-def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
-                 metrics: dict | None) -> tuple[nn.Module, dict | None, np.ndarray | None]:
-    """cRT (decoupling.py): a new classifier on the frozen features of the training images, drawn by
-    --crt-sampler. The model before it is kept as stage1.pt; a resumed run starts from that file again, so
-    re-running this stage gives the same head. Also returns the new validation probabilities (None when off,
-    or when there is no validation split, as in a refit)."""
-    cfg = t.cfg
-    if cfg.crt_sampler is None:
-        return net, metrics, None
-    stage1 = t.rdir / "stage1.pt"
-    if stage1.exists():
-        net.load_state_dict(checkpoint.read(stage1).model)
-    elif dist.is_main():
-        checkpoint.save(_record(t, net, _epoch_of(state, selected),
-                                float(metrics[cfg.metric]) if metrics else float("nan"), selected), stage1)
-    start = time.time()
-    t.say(f"cRT: features of {len(t.train_idx)} training images, then {cfg.crt_steps} steps of a new classifier "
-          f"({cfg.crt_sampler} sampling)")
-    features = extract_features(net, t.images, t.train_idx, img_size=t.pre.img_size, mean=t.pre.mean,
-                                std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
-                                channels_last=t.channels_last)
-    head = retrain_classifier(features, t.labels[t.train_idx], len(t.class_names), sampler=cfg.crt_sampler,
-                              settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
-                              lr=cfg.crt_lr, seed=cfg.seed)
-    replace_classifier(net, head.to(t.device))
-    if metrics is None:
-        t.say(f"classifier re-trained on {len(t.train_idx)} images ({cfg.crt_sampler} sampling, {cfg.crt_steps} "
-              f"steps, {time.time() - start:.0f}s)")
-        return net, {"crt_seconds": time.time() - start}, None
-    probs = val_probs(t, net)
-    after = evaluate(t, net, probs=probs)
-    t.say(f"classifier re-trained ({cfg.crt_sampler} sampling, {cfg.crt_steps} steps, "
-          f"{time.time() - start:.0f}s): val {cfg.metric} {metrics[cfg.metric]:.4f} -> {after[cfg.metric]:.4f}, "
-          f"acc {metrics['accuracy']:.4f} -> {after['accuracy']:.4f}")
-    after["crt_seconds"] = time.time() - start
-    return net, after, probs
-
-
-def choose_decision(t: Trainer, net: nn.Module, metrics: dict,
-                    probs: np.ndarray | None = None) -> tuple[float, dict]:
-    """The run's post-hoc logit adjustment: --decision-tau, or with 'auto' the tau of decision.TAU_GRID with
-    the best validation macro-F1. metrics become those of the adjusted rule, with the unadjusted ones kept
-    under "before_decision". probs: net's validation probabilities when the caller has them."""
-    cfg = t.cfg
-    if t.carried is not None:  # a refit: tau and the held-out scores are the selection stage's
-        carried = dict(t.carried.metrics, crt_seconds=(metrics or {}).get("crt_seconds", 0.0))
-        carried["crt_seconds"] += t.carried.metrics.get("crt_seconds", 0.0)
-        return t.carried.decision_tau, carried
-    if cfg.decision_tau == 0:
-        return 0.0, metrics
-    probs = val_probs(t, net) if probs is None else probs
-    if cfg.decision_tau == "auto":
-        tau, scores = choose_tau(probs, t.labels.numpy()[t.val_idx], t.train_counts)
-    else:
-        tau, scores = float(cfg.decision_tau), None
-    adjusted = evaluate(t, net, probs=adjust(probs, t.train_counts, tau))
-    adjusted.update({k: metrics[k] for k in ("crt_seconds",) if k in metrics})
-    adjusted.update(decision_tau=tau, before_decision={k: metrics[k] for k in
-                                                       ("accuracy", "macro_f1", "balanced_accuracy", "loss")})
-    if scores is not None:
-        adjusted["decision_tau_scores"] = scores
-    t.say(f"decision rule: tau {tau:+.1f} ({'chosen on validation' if scores else '--decision-tau'}): val "
-          f"macro_f1 {metrics['macro_f1']:.4f} -> {adjusted['macro_f1']:.4f}, "
-          f"acc {metrics['accuracy']:.4f} -> {adjusted['accuracy']:.4f}")
-    return tau, adjusted
-
-
-def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict, tau: float = 0.0) -> dict:
-    """best.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished.
-
-    A refit's metrics.json holds its selection stage's validation scores (the only held-out ones the run has;
-    "scored" says so) and the time of both stages."""
-    cfg, rdir = t.cfg, t.rdir
-    metrics.update(
-        selected=selected, best_epoch=state.best_epoch, epochs_run=state.epoch,
-        stopped_early=state.stopped_early, train_time_s=state.train_time,
-        peak_memory_mb=peak_memory_mb(t.device), peak_memory_kind="cuda_max_allocated"
-        if t.device.type == "cuda" else "process_max_rss", split="val", fold=t.fold, train_images=len(t.train_idx))
-    if t.carried is not None:
-        metrics.update(refit=True, refit_train_time_s=state.train_time,
-                       train_time_s=state.train_time + t.carried.metrics["train_time_s"],
-                       scored="the selection stage (select/) on the validation split, before the refit trained "
-                              "on it")
-    result = {"run_dir": str(rdir), "metric": float(metrics[cfg.metric]), "selected": selected}
-    if dist.is_main():
-        record = _record(t, net, _epoch_of(state, selected), result["metric"], selected)
-        record.decision_tau = tau
-        checkpoint.save(record, rdir / BEST)
-        atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
-        plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / "confusion.png")
-        stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
-        if stages:  # the curves end where the run's reported score is: after cRT and the tau
-            plot_curves(state.history, rdir / "curves.png", title=f"{cfg.version}/fold{t.fold}",
-                        objective=objective_label(cfg.to_dict()), best_epoch=state.best_epoch,
-                        swa_start=cfg.swa_start, after=stages)
-        write_report(rdir, title=f"{cfg.version}/fold{t.fold}: {selected} model on the validation split",
-                     metrics=metrics, class_names=t.class_names, settings=cfg.to_dict(),
-                     train_counts=t.train_counts, pngs={"Curves": rdir / "curves.png", "Confusion matrix":
-                                                        rdir / "confusion.png", "Learning rate": rdir / "lr.png"})
-        last = checkpoint.read(rdir / LAST)
-        last.finished, last.result = True, result
-        checkpoint.save(last, rdir / LAST)
-        t.say(final_line(rdir, selected, metrics, cfg.metric, refit=t.carried is not None,
-                         tau_chosen=isinstance(metrics.get("decision_tau_scores"), dict)))
-    dist.barrier()
-    return result
-
-
-def final_line(rdir: Path, selected: str, metrics: dict, metric: str, refit: bool = False,
-               tau_chosen: bool = False) -> str:
-    """The run's last line: each score once, which split it was measured on, and that a tau chosen on that
-    split flatters it; the held-out test scores come from predict.py."""
-    scores = {metric: metrics[metric], "accuracy": metrics["accuracy"]}
-    split = "the selection stage's validation split" if refit else "the validation split"
-    note = " (where its tau was chosen)" if tau_chosen else ""
-    return (f"{rdir}: done; ships the {selected} model; on {split}{note}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-            + f"; train time {metrics['train_time_s']:.0f}s; test scores: predict.py --run {rdir.parent}")
-
-
-def after_training(cfg: Config, metrics: dict, tau: float) -> list[tuple[str, dict]]:
-    """The validation scores of the stages after the epochs, in order: cRT, then the decision tau."""
-    stages = []
-    if cfg.crt_sampler is not None:
-        stages.append(("cRT", metrics.get("before_decision", metrics)))
-    if "before_decision" in metrics:
-        stages.append((f"tau {tau:+.1f}", metrics))
-    return stages
-
-
-def _epoch_of(state: RunState, selected: str) -> int:
-    """The epochs the selected model trained for: the best epoch's number, else every epoch run."""
-    return state.best_epoch if selected == "best" else state.epoch
-
-
-def _record(t: Trainer, net: nn.Module, epoch: int, metric: float, selected: str) -> checkpoint.Checkpoint:
-    return checkpoint.Checkpoint(
-        model_name=t.cfg.model, num_classes=len(t.class_names), class_names=t.class_names,
-        preprocessing=t.pre, config=t.cfg.settings(), fold=t.fold, train_class_counts=t.train_counts.tolist(),
-        model=net.state_dict(), epoch=epoch, metric=metric, selected=selected)
 
 
 def _report_step(bar, say, epoch, epochs, step, steps, loss, lr, seen, t0) -> None:
@@ -860,14 +357,6 @@ def _report_step(bar, say, epoch, epochs, step, steps, loss, lr, seen, t0) -> No
     elif step % max(10, steps // 10 // 10 * 10) == 0 and step > 0:
         say(f"[epoch {epoch + 1}/{epochs} step {step}/{steps}] loss {loss.item():.4f} lr {lr:.2e} "
             f"{img_s:.0f} img/s")
-
-
-def _bn_batches(images, idx, pre: checkpoint.Preprocessing, device, batch_size, channels_last):
-    """Un-augmented training batches for recomputing the SWA model's BatchNorm statistics."""
-    for start in range(0, len(idx), batch_size):
-        batch = torch.as_tensor(idx[start:start + batch_size])
-        x = eval_transform(images[batch.to(images.device)].to(device), pre.img_size, pre.mean, pre.std)
-        yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _write_summary(rows: list[dict], path: Path) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import api
 from .data import write_skipped
 from .data.sources import IMAGE_EXTENSIONS, list_images, unlabeled_manifest
-from .run import run_data
+from .run import CONFUSION, METRICS, PREDICTIONS, SKIPPED, run_data
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .metrics import calibration, classification_metrics, per_class_report
@@ -80,7 +80,7 @@ def select_images(args, clf: api.Classifier, log=print):
     # once, in the fold's skipped.json); none of the images asked for here was skipped.
     if dataset.skipped:
         log(f"note: {len(dataset.skipped)} row(s) of the run's data have no readable image and are in no split "
-            f"(listed by training in {members[0].folder / 'skipped.json'})")
+            f"(listed by training in {members[0].folder / SKIPPED})")
     return dataset.images[sel], [dataset.paths[i] for i in positions], labels[positions], []
 
 
@@ -117,7 +117,7 @@ def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
     base = member.path.parent if args.checkpoint else member.path.parent.parent
     source = "images" if args.images else ("data" if args.data else args.split)
     folder = base / f"predict-{source}{'-tta' if clf.tta else ''}{'-int8' if clf.int8_model else ''}"
-    return folder / "predictions.csv", folder
+    return folder / PREDICTIONS, folder
 
 
 def predict(args, log=print) -> dict:
@@ -149,14 +149,14 @@ def predict(args, log=print) -> dict:
             log(f"{pred.source}\t{pred.label}\t{pred.probability:.4f}")
     result = {"predictions": str(out_csv), "num_images": len(paths), "skipped": len(skipped),
               "folder": str(companions)}
-    skipped_json = companions / "skipped.json"
+    skipped_json = companions / SKIPPED
     if not skipped:  # a skipped.json from an earlier predict here would describe other inputs
         skipped_json.unlink(missing_ok=True)
     else:
         companions.mkdir(parents=True, exist_ok=True)
         write_skipped(skipped, str(skipped_json))
         log(f"skipped {len(skipped)} input(s) (missing or unreadable), e.g. {skipped[0][0]} ({skipped[0][1]}); "
-            f"all listed in {companions / 'skipped.json'}")
+            f"all listed in {companions / SKIPPED}")
     if labels is not None:
         companions.mkdir(parents=True, exist_ok=True)
         metrics = classification_metrics(labels, probs.argmax(1), clf.classes)
@@ -168,13 +168,13 @@ def predict(args, log=print) -> dict:
                        logit_adjust=clf.taus, int8=bool(clf.int8_model),
                        train_time_s=sum(float(m.metrics().get("train_time_s", 0.0)) for m in clf.members),
                        peak_memory_mb=max(float(m.metrics().get("peak_memory_mb", 0.0)) for m in clf.members))
-        atomic_write(companions / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write(companions / METRICS, json.dumps(metrics, indent=2) + "\n")
         atomic_write(companions / "report.txt", per_class_report(metrics, clf.classes) + "\n")
-        plot_confusion(metrics["confusion_matrix"], clf.classes, companions / "confusion.png")
+        plot_confusion(metrics["confusion_matrix"], clf.classes, companions / CONFUSION)
         counts = clf.members[0].record.train_class_counts
         write_report(companions, title=f"predictions: {out_csv}", metrics=dict(metrics, split=args.split),
                      class_names=clf.classes, train_counts=counts,
-                     pngs={"Confusion matrix": companions / "confusion.png"},
+                     pngs={"Confusion matrix": companions / CONFUSION},
                      gallery_html=misses(images, probs, labels, clf.classes, counts, paths))
         log(f"accuracy {metrics['accuracy']:.4f} macro_f1 {metrics['macro_f1']:.4f} "
             f"weighted_f1 {metrics['weighted_f1']:.4f} balanced_acc {metrics['balanced_accuracy']:.4f}")

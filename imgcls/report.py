@@ -24,6 +24,7 @@ from PIL import Image
 from .fsio import atomic_write
 from .metrics import GROUPS, class_sizes, dense_confusion
 from .plots import printable
+from .run import REPORT
 
 GALLERY = 24          # the highest-loss images shown
 TAIL_MISSES = 4       # misses shown per tail class
@@ -183,6 +184,6 @@ def write_report(folder: str | Path, *, title: str, metrics: dict, class_names, 
     if settings:
         parts.append("<h2>Settings</h2><pre>" + _e(json.dumps(settings, indent=1)) + "</pre>")
     parts.append(_SORT + "</body></html>")
-    path = folder / "report.html"
+    path = folder / REPORT
     atomic_write(path, "".join(parts))
     return path

@@ -28,6 +28,13 @@ from .models import create_model
 from .validate import check_range
 
 BEST, LAST, METRICS, SPLIT, CONFIG = "best.pt", "last.pt", "metrics.json", "split.json", "config.json"
+# the rest of a fold folder: the model before cRT, the best epoch and the SWA average kept for inspection, the
+# refit's selection stage, the per-epoch table, the skipped inputs, the plots and the report
+STAGE1, BEST_EPOCH, SWA = "stage1.pt", "best_epoch.pt", "swa.pt"
+SELECT, SUMMARY, SKIPPED, REPORT = "select", "summary.csv", "skipped.json", "report.html"
+CURVES, LR_PLOT, CONFUSION = "curves.png", "lr.png", "confusion.png"
+# a prediction folder (RUN/predict-<split>[-tta]/): the predictions beside metrics.json, the report and plots
+PREDICTIONS = "predictions.csv"
 INT8_DIR = "export-int8"
 
 

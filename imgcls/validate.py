@@ -137,7 +137,7 @@ def check_out_file(name: str, path: str) -> None:
     """An output file: not an existing folder, and its folder creatable/writable."""
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"{name} {path}: is a folder; give a file path, e.g. {p / 'predictions.csv'}")
+        raise UserError(f"{name} {path}: is a folder; give a file path, e.g. {p / 'out.csv'}")
     _check_writable(name, path, _existing_parent(p.parent if str(p.parent) else Path(".")))
 
 

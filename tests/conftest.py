@@ -14,6 +14,19 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# Modules whose tests train many runs or start processes (measured with --durations on the full suite): marked
+# slow, so that `pytest -m "not slow"` is a fast lane for development. CI runs the whole suite.
+SLOW_MODULES = {"test_kill_loop", "test_interrupt", "test_mmap_cache", "test_cli", "test_faults", "test_faults_more",
+                "test_v4", "test_v5", "test_progressive", "test_distill", "test_lr_find", "test_export",
+                "test_predict", "test_bad_input_three", "test_engine", "test_report", "test_models_transformers"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
