@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Union
@@ -54,9 +53,6 @@ def atomic_write(path: str | Path, content: Content) -> None:
             else:
                 fh.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content)
             fh.flush()
-            delay = float(os.environ.get("IMGCLS_TEST_WRITE_DELAY_S") or 0)
-            if delay:  # tests only: widens the window in which a kill lands mid-write; changes nothing else
-                time.sleep(delay)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:

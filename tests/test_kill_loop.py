@@ -26,8 +26,16 @@ TIMING = {"train_time_s", "peak_memory_mb", "train_img_s", "time_s"}  # wall-clo
 
 def train_py(data: Path, out: Path) -> None:
     """`python train.py ...` in a child process: the same main and run_cli, without a new interpreter."""
-    os.environ.update(OMP_NUM_THREADS="1", IMGCLS_TEST_WRITE_DELAY_S="0.03")
-    # Each atomic write pauses 30 ms between writing and renaming (timing only), so kills land inside one.
+    os.environ.update(OMP_NUM_THREADS="1")
+    # Each fsync in this child pauses 30 ms first (timing only): an atomic write's window between writing its
+    # temp file and renaming it widens, so kills land inside one. Patched here, in the child, not in the library.
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.03)
+        real_fsync(fd)
+
+    os.fsync = slow_fsync
     import torch as _torch
     _torch.set_num_threads(1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
