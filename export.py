@@ -38,10 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 def free_space(path: Path) -> str:
     """The free space of the file system `path` is (or would be) on, e.g. '1.2 GiB'."""
     import shutil
-    while not path.exists() and path != path.parent:
-        path = path.parent
+    from imgcls.validate import existing_parent
     try:
-        return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"
+        return f"{shutil.disk_usage(existing_parent(path)).free / 2**30:.1f} GiB"
     except OSError:
         return "unknown space"
 

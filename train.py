@@ -68,13 +68,11 @@ def main(argv=None) -> int:
     version, fold_text, config_file = args.pop("version"), args.pop("fold"), args.pop("config")
     # --print-config's stdout stays pure JSON; notes go to stderr there
     say = (lambda line: print(line, file=sys.stderr)) if print_config else print
-    from_file = {}
+    from_file, notes = {}, []
     if config_file:  # the file's settings through the flags' own parsers, then the flags typed here on top
         values = read_config_file(config_file)
         from_file, notes = parse_config_values(parser, values, config_file)
         version = version or values.get("version")
-        for note in notes if dist.is_main() else ():
-            say(f"note: {note}")
     scaled = []  # what the preset scaled to --epochs, said once the settings are known to be valid
     cfg = resolve(version or "v1", dict(from_file, **args), log=scaled.append)
     try:
@@ -83,7 +81,7 @@ def main(argv=None) -> int:
         raise UserError(f"{err}{_set_in(err, from_file, args, config_file)}") from None
     check_range("find_lr", find_lr, 2, MAX_FIND_LR)
     check_restart(cfg, parse_fold(fold_text), {"--config": config_file})
-    for line in scaled if dist.is_main() else ():
+    for line in [f"note: {note}" for note in notes] + scaled if dist.is_main() else ():
         say(line)
     if print_config:
         print(json.dumps(cfg.settings(), indent=2))

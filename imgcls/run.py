@@ -64,7 +64,9 @@ def check_restart(cfg: Config, fold: int | None, inputs: dict | None = None) -> 
         return
     doomed = Path(cfg.out) / cfg.version
     doomed = doomed if fold is None else fold_dir(doomed, fold)
-    for name, path in reads_inputs_inside(cfg, doomed, inputs):
+    inside = reads_inputs_inside(cfg, doomed, inputs)
+    if inside:
+        name, path = inside[0]
         raise UserError(f"--restart would delete {doomed}, which {name} {path} reads from; train into another "
                         f"--out instead (or copy {path} out of {doomed} first)")
 

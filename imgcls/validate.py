@@ -130,7 +130,7 @@ def check_out_folder(name: str, path: str) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{name} {path}: is a file, not a folder; give a folder for the run")
-    _check_writable(name, path, p if p.is_dir() else _existing_parent(p))
+    _check_writable(name, path, p if p.is_dir() else existing_parent(p))
 
 
 def check_out_file(name: str, path: str) -> None:
@@ -138,10 +138,11 @@ def check_out_file(name: str, path: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{name} {path}: is a folder; give a file path, e.g. {p / 'out.csv'}")
-    _check_writable(name, path, _existing_parent(p.parent if str(p.parent) else Path(".")))
+    _check_writable(name, path, existing_parent(p.parent if str(p.parent) else Path(".")))
 
 
-def _existing_parent(p: Path) -> Path:
+def existing_parent(p: Path) -> Path:
+    """The nearest folder of `p` (or p itself) that exists: where a file at p would be created."""
     p = p.absolute()
     while not p.exists() and p != p.parent:
         p = p.parent

@@ -209,3 +209,14 @@ def test_a_model_typo_suggests_the_closest_names_in_their_own_order(capsys):
 
 def test_nan_in_the_pairs_is_really_nan():  # guards PAIRS above against a silent float change
     assert math.isnan(PAIRS[13][0]) and os.path.basename("c.json") == "c.json"
+
+
+def test_a_refusal_after_a_config_file_note_is_still_one_line(finished_v1, capsys):
+    """The note on an ignored "restart" comes only once the settings are valid, so a refusal stays one line."""
+    saved = json.loads((finished_v1 / "v1" / "fold0" / "config.json").read_text())
+    old = finished_v1 / "old-config-bad.json"
+    old.write_text(json.dumps(dict(saved, restart=True)))
+    before = snapshot(finished_v1 / "v1")
+    code, _, err = cli(train_script, "--config", old, "--epochs", "0", capsys=capsys)
+    assert_one_line_error(code, err, "--epochs 0")
+    assert snapshot(finished_v1 / "v1") == before

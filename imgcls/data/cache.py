@@ -92,7 +92,8 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
         log(f"decoded images: loaded {len(paths)} from cache {_cache_files(cache_dir, key)[0]}"
             + (" (memory-mapped)" if mode == "mmap" else ""))
         if size_record is not None:
-            _write_cache_files(cache_dir, [(size_record, lambda: _write_size(size_record, size))], log)
+            _write_cache_files(cache_dir, [(size_record, lambda: _write_size(size_record, size))], log,
+                               then="the images are loaded; the next start finds their size again")
         return cached
     npy, meta = _cache_files(cache_dir, key)
     decoded = []  # (ok, reasons) from the decode, for the status file written after the pixels
@@ -107,7 +108,8 @@ def decode_images(paths: list[str], size: tuple[int, int] | None, cache_dir: str
     return _decode_in_memory(paths, size, workers)
 
 
-def _write_cache_files(cache_dir: str, steps: list, log=print) -> bool:
+def _write_cache_files(cache_dir: str, steps: list, log=print,
+                       then: str = "decoding in memory; next start decodes again") -> bool:
     """Run each (file, write) step in order, all or nothing: when one fails (unwritable folder, disk full,
     file size limit) every file these steps wrote is removed, so no pixels are left without their status file
     and no size record points at nothing, and one warning says why; the run goes on without the cache."""
@@ -125,7 +127,7 @@ def _write_cache_files(cache_dir: str, steps: list, log=print) -> bool:
                 pass
         reason = getattr(err, "strerror", None) or str(err).strip()[:200]
         log(f"warning: could not write the decode cache in {cache_dir} ({type(err).__name__}: {reason}); "
-            "continuing without it (decoding in memory; next start decodes again)")
+            f"continuing without it ({then})")
         return False
 
 
