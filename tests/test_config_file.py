@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 from pathlib import Path
 
 import pytest
@@ -124,7 +122,7 @@ def test_a_bad_value_in_a_config_file_is_one_line_naming_file_and_key_and_touche
     before = snapshot(finished_v1)
     code, _, err = cli(train_script, "--config", tmp_path / "c.json", capsys=capsys)
     assert_one_line_error(code, err, fragment)
-    assert f"c.json" in err  # the file the value came from
+    assert "c.json" in err  # the file the value came from
     assert snapshot(finished_v1) == before
 
 
@@ -205,10 +203,6 @@ def test_a_progressive_size_the_vit_patch_does_not_divide_is_refused_naming_prog
 def test_a_model_typo_suggests_the_closest_names_in_their_own_order(capsys):
     code, _, err = cli(train_script, "--model", "efficientnet_bo", "--print-config", capsys=capsys)
     assert_one_line_error(code, err, "did you mean efficientnet_b0 or")
-
-
-def test_nan_in_the_pairs_is_really_nan():  # guards PAIRS above against a silent float change
-    assert math.isnan(PAIRS[13][0]) and os.path.basename("c.json") == "c.json"
 
 
 def test_a_refusal_after_a_config_file_note_is_still_one_line(finished_v1, capsys):
