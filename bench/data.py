@@ -34,7 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from imgcls.config import resolve  # noqa: E402
+from imgcls.presets import resolve  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402
 from imgcls.data.augment import TrainAugment  # noqa: E402
 from imgcls.data.samplers import EpochSampler  # noqa: E402

@@ -23,6 +23,7 @@ from .data.cache import decode_images, to_rgb
 from .data.sources import IMAGE_EXTENSIONS, list_images
 from .decision import adjust
 from .errors import UserError
+from .hub import is_hub_folder, load_members as load_hub
 from .inference import predict_dataset, use_channels_last
 from .run import Member, build_model, decision_taus, find_checkpoints, load_members, unfinished_note
 from .tta import TTA_VIEWS
@@ -123,7 +124,7 @@ class Classifier:
     """A trained model or fold ensemble, ready to predict. Made by `imgcls.load`."""
 
     def __init__(self, members: list[Member], views=("identity",), device="cpu", batch_size: int = 256,
-                 amp: str = "off", int8_model: str | Path | None = None, taus=None):
+                 amp: str = "off", int8_model: str | Path | None = None, decision_taus=None):
         self.members = members
         record = members[0].record
         self.classes: list[str] = list(record.class_names)
@@ -136,7 +137,7 @@ class Classifier:
         self.tta = self.views != ("identity",)
         # Each member's decision rule: softmax(log p - tau * log prior) with its own training prior
         # (decision.py; v4 chooses tau on validation). 0 = the model's own probabilities.
-        self.taus = [float(t) for t in taus] if taus is not None else [0.0] * len(members)
+        self.decision_taus = [float(t) for t in decision_taus] if decision_taus is not None else [0.0] * len(members)
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.batch_size, self.amp = batch_size, amp
         self.int8_model = Path(int8_model) if int8_model else None
@@ -166,7 +167,7 @@ class Classifier:
             self._models = [build_model(m, self.device) for m in self.members]
         probs = np.zeros((len(pixels), len(self.classes)), dtype=np.float32)
         pre = self.preprocessing
-        for model, member, tau in zip(self._models, self.members, self.taus):
+        for model, member, tau in zip(self._models, self.members, self.decision_taus):
             member_probs = predict_dataset(model, pixels, np.arange(len(pixels)), img_size=pre["img_size"],
                                            mean=pre["mean"], std=pre["std"], device=self.device,
                                            batch_size=self.batch_size, views=self.views, amp=self.amp,
@@ -206,18 +207,30 @@ class Classifier:
 
 def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None, views=None,
          device: str = "auto", batch_size: int = 256, amp: str = "off", int8: bool = False,
-         logit_adjust: float | None = None, log=None) -> Classifier:
-    """A Classifier from a run folder (fold ensemble, the preset's TTA), a fold folder or a checkpoint file.
+         decision_tau: float | None = None, log=None, logit_adjust: float | None = None) -> Classifier:
+    """A Classifier from a run folder (fold ensemble, the preset's TTA), a fold folder, a checkpoint file, or a
+    folder written by export.py --format safetensors (its members, taus and TTA).
 
     tta None follows the run's preset (config "tta"); views default to identity,hflip,scale0.9,scale1.1 when
-    TTA is on. logit_adjust None applies each checkpoint's own decision tau (v4 chooses one on validation;
-    0 for the others), a number overrides it. int8=True runs the int8 ONNX model (made once into export-int8/
+    TTA is on. decision_tau None applies each checkpoint's own decision tau (v4 and v5 choose one on
+    validation; 0 for the others), a number in [-10, 10] overrides it (`logit_adjust=` is its old name, accepted
+    with a DeprecationWarning). int8=True runs the int8 ONNX model (made once into export-int8/
     of the run, or of the fold for one model; calibrated on the run's training images; needs onnx and
     onnxruntime). log: a function for progress lines and warnings (None: a fold whose training has not
     finished is a Python warning, and nothing else is said).
     """
+    if logit_adjust is not None:
+        warnings.warn("imgcls.load(logit_adjust=...) is the old name of decision_tau=", DeprecationWarning,
+                      stacklevel=2)
+        decision_tau = logit_adjust if decision_tau is None else decision_tau
     check_device(device)  # the same rules, and messages, as predict.py's flags
     check_range("batch_size", batch_size, 1, MAX_BATCH)
+    if is_hub_folder(source):  # export.py --format safetensors: its members, taus and views
+        members, hub_views, hub_taus = load_hub(source)
+        chosen = parse_views(views) if (tta and views) else (hub_views if tta is None else
+                                                              (TTA_VIEWS if tta else ("identity",)))
+        taus = hub_taus if decision_tau is None else decision_taus(members, decision_tau)
+        return Classifier(members, chosen, device=device, batch_size=batch_size, amp=amp, decision_taus=taus)
     members = load_members(find_checkpoints(source, fold))
     for member in members:  # a killed or still running fold: its best.pt is only the best epoch so far
         note = unfinished_note(member.path)
@@ -226,11 +239,11 @@ def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None
     log = log or _QUIET
     if tta is None:
         tta = members[0].config.tta
-    taus = decision_taus(members, logit_adjust)
+    taus = decision_taus(members, decision_tau)
     chosen = parse_views(views) if (tta and views) else (TTA_VIEWS if tta else ("identity",))
     int8_model = None
     if int8:
         from .quantize import int8_model_for
         int8_model = int8_model_for(members, chosen, taus, log=log)
     return Classifier(members, chosen, device=device, batch_size=batch_size, amp=amp, int8_model=int8_model,
-                      taus=taus)
+                      decision_taus=taus)

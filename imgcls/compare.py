@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from .cli import ArgumentParser, run_cli
-from .config import VERSIONS
+from .presets import VERSIONS
 from .errors import UserError
-from .run import CONFIG, METRICS
+from .run import CONFIG, METRICS, test_metrics_file
 
 # The write-up's own table (validation accuracy, macro-F1, training time, GPU memory), for reference.
 WRITEUP = {
@@ -42,16 +42,8 @@ def _memory(mb: float, kind: str) -> str:
     return text + (" (RSS)" if kind == "process_max_rss" else "")
 
 
-def find_metrics(run: Path) -> Path | None:
-    """Prefer the TTA predictions of the test split, else the plain ones."""
-    for name in ("predict-test-tta", "predict-test"):
-        if (run / name / METRICS).is_file():
-            return run / name / METRICS
-    return None
-
-
 def row(version: str, run: Path) -> list[str]:
-    path = find_metrics(run)
+    path = test_metrics_file(run)
     if path is None:
         raise UserError(f"{run}: no predict-test*/metrics.json; run predict.py --run {run} first")
     m = json.loads(path.read_text())
@@ -94,8 +86,8 @@ def comparison_table(runs: Path, versions: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: str | None = None) -> int:
+    p = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs")
     p.add_argument("--out", default="results/comparison.md")
     p.add_argument("--versions", nargs="+", default=list(VERSIONS))
@@ -104,7 +96,7 @@ def main(argv=None) -> int:
     runs = Path(args.runs)
     versions = args.versions
     if "--versions" not in (argv if argv is not None else sys.argv[1:]):  # the default: what there is
-        versions = [v for v in versions if find_metrics(runs / v) is not None]
+        versions = [v for v in versions if test_metrics_file(runs / v) is not None]
         if not versions:
             raise UserError(f"{runs}: no version with predict-test*/metrics.json; run predict.py --run "
                             f"{runs}/<version> first")

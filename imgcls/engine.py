@@ -32,16 +32,17 @@ from tqdm import tqdm
 from . import checkpoint, interrupt
 from .checkpoint import RunState
 from . import distributed as dist
-from .config import Config
+from .config import Config, renamed
 from .data import write_skipped
 from .data.samplers import epoch_seed
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .progressive import describe, phase_at
 from .plots import objective_label, plot_curves, plot_lr
-from .run import (BEST, CONFIG, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY, check_restart,
-                  reads_inputs_inside)
+from .run import (BEST, CONFIG, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY,
+                  TENSORBOARD, check_restart, reads_inputs_inside)
 from .schedules import at_epoch
+from .tblog import TensorBoardLog
 
 from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, prepare_data,
                       run_dir, run_root)
@@ -54,7 +55,7 @@ from .shipping import after_training, final_line  # noqa: F401
 # "data": a run (or its data) moved to another folder resumes; what guards it is the split, which records the
 # data set's files relative to their common folder (splits.paths_digest), and the class names in last.pt.
 _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir",
-                "cache_mode", "tta", "fold", "data"}
+                "cache_mode", "tta", "fold", "data", "tensorboard"}
 
 
 class TrainingDiverged(UserError):
@@ -112,6 +113,7 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         return _already_finished(cfg, stage.rdir, saved, say)
     t = setup(cfg, data, stage, saved, say)
     state = restore(t, saved) if saved is not None else RunState()
+    board = TensorBoardLog(stage.rdir / TENSORBOARD, state.epoch) if cfg.tensorboard and dist.is_main() else None
     val = ema_val = None
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early:
@@ -122,13 +124,20 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         ema_val = evaluate(t, t.ema.module) if t.ema is not None and len(t.val_idx) else None
         end_epoch(t, state, epoch, val)
         log_epoch(t, state, epoch, lr, train_loss, seconds, val, ema_val)
+        if board is not None:
+            board.epoch(state.history[-1])
         save_progress(t, state, val)
         interrupt.check()  # a Ctrl-C swallowed while the epoch's files were written stops here
     # the final epoch's scores are those of the "last" and "ema" candidates: no second validation pass
     net, selected, metrics = select_result(t, state, scored={"last": val, "ema": ema_val})
     net, metrics, probs = retrain_head(t, state, net, selected, metrics)
     tau, metrics = choose_decision(t, net, metrics, probs)
-    return finish(t, state, net, selected, metrics, tau)
+    result = finish(t, state, net, selected, metrics, tau)
+    if board is not None:
+        stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
+        board.finished(stages, metrics, state.epoch, stage.rdir / CONFUSION)
+        board.close()
+    return result
 
 
 def _already_finished(cfg: Config, rdir: Path, saved: checkpoint.Checkpoint, say) -> dict:
@@ -370,7 +379,7 @@ def _write_summary(rows: list[dict], path: Path) -> None:
 def _check_resumable(saved: dict, cfg: Config, path: Path, inputs_inside=()) -> None:
     current = cfg.to_dict()
     # A setting the saved run does not record did not exist when it trained: it trained with the default.
-    saved = dict(Config().to_dict(), **saved)
+    saved = dict(Config().to_dict(), **renamed(saved))
     changed = sorted(k for k in current if k not in _RESUME_FREE and saved.get(k) != current[k])
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:5])

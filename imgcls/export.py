@@ -224,7 +224,7 @@ def write_metadata(out_dir: str | Path, class_names: Sequence[str], preprocessin
         "inside_the_model": {"resize_to": list(preprocessing["img_size"]), "resize": "bilinear, antialiased "
                              "when shrinking", "mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]),
                              "tta_views": list(views), "ensemble_of": list(sources),
-                             "logit_adjust_tau": [float(t) for t in taus] or [0.0] * len(sources)},
+                             "decision_tau": [float(t) for t in taus] or [0.0] * len(sources)},
         "to_get_the_input": "decode to RGB, resize to height x width with PIL bilinear (as imgcls does), "
                             "stack as uint8 N x 3 x H x W",
     }

@@ -10,3 +10,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools accept at most 32 
 # --find-lr: updates of the range test. fastai uses 100; 10,000 is far past any use and its grids and
 # loss records stay small.
 MAX_FIND_LR = 10_000
+# The decision tau (softmax(log p - tau * log prior)), wherever it is given: train.py --decision-tau, predict.py
+# and export.py --decision-tau, imgcls.load(decision_tau=). 'auto' searches -1..1; beyond +-10 the prior
+# term swamps any model's evidence.
+DECISION_TAU_RANGE = (-10, 10)

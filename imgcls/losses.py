@@ -152,9 +152,9 @@ def cb_focal(class_counts, *, focal_gamma: float = 2.0, cb_beta: float = 0.9999,
 
 
 @LOSSES.register("logit_adjusted")
-def logit_adjusted(class_counts, *, tau: float = 1.0, label_smoothing: float = 0.0) -> ImbalancedLoss:
-    """Cross entropy on logits + tau * log(prior) (Menon et al. 2021)."""
-    return ImbalancedLoss(logit_shift=tau * log_prior(class_counts, "logit adjustment"),
+def logit_adjusted(class_counts, *, loss_tau: float = 1.0, label_smoothing: float = 0.0) -> ImbalancedLoss:
+    """Cross entropy on logits + loss_tau * log(prior) (Menon et al. 2021): in training, unlike the decision tau."""
+    return ImbalancedLoss(logit_shift=loss_tau * log_prior(class_counts, "logit adjustment"),
                           label_smoothing=label_smoothing)
 
 

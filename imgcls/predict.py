@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import api
 from .data import write_skipped
 from .data.sources import IMAGE_EXTENSIONS, list_images, unlabeled_manifest
-from .run import CONFUSION, METRICS, PREDICTIONS, SKIPPED, run_data
+from .run import CONFUSION, METRICS, PREDICTIONS, SKIPPED, prediction_folder, run_data
 from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .metrics import calibration, classification_metrics, per_class_report
@@ -101,7 +101,7 @@ def load_classifier(args, log=print) -> api.Classifier:
         raise UserError(f"--checkpoint {args.checkpoint}: file not found")
     clf = api.load(source, fold="all" if args.checkpoint else args.fold, tta=args.tta, views=args.views,
                    device=args.device, batch_size=args.batch_size, amp=args.amp,
-                   int8=getattr(args, "int8", False), logit_adjust=args.logit_adjust, log=log)
+                   int8=getattr(args, "int8", False), decision_tau=args.decision_tau, log=log)
     return clf
 
 
@@ -116,7 +116,7 @@ def output_paths(args, clf: api.Classifier) -> tuple[Path, Path]:
     member = clf.members[0]
     base = member.path.parent if args.checkpoint else member.path.parent.parent
     source = "images" if args.images else ("data" if args.data else args.split)
-    folder = base / f"predict-{source}{'-tta' if clf.tta else ''}{'-int8' if clf.int8_model else ''}"
+    folder = prediction_folder(base, source, clf.tta, bool(clf.int8_model))
     return folder / PREDICTIONS, folder
 
 
@@ -138,9 +138,9 @@ def predict(args, log=print) -> dict:
     probs = clf.probabilities(images, progress=lambda batches, member: tqdm(
         batches, desc=f"predict {member.path.parent.name}", unit="batch", leave=False,
         disable=not sys.stderr.isatty()))
-    if any(clf.taus):
-        log(f"decision rule: logit adjustment tau {', '.join(f'{t:+.1f}' for t in clf.taus)} "
-            f"({'--logit-adjust' if args.logit_adjust is not None else 'chosen in training'})")
+    if any(clf.decision_taus):
+        log(f"decision rule: tau {', '.join(f'{t:+.1f}' for t in clf.decision_taus)} "
+            f"({'--decision-tau' if args.decision_tau is not None else 'chosen in training'})")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_csv.parent)
     write_predictions(out_csv, paths, probs, clf.classes, labels)
@@ -161,11 +161,12 @@ def predict(args, log=print) -> dict:
         companions.mkdir(parents=True, exist_ok=True)
         metrics = classification_metrics(labels, probs.argmax(1), clf.classes)
         # of the probabilities predictions.csv holds: after each member's decision tau, when it has one
+        taus = clf.decision_taus
         metrics["calibration"] = dict(calibration(probs, labels), of="probabilities after the decision tau "
-                                      f"{', '.join(f'{t:+.1f}' for t in clf.taus)}" if any(clf.taus) else
+                                      f"{', '.join(f'{t:+.1f}' for t in taus)}" if any(taus) else
                                       "the model's probabilities")
         metrics.update(views=list(clf.views), models=[str(m.path) for m in clf.members], split=args.split,
-                       logit_adjust=clf.taus, int8=bool(clf.int8_model),
+                       decision_taus=taus, int8=bool(clf.int8_model),
                        train_time_s=sum(float(m.metrics().get("train_time_s", 0.0)) for m in clf.members),
                        peak_memory_mb=max(float(m.metrics().get("peak_memory_mb", 0.0)) for m in clf.members))
         atomic_write(companions / METRICS, json.dumps(metrics, indent=2) + "\n")

@@ -116,7 +116,7 @@ def int8_model_for(members, views, taus=None, log=print) -> Path:
     int8_path, meta_path = out / "model.int8.onnx", out / "int8.json"
     key = {"sources": [str(Path(m.path).resolve()) for m in members],
            "mtimes": [Path(m.path).stat().st_mtime for m in members], "views": list(views),
-           "taus": [float(t) for t in (taus if taus is not None else decision_taus(members))]}
+           "decision_taus": [float(t) for t in (taus if taus is not None else decision_taus(members))]}
     if int8_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == key:
         return int8_path
     log(f"making the int8 model in {out} (once): export, calibrate on training images, quantise")
@@ -124,7 +124,7 @@ def int8_model_for(members, views, taus=None, log=print) -> Path:
     fp32_path = export.export_onnx(module, out / "model.onnx")
     quantize_onnx(fp32_path, int8_path, calibration_images(members, log=log))
     export.write_metadata(out, members[0].record.class_names, members[0].record.preprocessing.to_dict(), views,
-                          [str(m.path) for m in members], int8_path.name, key["taus"])
+                          [str(m.path) for m in members], int8_path.name, key["decision_taus"])
     meta_path.write_text(json.dumps(key) + "\n")
     return int8_path
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from .config import Config
+from .config import Config, renamed
 from .errors import UserError
 from .models import create_model
+from .limits import DECISION_TAU_RANGE
 from .validate import check_range
 
 BEST, LAST, METRICS, SPLIT, CONFIG = "best.pt", "last.pt", "metrics.json", "split.json", "config.json"
@@ -33,9 +34,12 @@ BEST, LAST, METRICS, SPLIT, CONFIG = "best.pt", "last.pt", "metrics.json", "spli
 STAGE1, BEST_EPOCH, SWA = "stage1.pt", "best_epoch.pt", "swa.pt"
 SELECT, SUMMARY, SKIPPED, REPORT = "select", "summary.csv", "skipped.json", "report.html"
 CURVES, LR_PLOT, CONFUSION = "curves.png", "lr.png", "confusion.png"
+TENSORBOARD = "tensorboard"  # --tensorboard: the event files
 # a prediction folder (RUN/predict-<split>[-tta]/): the predictions beside metrics.json, the report and plots
 PREDICTIONS = "predictions.csv"
 INT8_DIR = "export-int8"
+# export.py --format safetensors (the Hugging Face Hub layout, hub.py): weights, their config, the model card
+HUB_WEIGHTS, HUB_CONFIG, HUB_CARD = "model.safetensors", CONFIG, "README.md"
 
 
 def fold_dir(root: str | Path, fold: int) -> Path:
@@ -69,6 +73,20 @@ def check_restart(cfg: Config, fold: int | None, inputs: dict | None = None) -> 
         name, path = inside[0]
         raise UserError(f"--restart would delete {doomed}, which {name} {path} reads from; train into another "
                         f"--out instead (or copy {path} out of {doomed} first)")
+
+
+def prediction_folder(root: str | Path, source: str, tta: bool = False, int8: bool = False) -> Path:
+    """Where predict.py writes by default: RUN/predict-<source>[-tta][-int8]/ (source: test, val, all, ...)."""
+    return Path(root) / f"predict-{source}{'-tta' if tta else ''}{'-int8' if int8 else ''}"
+
+
+def test_metrics_file(root: str | Path) -> Path | None:
+    """The run's scores on its held-out test split (predict.py's metrics.json), with TTA where there are both."""
+    for tta in (True, False):
+        path = prediction_folder(root, "test", tta) / METRICS
+        if path.is_file():
+            return path
+    return None
 
 
 def is_finished(folder: str | Path) -> bool:
@@ -151,7 +169,7 @@ def saved_config(values: dict) -> Config:
     """A run's saved config as a Config: the defaults are Config's own, never typed again. Keys a newer or
     older imgcls does not know are dropped (a checkpoint outlives the code that wrote it)."""
     known = {f.name for f in dataclasses.fields(Config)}
-    return Config.from_dict({k: v for k, v in values.items() if k in known})
+    return Config.from_dict({k: v for k, v in renamed(values).items() if k in known})
 
 
 def load_members(paths: list[Path]) -> list[Member]:
@@ -190,7 +208,7 @@ def build_model(member: Member, device: torch.device | str = "cpu") -> torch.nn.
 def decision_taus(members, override: float | None = None) -> list[float]:
     """Each member's decision tau (decision.py): `override` when given (--decision-tau at predict time),
     else the tau its run chose in training (0 for runs without one)."""
-    check_range("logit_adjust", override)  # predict.py, export.py and the API alike
+    check_range("decision_tau", override, *DECISION_TAU_RANGE)  # train.py, predict.py, export.py and the API alike
     return [float(override) if override is not None else float(m.record.decision_tau) for m in members]
 
 

@@ -18,7 +18,7 @@ import torch
 from .contrast import CONTRAST
 from .errors import UserError
 from .data.samplers import SAMPLERS
-from .limits import MAX_BATCH, MAX_SEED, MAX_SIDE
+from .limits import DECISION_TAU_RANGE, MAX_BATCH, MAX_SEED, MAX_SIDE
 from .models import input_multiple, pretrained_cfg
 from .progressive import plan
 
@@ -44,7 +44,7 @@ RULES: dict[str, tuple] = {
     "kd_alpha": (0, 1, True, True),
     "contrast_weight": (0, None, True, True),
     "contrast_temperature": (0, None, False, True),
-    "tau": (0, None, True, True),
+    "loss_tau": (0, None, True, True),
     "epoch_samples": (1, None, True, True),
     "hflip": (0, 1, True, True),
     "rotation": (0, 180, True, True),
@@ -181,7 +181,7 @@ def check_config(cfg) -> None:
     if cfg.contrast is not None and cfg.contrast not in CONTRAST:
         raise UserError(f"--contrast {cfg.contrast}: unknown; choose none or one of {', '.join(CONTRAST)}")
     if cfg.decision_tau != "auto":  # the grid 'auto' searches is -1..1; a fixed tau may go further
-        check_range("decision_tau", cfg.decision_tau, -10, 10)
+        check_range("decision_tau", cfg.decision_tau, *DECISION_TAU_RANGE)
     if len(cfg.betas) != 2:
         raise UserError(f"--betas {_show(cfg.betas)}: expected two numbers, e.g. 0.9,0.999")
     if cfg.restart and cfg.resume:  # refused here, before --restart deletes anything
@@ -233,7 +233,7 @@ def check_predict_args(args) -> None:
     """predict.py's flags (an argparse Namespace)."""
     check_range("batch_size", args.batch_size, 1, MAX_BATCH)
     check_range("workers", args.workers, 0, RULES["workers"][1])
-    check_range("logit_adjust", args.logit_adjust)
+    check_range("decision_tau", args.decision_tau, *DECISION_TAU_RANGE)
     check_device(args.device)
     if args.out:
         check_out_file("--out", args.out)

@@ -18,7 +18,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # slow, so that `pytest -m "not slow"` is a fast lane for development. CI runs the whole suite.
 SLOW_MODULES = {"test_kill_loop", "test_interrupt", "test_mmap_cache", "test_cli", "test_faults", "test_faults_more",
                 "test_v4", "test_v5", "test_progressive", "test_distill", "test_lr_find", "test_export",
-                "test_predict", "test_bad_input_three", "test_engine", "test_report", "test_models_transformers"}
+                "test_predict", "test_bad_input_three", "test_engine", "test_report", "test_models_transformers",
+                "test_commands"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,3 +56,22 @@ def finished_v1(tmp_path_factory):
     finally:
         os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.update(XDG_CACHE_HOME=old)
     return out
+
+
+@pytest.fixture(scope="session")
+def finished_v5(tmp_path_factory):
+    """A finished v5 run (three cross-fitted members of a tiny model, one epoch each, a short cRT) on the demo
+    data, with predict.py's scores on its test split; trained once per test run and shared, read-only."""
+    import predict
+    import train
+    out = tmp_path_factory.mktemp("finished-v5")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(out / "cache")
+    try:
+        assert train.main(["--version", "v5", "--fold", "all", "--out", str(out), "--model", "test_efficientnet",
+                           "--pretrained", "none", "--img-size", "32", "--epochs", "1", "--crt-steps", "5",
+                           "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]) == 0
+        assert predict.main(["--run", str(out / "v5"), "--device", "cpu", "--workers", "1"]) == 0
+    finally:
+        os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.update(XDG_CACHE_HOME=old)
+    return out / "v5"

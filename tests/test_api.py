@@ -18,7 +18,7 @@ from PIL import Image
 import imgcls
 from imgcls import checkpoint, engine
 from imgcls.api import list_images, pil_to_uint8
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data.augment import eval_transform
 from imgcls.data.cache import decode_images
 from imgcls.errors import UserError

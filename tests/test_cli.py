@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.config import VERSIONS
+from imgcls.presets import VERSIONS
 from tests.helpers import write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path):
 
 def test_fold_out_of_range_on_real_data(tmp_path):
     data = write_folder_dataset(tmp_path / "data")
-    proc = run(ROOT / "train.py", "--model", "test_convnext", "--pretrained", "none", "--data", data,
+    proc = run(ROOT / "train.py", "--version", "v1", "--model", "test_convnext", "--pretrained", "none", "--data", data,
                "--out", tmp_path, "--cache-dir", tmp_path / "c", "--fold", "3")
     assert_one_line_error(proc, "--fold 3", "1 fold")
 

@@ -14,7 +14,7 @@ import train as train_script
 from imgcls.config import RUN_STATE, Config
 from tests.helpers import assert_one_line_error, cli, snapshot
 
-TINY = ["--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 FLAGS = [f for f in dataclasses.fields(Config) if f.name not in ("version", "fold")]
 SIZES = {"img_size", "storage_size"}

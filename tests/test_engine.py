@@ -16,7 +16,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from imgcls import checkpoint, engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data import load_dataset
 from imgcls.data.augment import eval_transform
 from imgcls.decision import adjust

@@ -13,7 +13,7 @@ import torch
 import imgcls
 from imgcls import engine
 from imgcls import export as export_mod
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data.augment import resize
 from imgcls.errors import UserError
 from imgcls.export import axis_matrices, view_matrices
@@ -121,13 +121,13 @@ def test_a_runs_decision_tau_is_inside_the_exported_graph(runs, tmp_path):
     x = _uint8(7, (20, 16), seed=3)
     plain = imgcls.load(runs[0] / "fold0" / "best.pt", tta=False).probabilities(x)
     clf = imgcls.load(fold / "best.pt", tta=False)
-    assert clf.taus == [1.5]
+    assert clf.decision_taus == [1.5]
     np.testing.assert_allclose(clf.probabilities(x), adjust(plain, record.train_class_counts, 1.5), atol=1e-6)
     assert export_main(["--run", str(fold / "best.pt"), "--out", str(tmp_path / "onnx")]) == 0
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], clf.probabilities(x), atol=1e-4, rtol=0)
     pre = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
-    assert pre["inside_the_model"]["logit_adjust_tau"] == [1.5]
+    assert pre["inside_the_model"]["decision_tau"] == [1.5]
 
 
 @pytest.mark.parametrize("which", [0, 1])

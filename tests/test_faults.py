@@ -25,7 +25,7 @@ from PIL import Image
 import predict as predict_script
 import train as train_script
 from imgcls import checkpoint, engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data import load_dataset, load_index
 from imgcls.data import cache as cache_mod
 from imgcls.data.cache import decode_images, default_cache_dir, resolve_cache_dir
@@ -38,7 +38,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 AS_ROOT = os.geteuid() == 0
 needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
 QUIET = dict(log=lambda *a, **k: None)
-TINY = ["--model", "test_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "test_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 
@@ -514,7 +514,7 @@ def test_predict_device_cuda_without_cuda_is_one_line(run, capsys):
 
 @pytest.mark.parametrize("args,fragments", [
     (["--batch-size", "0"], ["--batch-size 0"]),
-    (["--logit-adjust", "nan"], ["--logit-adjust nan", "finite"]),
+    (["--logit-adjust", "nan"], ["--decision-tau nan", "[-10, 10]"]),  # the old name, refused under the new one
     (["--device", "foo"], ["--device foo"]),
 ])
 def test_bad_predict_flags_are_one_line(run, capsys, args, fragments):
@@ -547,9 +547,9 @@ def test_logit_adjust_nan_writes_nothing(run, capsys):
     code, _, err = cli(predict_script, "--run", run[0], "--device", "cpu", capsys=capsys)
     assert code == 0, err
     before = out.read_bytes()
-    code, _, err = cli(predict_script, "--run", run[0], "--device", "cpu", "--logit-adjust", "nan",
+    code, _, err = cli(predict_script, "--run", run[0], "--device", "cpu", "--decision-tau", "nan",
                        capsys=capsys)
-    assert_one_line_error(code, err, "--logit-adjust nan")
+    assert_one_line_error(code, err, "--decision-tau nan")
     assert out.read_bytes() == before
 
 

@@ -25,7 +25,7 @@ import imgcls
 import predict as predict_script
 import train as train_script
 from imgcls import checkpoint, engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data import load_index
 from imgcls.data.cache import decode_images
 from imgcls.metrics import classification_metrics
@@ -37,7 +37,7 @@ from tests.test_faults import write_image, write_kaggle
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 AS_ROOT = os.geteuid() == 0
-TINY = ["--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 
@@ -88,11 +88,11 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_predict_export_and_the_api(
 def test_a_non_finite_logit_adjust_is_refused_by_export_and_the_api(finished_run, tmp_path, capsys):
     run = finished_run / "v1"
     for value in ("nan", "inf"):
-        code, _, err = cli(export_script, "--run", run, "--logit-adjust", value, "--out", tmp_path / "e",
+        code, _, err = cli(export_script, "--run", run, "--decision-tau", value, "--out", tmp_path / "e",
                            capsys=capsys)
-        assert_one_line_error(code, err, f"--logit-adjust {value}")
-        with pytest.raises(imgcls.UserError, match="--logit-adjust"):
-            imgcls.load(run, logit_adjust=float(value))
+        assert_one_line_error(code, err, f"--decision-tau {value}")
+        with pytest.raises(imgcls.UserError, match="--decision-tau"):
+            imgcls.load(run, decision_tau=float(value))
     assert not (tmp_path / "e").exists()
 
 

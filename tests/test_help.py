@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from imgcls.config import VERSIONS, preset_values
+from imgcls.flags import preset_values
+from imgcls.presets import VERSIONS
 from train import build_parser
 
 

@@ -41,7 +41,7 @@ def train_py(data: Path, out: Path) -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     import train
     from imgcls.cli import run_cli
-    run_cli(lambda: train.main(["--data", str(data), "--out", str(out), "--cache-dir", str(out / "cache"),
+    run_cli(lambda: train.main(["--version", "v1", "--data", str(data), "--out", str(out), "--cache-dir", str(out / "cache"),
                                 "--model", "test_convnext", "--pretrained", "none", "--img-size", "32",
                                 "--epochs", "6", "--batch-size", "8", "--workers", "1", "--device", "cpu"]))
 

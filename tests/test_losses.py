@@ -166,7 +166,7 @@ def test_logit_adjusted_equals_ce_on_shifted_logits():
     logits, labels = _batch()
     prior = torch.tensor(COUNTS, dtype=torch.float32) / sum(COUNTS)
     for tau in (0.5, 1.0, 2.0):
-        got = build_loss("logit_adjusted", COUNTS, tau=tau)(logits, labels)
+        got = build_loss("logit_adjusted", COUNTS, loss_tau=tau)(logits, labels)
         torch.testing.assert_close(got, F.cross_entropy(logits + tau * torch.log(prior), labels))
 
 
@@ -176,7 +176,7 @@ def test_balanced_softmax_is_logit_adjustment_with_tau_one():
     got = build_loss("balanced_softmax", COUNTS)(logits, labels)
     expected = F.cross_entropy(logits + torch.log(torch.tensor(COUNTS, dtype=torch.float32)), labels)
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got, build_loss("logit_adjusted", COUNTS, tau=1.0)(logits, labels))
+    torch.testing.assert_close(got, build_loss("logit_adjusted", COUNTS, loss_tau=1.0)(logits, labels))
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)

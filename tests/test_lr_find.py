@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.lr_find import lr_grid, smooth, smooth_centered, suggest, sweep, training_step
 from tests.helpers import cli, snapshot
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from imgcls import checkpoint, engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data.cache import decode_images
 from imgcls.data.samplers import SAMPLERS
 from tests.helpers import tiny_overrides, write_folder_dataset

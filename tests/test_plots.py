@@ -47,7 +47,7 @@ def test_confusion_labels_carry_class_sizes():
 
 
 def test_objective_label_names_what_the_run_optimises():
-    from imgcls.config import VERSIONS, resolve
+    from imgcls.presets import VERSIONS, resolve
     assert objective_label(resolve("v3", {}).to_dict()) == "class-balanced focal loss"
     assert objective_label(resolve("v2", {}).to_dict()) == ("cross-entropy, label smoothing 0.1, "
                                                            "mixed targets (Mixup/CutMix)")
@@ -56,7 +56,7 @@ def test_objective_label_names_what_the_run_optimises():
 
 
 def test_after_training_lists_crt_then_the_tau_with_their_validation_scores():
-    from imgcls.config import resolve
+    from imgcls.presets import resolve
     from imgcls.engine import after_training
     final = {"accuracy": 0.9, "macro_f1": 0.7, "balanced_accuracy": 0.72,
              "before_decision": {"accuracy": 0.88, "macro_f1": 0.65, "balanced_accuracy": 0.7}}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imgcls import checkpoint, engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data import load_dataset
 from imgcls.data.augment import eval_transform
 from imgcls.errors import UserError

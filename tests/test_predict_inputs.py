@@ -14,7 +14,7 @@ import pytest
 
 import imgcls
 from imgcls import engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.errors import UserError
 from imgcls.predict import predict
 from predict import build_parser

@@ -13,7 +13,8 @@ import torch
 
 from imgcls import checkpoint, engine
 from imgcls.checkpoint import RunState
-from imgcls.config import parse_stages, resolve
+from imgcls.config import parse_stages
+from imgcls.presets import resolve
 from imgcls.errors import UserError
 from imgcls.progressive import plan
 from tests.helpers import tiny_overrides, write_folder_dataset

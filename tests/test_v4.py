@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from imgcls import checkpoint, engine
-from imgcls.config import VERSIONS, resolve, scale_to_epochs
+from imgcls.presets import VERSIONS, resolve, scale_to_epochs
 from imgcls.data import load_dataset
 from imgcls.decision import choose_tau
 from imgcls.decoupling import extract_features, retrain_classifier

