@@ -140,6 +140,9 @@ class Config:
     data: str | None = _opt(None, "data set: Kaggle dir (styles.csv + images/), class-per-folder dir or "
                                   "manifest CSV; none = built-in demo", parse_optional_str)
     label_col: str = _opt("subCategory", "label column of a Kaggle styles.csv")
+    exclude: str | None = _opt(None, "a CSV with a `path` column (e.g. a run's audit/label_issues.csv, after a "
+                               "look): those images are left out of this run (listed in skipped.json); none = "
+                               "keep all", parse_optional_str)
     storage_size: tuple | None = _opt(None, "HxW images are decoded to once; none = the data's own size",
                                       parse_size)
     cache_dir: str | None = _opt("default", "decode cache folder; default = $XDG_CACHE_HOME/imgcls, else "
@@ -238,6 +241,9 @@ class Config:
     tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN/foldK/tensorboard/ (per-epoch "
                              "scores, losses, lr, throughput; cRT and tau results; the confusion matrix); needs pip "
                              "install tensorboard", parse_bool)
+    leak_check: bool = _opt(True, "once every fold is trained, count the duplicate groups (exact, or near by the "
+                            "first member's features) that put test images beside training images: one forward "
+                            "pass over every image", parse_bool)
     # --- after training: classifier re-training and the decision rule (decoupling.py, decision.py) ---
     crt_sampler: str | None = _opt(None, "re-train the classifier on frozen features after training (cRT, Kang "
                                          "et al. 2020), drawing classes by this sampler (weighted = balanced, "

@@ -35,8 +35,10 @@ def final_linear(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, positions, *, img_size, mean, std,
-                     device: torch.device, batch_size: int = 256, channels_last: bool = False) -> torch.Tensor:
-    """float32 (len(positions) x D): the input of the classifier layer for images[positions], in eval mode.
+                     device: torch.device, batch_size: int = 256, channels_last: bool = False,
+                     mirrored: bool = False) -> torch.Tensor:
+    """float32 (len(positions) x D): the input of the classifier layer for images[positions], in eval mode
+    (mirrored: of the left-right mirror images instead).
 
     Read with a forward pre-hook on the classifier layer (dropout before it is the identity in eval mode)."""
     head = final_linear(model)
@@ -49,6 +51,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, positions, *, img_s
         for start in range(0, len(positions), batch_size):
             batch = torch.as_tensor(positions[start:start + batch_size])
             x = eval_transform(images[batch].to(device), img_size, mean, std)
+            x = x.flip(-1) if mirrored else x
             model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     finally:
         hook.remove()

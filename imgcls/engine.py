@@ -55,7 +55,7 @@ from .shipping import after_training, final_line  # noqa: F401
 # "data": a run (or its data) moved to another folder resumes; what guards it is the split, which records the
 # data set's files relative to their common folder (splits.paths_digest), and the class names in last.pt.
 _RESUME_FREE = {"out", "device", "workers", "restart", "resume", "eval_batch_size", "compile", "cache_dir",
-                "cache_mode", "tta", "fold", "data", "tensorboard"}
+                "cache_mode", "tta", "fold", "data", "tensorboard", "leak_check"}
 
 
 class TrainingDiverged(UserError):

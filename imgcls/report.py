@@ -24,7 +24,7 @@ from PIL import Image
 from .fsio import atomic_write
 from .metrics import GROUPS, class_sizes, dense_confusion
 from .plots import printable
-from .run import REPORT
+from .run import AUDIT_PAGE, REPORT
 
 GALLERY = 24          # the highest-loss images shown
 TAIL_MISSES = 4       # misses shown per tail class
@@ -186,4 +186,38 @@ def write_report(folder: str | Path, *, title: str, metrics: dict, class_names, 
     parts.append(_SORT + "</body></html>")
     path = folder / REPORT
     atomic_write(path, "".join(parts))
+    return path
+
+
+AUDIT_SHOWN = 48  # label issues, duplicate groups and outliers shown in audit.html (all are in the CSVs)
+
+
+def write_audit_page(folder: str | Path, *, title: str, summary: dict, images: torch.Tensor, issues: list[dict],
+                     groups: list[dict], outliers: list[tuple[int, float]], paths, labels, parts) -> Path:
+    """folder/audit.html: the audit's counts and galleries (the first AUDIT_SHOWN of each finding)."""
+    dup = summary["duplicate_groups"]
+    parts_html = [f"<!doctype html><html><head><meta charset='utf-8'>{_CSP}<title>{_e(title)}</title>{_STYLE}"
+                  "<style>.group{border:1px solid #ccc;margin:6px 0;padding:4px}.leak{border-color:#c00}</style>"
+                  "</head><body>", f"<h1>{_e(title)}</h1>",
+                  f"<p>{summary['images']} images. <b id='issues'>{summary['label_issues']}</b> label issue(s) by "
+                  f"confident learning on {_e(summary['out_of_fold'])}. <b id='groups'>{dup['exact']}</b> exact and "
+                  f"<b>{dup['near']}</b> near-duplicate group(s) (cosine >= {summary['threshold']}), "
+                  f"<b id='leaks'>{summary['groups_crossing_test']}</b> of them across the test split "
+                  f"({summary['test_images_in_crossing_groups']} test images). The CSVs beside this page list "
+                  "everything.</p>"]
+    parts_html += ["<h2>Label issues (most likely first)</h2>", gallery(
+        (_thumb(images[r["position"]]), f"#{r['rank']} {r['path']}: given {r['given']}, suggested "
+         f"{r['suggested']} (p {r['p_suggested']:.2f}; p given {r['score']:.2f})") for r in issues[:AUDIT_SHOWN])]
+    parts_html.append("<h2>Duplicate groups (those across the test split first)</h2>")
+    for g, d in sorted(enumerate(groups, 1), key=lambda x: not x[1]["crosses_test"])[:AUDIT_SHOWN]:
+        caption = f"group {g}: {d['kind']}" + (", across the test split" if d["crosses_test"] else "")
+        parts_html.append(f"<div class='group{' leak' if d['crosses_test'] else ''}'><b>{_e(caption)}</b>" + gallery(
+            (_thumb(images[m]), f"{paths[m]} ({parts[m]}, {labels[m]}, cos {s:.3f})")
+            for m, s in zip(d["members"], d["similarity"])) + "</div>")
+    parts_html += ["<h2>Outliers (farthest from every class)</h2>", gallery(
+        (_thumb(images[i]), f"{paths[i]} ({labels[i]}, {parts[i]}): {score:.3f}") for i, score in
+        outliers[:AUDIT_SHOWN])]
+    parts_html.append(_SORT + "</body></html>")
+    path = Path(folder) / AUDIT_PAGE
+    atomic_write(path, "".join(parts_html))
     return path

@@ -38,6 +38,9 @@ TENSORBOARD = "tensorboard"  # --tensorboard: the event files
 # a prediction folder (RUN/predict-<split>[-tta]/): the predictions beside metrics.json, the report and plots
 PREDICTIONS = "predictions.csv"
 INT8_DIR = "export-int8"
+# audit.py's folder in the run: label issues, duplicate groups, outliers, the page, the counts
+AUDIT, LABEL_ISSUES, DUPLICATES, OUTLIERS = "audit", "label_issues.csv", "duplicates.csv", "outliers.csv"
+AUDIT_PAGE, AUDIT_SUMMARY, OUT_OF_FOLD = "audit.html", "summary.json", "out_of_fold.npz"
 # export.py --format safetensors (the Hugging Face Hub layout, hub.py): weights, their config, the model card
 HUB_WEIGHTS, HUB_CONFIG, HUB_CARD = "model.safetensors", CONFIG, "README.md"
 
@@ -236,7 +239,8 @@ def run_data(members, part: str = "test", *, data: str | None = None, label_col:
     cfg = members[0].config
     storage = tuple(size or members[0].record.preprocessing.storage_size)
     dataset = load_dataset(data or cfg.data, label_col=label_col or cfg.label_col, size=storage,
-                           cache_dir=cache_dir or cfg.cache_dir, workers=workers or cfg.workers, log=log)
+                           cache_dir=cache_dir or cfg.cache_dir, workers=workers or cfg.workers, log=log,
+                           exclude=None if data else cfg.exclude)  # the run's own data: as it trained
     everything = np.arange(len(dataset.paths), dtype=np.int64)
     if data or part == "all":
         return dataset, everything

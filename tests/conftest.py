@@ -19,7 +19,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SLOW_MODULES = {"test_kill_loop", "test_interrupt", "test_mmap_cache", "test_cli", "test_faults", "test_faults_more",
                 "test_v4", "test_v5", "test_progressive", "test_distill", "test_lr_find", "test_export",
                 "test_predict", "test_bad_input_three", "test_engine", "test_report", "test_models_transformers",
-                "test_commands"}
+                "test_commands", "test_audit", "test_bench_audit"}
 
 
 def pytest_collection_modifyitems(config, items):

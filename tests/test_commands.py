@@ -18,7 +18,7 @@ from imgcls.models import weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train": [str(ROOT / "train.py")], "predict": [str(ROOT / "predict.py")],
-           "export": [str(ROOT / "export.py")], "compare": ["-m", "imgcls.compare"]}
+           "export": [str(ROOT / "export.py")], "audit": [str(ROOT / "audit.py")], "compare": ["-m", "imgcls.compare"]}
 TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--device", "cpu"]
 
@@ -84,7 +84,7 @@ def test_each_command_has_the_help_of_its_script(installed, command):
 
 def test_an_unknown_command_is_one_line_and_the_bare_command_lists_them(installed):
     proc = subprocess.run([installed / "bin" / "imgcls", "trian"], capture_output=True, text=True)
-    assert_one_line_error(proc.returncode, proc.stderr, "imgcls trian", "train, predict, export, compare")
+    assert_one_line_error(proc.returncode, proc.stderr, "imgcls trian", ", ".join(SCRIPTS))
     proc = subprocess.run([installed / "bin" / "imgcls"], capture_output=True, text=True)
     assert proc.returncode == 2 and all(name in proc.stdout for name in SCRIPTS)
 

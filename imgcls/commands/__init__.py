@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("imgcls.commands.train", "train a preset (--version v5) on a data set; resumes a killed run"),
     "predict": ("imgcls.commands.predict", "predict with a trained run (its test split, a folder, files)"),
     "export": ("imgcls.commands.export", "export a run: ONNX, TorchScript, torch.export, safetensors"),
+    "audit": ("imgcls.commands.audit", "audit a run's data: label errors, duplicates and leaks, outliers"),
     "compare": ("imgcls.compare", "the versions' table from their predictions (results/comparison.md)"),
 }
 USAGE = "usage: imgcls {" + ",".join(COMMANDS) + "} [flags]   (imgcls COMMAND --help for its flags)"

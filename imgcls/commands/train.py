@@ -109,14 +109,23 @@ def main(argv=None, prog: str | None = None) -> int:
             data = engine.prepare_data(cfg, log=print if dist.is_main() else (lambda *a, **k: None))
             for k in range(len(data[1]["folds"])):
                 engine.fit(cfg, k, data=data)
+            note = None
         else:
             engine.fit(cfg, fold)  # checks the fold against the split
             note = missing_folds_note(engine.run_root(cfg), fold)
             if note and dist.is_main():
                 print(note)
+        if cfg.leak_check and note is None and dist.is_main():  # the whole run is trained
+            print(leak_check(engine.run_root(cfg), device))
     finally:
         dist.teardown()
     return 0
+
+
+def leak_check(root: Path, device) -> str:
+    from imgcls.audit import leak_line
+    from imgcls.run import find_checkpoints, load_members
+    return leak_line(load_members(find_checkpoints(root)), device=device)
 
 
 def missing_folds_note(root: Path, fold: int) -> str | None:

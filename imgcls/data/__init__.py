@@ -33,7 +33,8 @@ class Dataset:
 
 
 def load_dataset(data: str | None = None, label_col: str = "subCategory", size: tuple[int, int] | None = None,
-                 cache_dir: str | None = None, workers: int = 2, log=print, cache_mode: str = "mmap") -> Dataset:
+                 cache_dir: str | None = None, workers: int = 2, log=print, cache_mode: str = "mmap",
+                 exclude: str | None = None) -> Dataset:
     """Index `data`, decode it (or read the cache), drop undecodable files, and check it is trainable.
 
     Classes whose every image is undecodable disappear from class_names (labels are renumbered), so the
@@ -64,6 +65,14 @@ def load_dataset(data: str | None = None, label_col: str = "subCategory", size: 
         labels, class_names = _renumber(index.labels[keep], index.class_names)
     else:
         paths, labels, class_names = list(index.paths), index.labels, list(index.class_names)
+    if exclude:
+        dropped = excluded(paths, exclude, log)
+        if len(dropped):
+            skipped += [(paths[i], f"listed in --exclude {exclude}") for i in dropped]
+            keep = np.setdiff1d(np.arange(len(paths)), dropped)
+            images = images[torch.as_tensor(keep)]
+            paths = [paths[i] for i in keep]
+            labels, class_names = _renumber(np.asarray(labels)[keep], class_names)
 
     if len(paths) == 0:
         raise UserError(f"--data {data}: none of the images could be decoded; see the skipped list")
@@ -81,6 +90,33 @@ def write_skipped(skipped: list[tuple[str, str]], path: str) -> None:
     # ensure_ascii (json's default) writes a non-UTF-8 file name as \\udcXX escapes instead of failing
     atomic_write(path, json.dumps({"count": len(skipped),
                                    "skipped": [{"item": item, "reason": why} for item, why in skipped]}, indent=1))
+
+
+def read_path_list(file: str) -> list[str]:
+    """The `path` column of a CSV (the audit's files have one), or its first column when none is named so."""
+    import csv
+    try:
+        with open(file, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"--exclude {file}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    if not rows:
+        return []
+    column = rows[0].index("path") if "path" in rows[0] else 0
+    body = rows[1:] if "path" in rows[0] else rows
+    return [row[column] for row in body if len(row) > column and row[column].strip()]
+
+
+def excluded(paths: list[str], file: str, log=print) -> np.ndarray:
+    """Positions of `paths` listed in `file` (compared as absolute, normalised paths); says how many, and how
+    many listed paths are not in the data set."""
+    listed = read_path_list(file)
+    wanted = {os.path.normpath(os.path.abspath(p)) for p in listed}
+    hit = np.flatnonzero([os.path.normpath(os.path.abspath(p)) in wanted for p in paths])
+    missing = len(wanted) - len(hit)
+    log(f"--exclude {file}: {len(hit)} image(s) left out of {len(paths)}"
+        + (f"; {missing} listed path(s) are not in the data set" if missing > 0 else ""))
+    return hit
 
 
 def _renumber(labels: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, list[str]]:

@@ -1,0 +1,216 @@
+"""Audit a data set with the models a run trained: label errors, duplicates and leaks, outliers.
+
+`audit.py --run RUN` (or `imgcls.load(RUN).audit()`) writes RUN/audit/:
+- label_issues.csv: confident learning (confident.py) on out-of-fold probabilities. A cross-fitted run (v5)
+  has one for every image outside the test split: each member predicts the third it did not train on. A
+  holdout run has them for its validation images only (summary.json says which).
+- duplicates.csv: groups of exact copies (the same bytes) and of near-duplicates (cosine similarity of the
+  first member's flip-invariant pooled features at or above --threshold), with the split of each image; a
+  group with images on both sides of the test split leaks and makes the test score optimistic.
+- outliers.csv: the images farthest from every class's mean feature direction.
+- audit.html (galleries of each), summary.json (the counts) and out_of_fold.npz (the probabilities, their
+  positions, labels and paths: what cleanlab and similar tools take).
+Nothing is trained: one forward pass per member over its out-of-fold images, and the first member's over
+every image (twice: the image and its mirror image).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import confident, duplicates
+from .decoupling import extract_features, final_linear
+from .fsio import atomic_write
+from .run import (AUDIT, AUDIT_SUMMARY, DUPLICATES, LABEL_ISSUES, OUT_OF_FOLD, OUTLIERS, SPLIT, Member, build_model,
+                  run_data)
+from .data.splits import load_split
+
+THRESHOLD = 0.93  # cosine similarity of near-duplicates (docs/audit.md: how it was chosen, and its limits)
+TOP_OUTLIERS = 100
+
+
+@dataclass
+class Evidence:
+    """What the models say about every image: out-of-fold probabilities (rows of NaN where there is none),
+    flip-invariant features of the first member, and which images each side of the test split is."""
+    probs: np.ndarray       # N x K float32
+    covered: np.ndarray     # positions with an out-of-fold probability
+    features: torch.Tensor  # N x D
+    test: np.ndarray        # positions of the test split
+    how: str                # where the out-of-fold probabilities come from, in words
+
+
+def flip_features(member: Member, images: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    """The member's pooled features of every image plus those of its mirror image (flip-invariant)."""
+    model = build_model(member, device)
+    pre = member.record.preprocessing
+    kw = dict(img_size=pre.img_size, mean=pre.mean, std=pre.std, device=device, batch_size=batch_size)
+    everything = np.arange(len(images))
+    return (extract_features(model, images, everything, **kw)
+            + extract_features(model, images, everything, mirrored=True, **kw))
+
+
+def leak_line(members: list[Member], threshold: float = THRESHOLD, device="cpu", log=print) -> str:
+    """One line for the end of training: how many duplicate groups (exact or near, by the first member's
+    features) hold both test images and images the members trained on."""
+    dataset, _ = run_data(members, "all", log=lambda *a, **k: None)
+    split = load_split(str(members[0].folder / SPLIT), dataset.paths)
+    features = flip_features(members[0], dataset.images, torch.device(device))
+    ev = Evidence(np.zeros((0, 0)), np.zeros(0, np.int64), features, np.asarray(split["test"], dtype=np.int64), "")
+    crossing = [g for g in duplicate_groups(ev, dataset.paths, dataset.images, threshold) if g["crosses_test"]]
+    if not crossing:
+        return f"leak check: no duplicate group crosses the test split (cosine >= {threshold})"
+    test = set(ev.test.tolist())
+    held = len({m for g in crossing for m in g["members"] if m in test})
+    return (f"leak check: {len(crossing)} duplicate group(s) (exact, or cosine >= {threshold}) put {held} test "
+            f"image(s) beside training images, so the test score is optimistic; audit.py --run "
+            f"{members[0].folder.parent} lists them")
+
+
+def part_of(members: list[Member], split: dict) -> list[np.ndarray]:
+    """Each member's out-of-fold images: the validation part of the fold it trained."""
+    return [np.asarray(split["folds"][m.record.fold]["val"], dtype=np.int64) for m in members]
+
+
+def gather(members: list[Member], dataset, split: dict, device, batch_size: int = 256, log=print) -> Evidence:
+    n, k = len(dataset.paths), len(dataset.class_names)
+    pre = members[0].record.preprocessing
+    kw = dict(img_size=pre.img_size, mean=pre.mean, std=pre.std, device=device, batch_size=batch_size)
+    probs = np.full((n, k), np.nan, dtype=np.float32)
+    everything = np.arange(n)
+    features = None
+    for i, (member, positions) in enumerate(zip(members, part_of(members, split))):
+        model = build_model(member, device)
+        head = final_linear(model).cpu()
+        if i == 0:  # every image, and its mirror image: the features of the duplicate search
+            log(f"audit: features of {n} images and their mirror images ({member.path})")
+            own = extract_features(model, dataset.images, everything, **kw)
+            features = own + extract_features(model, dataset.images, everything, mirrored=True, **kw)
+            own = own[torch.as_tensor(positions)]
+        else:
+            own = extract_features(model, dataset.images, positions, **kw)
+        log(f"audit: out-of-fold probabilities of {len(positions)} images ({member.path})")
+        with torch.no_grad():
+            probs[positions] = torch.softmax(head(own), dim=1).numpy()
+    covered = np.flatnonzero(~np.isnan(probs[:, 0]))
+    missing = n - len(split["test"]) - len(covered)  # the split keeps the images of tiny classes in training
+    how = (f"out-of-fold: each of the {len(members)} cross-fitted members on the part it did not train on "
+           f"({len(covered)} images: every image outside the test split"
+           + (f" but {missing} of classes too small to hold any out, which every member trained on)"
+              if missing else ")") if len(members) > 1 else
+           f"the validation split only ({len(covered)} images): a holdout run has no out-of-fold probability "
+           "for its training images (a cross-fitted run, v5, has one for every image outside the test split)")
+    return Evidence(probs, covered, features, np.asarray(split["test"], dtype=np.int64), how)
+
+
+# ---------------------------------------------------------------- the three findings, as tables
+
+def label_issue_rows(ev: Evidence, labels: np.ndarray, paths, class_names) -> list[dict]:
+    sub_labels, sub_probs = labels[ev.covered], ev.probs[ev.covered]
+    order = confident.ranked_issues(sub_labels, sub_probs)
+    others = sub_probs.copy()
+    others[np.arange(len(sub_labels)), sub_labels] = -1
+    rows = []
+    for rank, i in enumerate(order, 1):
+        pos, suggested = int(ev.covered[i]), int(others[i].argmax())
+        rows.append({"rank": rank, "path": paths[pos], "given": class_names[labels[pos]],
+                     "suggested": class_names[suggested], "score": round(float(sub_probs[i, sub_labels[i]]), 6),
+                     "p_suggested": round(float(sub_probs[i, suggested]), 6), "position": pos})
+    return rows
+
+
+def content_hashes(paths, images: torch.Tensor) -> list[str]:
+    """The file's bytes where there is a file, else (the built-in demo data) the decoded pixels'."""
+    import hashlib
+    return [duplicates.file_hash(p) if Path(p).is_file() else hashlib.sha256(images[i].numpy().tobytes()).hexdigest()
+            for i, p in enumerate(paths)]
+
+
+def duplicate_groups(ev: Evidence, paths, images, threshold: float) -> list[dict]:
+    """Exact groups, then near-duplicate groups (those not already an exact group), each with whether it
+    crosses the test split."""
+    is_test = np.zeros(len(paths), dtype=bool)
+    is_test[ev.test] = True
+    exact = duplicates.exact_groups(content_hashes(paths, images))
+    i, j, _ = duplicates.similar_pairs(ev.features, threshold)
+    near = [g for g in duplicates.connected_groups(len(paths), i, j) if g not in exact]
+    unit = duplicates.normalise(ev.features)
+    out = []
+    for kind, groups in (("exact", exact), ("near", near)):
+        for members in groups:
+            sims = (unit[members] @ unit[members[0]]).tolist()
+            out.append({"kind": kind, "members": members, "similarity": sims,
+                        "crosses_test": bool(is_test[members].any() and not is_test[members].all())})
+    return out
+
+
+def split_names(n: int, split: dict, members: list[Member]) -> list[str]:
+    """Each image's part: test, or (one member) train / val of its fold, or (cross-fitted) train."""
+    names = np.full(n, "train", dtype=object)
+    if len(members) == 1:
+        names[np.asarray(split["folds"][members[0].record.fold]["val"], dtype=np.int64)] = "val"
+    names[np.asarray(split["test"], dtype=np.int64)] = "test"
+    return names.tolist()
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: int = TOP_OUTLIERS,
+          device="cpu", batch_size: int = 256, log=print) -> Path:
+    """Write RUN/audit/ for these members (a run's folds) and return the folder."""
+    from .report import write_audit_page
+    root = members[0].folder.parent  # the run folder (a holdout run too: its audit covers the run's images)
+    dataset, _ = run_data(members, "all", log=log)
+    split = load_split(str(members[0].folder / SPLIT), dataset.paths)
+    device = torch.device(device)
+    ev = gather(members, dataset, split, device, batch_size, log)
+    labels, paths, names = dataset.labels.numpy(), dataset.paths, dataset.class_names
+    parts = split_names(len(paths), split, members)
+
+    issues = label_issue_rows(ev, labels, paths, names)
+    groups = duplicate_groups(ev, paths, dataset.images, threshold)
+    dup_rows = [{"group": g, "kind": d["kind"], "path": paths[m], "split": parts[m], "label": names[labels[m]],
+                 "similarity": round(s, 6), "crosses_test": d["crosses_test"]}
+                for g, d in enumerate(groups, 1) for m, s in zip(d["members"], d["similarity"])]
+    known = np.setdiff1d(np.arange(len(paths)), ev.test)
+    scores = duplicates.outlier_scores(ev.features, labels, known)
+    far = np.argsort(-scores, kind="stable")[:top_outliers]
+    out_rows = [{"rank": r, "path": paths[i], "label": names[labels[i]], "split": parts[i],
+                 "score": round(float(scores[i]), 6)} for r, i in enumerate(far, 1)]
+
+    folder = root / AUDIT
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / LABEL_ISSUES, _csv(issues, ["rank", "path", "given", "suggested", "score", "p_suggested"]))
+    atomic_write(folder / DUPLICATES, _csv(dup_rows, ["group", "kind", "path", "split", "label", "similarity",
+                                                      "crosses_test"]))
+    atomic_write(folder / OUTLIERS, _csv(out_rows, ["rank", "path", "label", "split", "score"]))
+    # the out-of-fold probabilities themselves, for other tools (cleanlab's find_label_issues takes them as is)
+    atomic_write(folder / OUT_OF_FOLD, lambda fh: np.savez(fh, probs=ev.probs[ev.covered], positions=ev.covered,
+                                                           labels=labels[ev.covered], paths=np.array(paths)[ev.covered]))
+    crossing = [d for d in groups if d["crosses_test"]]
+    summary = {"images": len(paths), "label_issues": len(issues), "out_of_fold": ev.how,
+               "duplicate_groups": {"exact": sum(d["kind"] == "exact" for d in groups),
+                                    "near": sum(d["kind"] == "near" for d in groups)},
+               "groups_crossing_test": len(crossing),
+               "test_images_in_crossing_groups": int(sum(parts[m] == "test" for d in crossing for m in d["members"])),
+               "threshold": threshold, "outliers_listed": len(out_rows)}
+    atomic_write(folder / AUDIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_audit_page(folder, title=f"audit of {root}", summary=summary, images=dataset.images, issues=issues,
+                     groups=groups, outliers=[(int(i), float(scores[i])) for i in far], paths=paths,
+                     labels=[names[c] for c in labels], parts=parts)
+    log(f"audit: {len(issues)} label issue(s), {len(groups)} duplicate group(s) ({len(crossing)} across the test "
+        f"split), {len(out_rows)} outliers listed: {folder}")
+    return folder

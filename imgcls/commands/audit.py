@@ -1,0 +1,43 @@
+"""Audit a run's data with its trained members: `imgcls audit --run runs/v5` (`python audit.py ...` in the checkout).
+
+Writes RUN/audit/: label_issues.csv (confident learning on the members' out-of-fold probabilities),
+duplicates.csv (exact and near-duplicate groups, and which cross the test split), outliers.csv, audit.html
+and summary.json. Nothing is trained. To train again without images, pass a CSV with a `path` column (such
+as label_issues.csv, after a look) to train.py --exclude.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from imgcls.cli import ArgumentParser
+from imgcls.errors import UserError
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    from imgcls.audit import THRESHOLD, TOP_OUTLIERS
+    p = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder OUT/<version> (a cross-fitted run, v5, gives every "
+                                                "non-test image an out-of-fold probability)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help="cosine similarity of the features at or above which two images are near-duplicates "
+                        "(default %(default)s)")
+    p.add_argument("--top-outliers", type=int, default=TOP_OUTLIERS, help="outliers listed (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    return p
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    from imgcls.validate import MAX_BATCH, check_device, check_range
+    check_range("threshold", args.threshold, -1, 1)
+    check_range("top_outliers", args.top_outliers, 0)
+    check_range("batch_size", args.batch_size, 1, MAX_BATCH)
+    check_device(args.device)
+    import imgcls
+    classifier = imgcls.load(args.run, device=args.device, batch_size=args.batch_size, log=print)
+    if len(classifier.members) == 1 and not classifier.members[0].folder.name.startswith("fold"):
+        raise UserError(f"--run {args.run}: audit needs a run folder (its split and data), not a loose checkpoint")
+    classifier.audit(threshold=args.threshold, top_outliers=args.top_outliers, log=print)
+    return 0

