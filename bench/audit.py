@@ -124,6 +124,79 @@ def split_without(split: dict, dropped: np.ndarray, n: int) -> dict:
                 folds=[{"train": move(f["train"]), "val": move(f["val"])} for f in split["folds"]])
 
 
+def montage(items, path: str, columns: int = 10, title: str = "") -> None:
+    """A grid of (uint8 3 x H x W image, caption) as a PNG, to look at by eye."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = (len(items) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 2.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.flat, items):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(caption, fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def look(run_dir: str, out_dir: str, seed: int = 0) -> None:
+    """Pictures of an audited run: the top 30 label issues, and 12 random near-duplicate groups (4 images
+    each at most), with the test score of the run with and without the test images in crossing groups."""
+    import imgcls
+    data_run = imgcls.load(run_dir, device="cpu")
+    cfg = data_run.members[0].config
+    data = load_dataset(cfg.data, label_col=cfg.label_col, cache_dir="default", log=lambda *a: None)
+    where = {q: i for i, q in enumerate(data.paths)}
+    folder = os.path.join(run_dir, run.AUDIT)
+    issues = list(csv.DictReader(open(os.path.join(folder, run.LABEL_ISSUES))))[:30]
+    montage([(data.images[where[r["path"]]], f"#{r['rank']} {os.path.basename(r['path'])}\ngiven {r['given']}\n"
+              f"suggested {r['suggested']}") for r in issues], os.path.join(out_dir, "audit-label-issues.png"),
+            title="The audit's top 30 label issues (v5, 1 epoch, seed 0)")
+    groups: dict[str, list[dict]] = {}
+    for r in csv.DictReader(open(os.path.join(folder, run.DUPLICATES))):
+        groups.setdefault(r["group"], []).append(r)
+    near = [g for g in groups.values() if g[0]["kind"] == "near"]
+    rng = np.random.default_rng(seed)
+    chosen = [near[i] for i in rng.choice(len(near), size=min(12, len(near)), replace=False)]
+    items = []
+    for g in chosen:
+        for r in (g + [None] * 4)[:4]:
+            items.append((data.images[where[r["path"]]], f"g{r['group']} {r['split']} {r['label']}\n"
+                          f"cos {float(r['similarity']):.3f}") if r else (torch_blank(data.images[0]), ""))
+    montage(items, os.path.join(out_dir, "audit-near-duplicates.png"), columns=8,
+            title="12 random near-duplicate groups (cosine >= threshold), up to 4 images each")
+
+
+def leak_effect(run_dir: str) -> list[str]:
+    """The run's test scores on its whole test split and without the test images that sit in a duplicate
+    group with training images (audit/duplicates.csv)."""
+    import imgcls
+    clf = imgcls.load(run_dir, device="cpu")
+    cfg = clf.members[0].config
+    data = load_dataset(cfg.data, label_col=cfg.label_col, cache_dir="default", log=lambda *a: None)
+    test = np.asarray(json.load(open(os.path.join(run_dir, run.SPLIT)))["test"], dtype=np.int64)
+    where = {q: i for i, q in enumerate(data.paths)}
+    leaked = {where[r["path"]] for r in csv.DictReader(open(os.path.join(run_dir, run.AUDIT, run.DUPLICATES)))
+              if r["crosses_test"] == "True" and r["split"] == "test"}
+    probs = clf.probabilities(data.images[test])
+    labels = data.labels.numpy()
+    lines = ["| test images | count | accuracy | macro-F1 |", "|---|---:|---:|---:|"]
+    for name, keep in [("all", np.ones(len(test), bool)), ("without those in groups across the split",
+                                                           ~np.isin(test, list(leaked))),
+                       ("only those", np.isin(test, list(leaked)))]:
+        m = classification_metrics(labels[test[keep]], probs[keep].argmax(1), data.class_names)
+        lines.append(f"| {name} | {int(keep.sum())} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |")
+    return lines
+
+
+def torch_blank(like):
+    return like * 0 + 255
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "fashion-small"))
@@ -134,8 +207,17 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--report", default=os.path.join(REPO, "bench", "results", "audit.md"))
     p.add_argument("--audit-flags", default="--device cpu", help="flags for audit.py")
+    p.add_argument("--look", metavar="RUN", help="instead: pictures of an audited run (the top 30 label issues, "
+                   "12 random near-duplicate groups) into --pictures, and its test scores without the leaked images")
+    p.add_argument("--pictures", default=os.path.join(REPO, "docs"), help="folder for --look's pictures")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     args = p.parse_args(argv)
+    if args.look:
+        look(args.look, args.pictures)
+        publish(["# Test scores with and without the test images in duplicate groups across the split", "",
+                 "    python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]), "",
+                 *leak_effect(args.look)], args.report)
+        return 0
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "bench.log")

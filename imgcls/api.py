@@ -195,12 +195,13 @@ class Classifier:
         self.last_skipped = images.skipped
         return self.decide(self.probabilities(images.pixels), images.sources, top_k)
 
-    def audit(self, threshold: float | None = None, top_outliers: int | None = None, log=print) -> Path:
+    def audit(self, threshold: float | None = None, top_outliers: int | None = None, batch_size: int | None = None,
+              log=print) -> Path:
         """Audit the run's data with these members (audit.py): writes RUN/audit/ and returns that folder."""
-        from .audit import THRESHOLD, TOP_OUTLIERS, audit
+        from .audit import BATCH, THRESHOLD, TOP_OUTLIERS, audit
         return audit(self.members, threshold=THRESHOLD if threshold is None else threshold,
                      top_outliers=TOP_OUTLIERS if top_outliers is None else top_outliers, device=self.device,
-                     batch_size=self.batch_size, log=log)
+                     batch_size=batch_size or BATCH, log=log)
 
     def decide(self, probs: np.ndarray, sources: list[str], top_k: int = 5) -> list[Prediction]:
         top_k = max(1, min(int(top_k), len(self.classes)))
