@@ -42,8 +42,8 @@ VERSIONS=(v1 v2 v2.1 v3 v4 v5)
 declare -A TTA=([v1]="" [v2]="" [v2.1]="--tta" [v3]="--tta" [v4]="" [v5]="")
 # --quick keeps each preset's recipe (sampler, loss, schedule, SWA, folds, TTA) but swaps in a tiny model
 # of the same family, random init, 32x32 input and 5 short epochs (256 draws each).
-declare -A QUICK_MODEL=([v1]=test_efficientnet [v2]=test_convnext [v2.1]=test_convnext [v3]=test_efficientnet_v2
-                   [v4]=test_efficientnet [v5]=test_efficientnet)
+declare -A QUICK_MODEL=([v1]=tiny_efficientnet [v2]=tiny_convnext [v2.1]=tiny_convnext [v3]=tiny_efficientnet_v2
+                   [v4]=tiny_efficientnet [v5]=tiny_efficientnet)
 declare -A QUICK_FLAGS=([v1]="" [v2]="--swa-start 3 --swa-freq 1 --warmup-epochs 1"
                         [v2.1]="--swa-start 3 --swa-freq 1 --warmup-epochs 1" [v3]="" [v4]="" [v5]="")
 

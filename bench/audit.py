@@ -29,11 +29,8 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, publish, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
-from tables import publish, spread  # noqa: E402
 
 from imgcls import confident, run  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402

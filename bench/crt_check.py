@@ -2,7 +2,7 @@
 """A change to v5's second stage (cRT) screened on every member of bench/longtail.py's v5 runs: validation
 first, then the test split.
 
-Each v5 member keeps the model it had before cRT (foldK/stage1.pt). This script extracts that model's
+Each v5 member keeps the model it had before cRT (foldK/before_crt.pt; stage1.pt in runs before 2026-12-06). This script extracts that model's
 features once per member (its training two thirds, their horizontal mirror images, its held-out third and
 the seed's test split; cached under --cache), then for each variant re-fits the classifier with the
 project's own retrain_classifier, chooses tau on the member's held-out third with choose_tau, as train.py
@@ -21,8 +21,7 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, layout, publish, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -34,7 +33,6 @@ from imgcls.decision import adjust, choose_tau  # noqa: E402
 from imgcls.decoupling import extract_features, retrain_classifier  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
-from tables import publish, spread  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 
@@ -53,8 +51,8 @@ def member_features(data, fold_dir: str, cache: str) -> dict:
     """Features of the member's stage-1 model (before cRT): train, train mirrored, val, test; cached."""
     if os.path.exists(cache):
         return torch.load(cache, weights_only=False)
-    record = checkpoint.read(os.path.join(fold_dir, "stage1.pt"))
-    split = json.load(open(os.path.join(fold_dir, "split.json")))
+    record = checkpoint.read(os.path.join(fold_dir, layout.BEFORE_CRT))
+    split = json.load(open(os.path.join(fold_dir, layout.SPLIT)))
     fold = int(os.path.basename(fold_dir).removeprefix("fold"))
     net = create_model(record.model_name, record.num_classes, pretrained=None)
     net.load_state_dict(record.model)
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
                 r = fit_and_score(f, labels, names, features, overrides)
                 val[name].append(r)
                 probs[name].append(r["test_probs"])
-            shipped = json.load(open(os.path.join(run, member, "metrics.json")))["macro_f1"]
+            shipped = json.load(open(os.path.join(run, member, layout.METRICS)))["macro_f1"]
             print(f"seed {seed} {member}: preset val macro-F1 {val['preset'][-1]['val_f1']:.4f} "
                   f"(train.py: {shipped:.4f}); " + ", ".join(
                       f"{n} {val[n][-1]['val_f1'] - val['preset'][-1]['val_f1']:+.3f}" for n in VARIANTS

@@ -23,7 +23,6 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import REPO  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
 from imgcls.presets import resolve  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402
@@ -40,7 +39,6 @@ from imgcls.data.augment import TrainAugment  # noqa: E402
 from imgcls.data.samplers import EpochSampler  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def generated_images(root: str, n: int = 4000, classes: int = 10) -> str:

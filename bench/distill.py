@@ -27,8 +27,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, layout, publish, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -39,7 +38,6 @@ from imgcls import checkpoint  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 from imgcls.run import load_members, find_checkpoints, run_data  # noqa: E402
-from tables import publish, spread  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 
@@ -73,20 +71,21 @@ def student_fold(args, seed: int, variant: str, epochs: int, refits: bool) -> st
     that refit's selection stage (select/): the same train.py command without --refit, so the same model on
     the CPU (checked bit for bit on two seeds), not trained a second time."""
     if refits and not variant.endswith("+refit"):
-        return os.path.join(student_out(args, seed, variant + "+refit", epochs), "v5", "fold0", "select")
-    return os.path.join(student_out(args, seed, variant, epochs), "v5", "fold0")
+        run = os.path.join(student_out(args, seed, variant + "+refit", epochs), "v5")
+        return os.path.join(layout.fold_dir(run, 0), layout.SELECT)
+    return str(layout.fold_dir(os.path.join(student_out(args, seed, variant, epochs), "v5"), 0))
 
 
 def same_student(a: str, b: str) -> bool:
     """Whether two fold folders ship the same weights, tensor for tensor (and the same tau)."""
-    x, y = (checkpoint.read(os.path.join(fold, "best.pt")) for fold in (a, b))
+    x, y = (checkpoint.read(os.path.join(fold, layout.BEST)) for fold in (a, b))
     return (x.model.keys() == y.model.keys() and all(torch.equal(x.model[k], y.model[k]) for k in x.model)
             and x.decision_tau == y.decision_tau)
 
 
 def train_time(fold: str) -> float:
     """Training time as train.py records it (training loops + cRT; a refit's counts both stages)."""
-    metrics = json.load(open(os.path.join(fold, "metrics.json")))
+    metrics = json.load(open(os.path.join(fold, layout.METRICS)))
     return metrics["train_time_s"] + metrics.get("crt_seconds", 0.0)
 
 
@@ -105,7 +104,7 @@ def train_student(args, seed: int, variant: str, epochs: int) -> float:
                               env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     if done.returncode != 0:
         raise SystemExit(f"student failed (exit {done.returncode}); see {out}.log")
-    return train_time(os.path.join(out, "v5", "fold0"))
+    return train_time(str(layout.fold_dir(os.path.join(out, "v5"), 0)))
 
 
 def score(clf, pixels, labels) -> dict:
@@ -182,8 +181,8 @@ def main(argv=None) -> int:
     # selection stage, or reading one for the other is wrong
     checked = []
     for (seed, v, e), refit in refits.items():
-        alone = os.path.join(student_out(args, seed, v, e), "v5", "fold0")
-        if refit and os.path.exists(os.path.join(alone, "best.pt")):
+        alone = str(layout.fold_dir(os.path.join(student_out(args, seed, v, e), "v5"), 0))
+        if refit and os.path.exists(os.path.join(alone, layout.BEST)):
             if not same_student(alone, student_fold(args, seed, v, e, True)):
                 raise SystemExit(f"{alone} differs from its refit's selection stage; score them apart")
             checked.append(f"seed {seed} {v} {e} epochs")
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
             # the student's own validation (its 20%, after cRT and tau): where a student variant is chosen. A
             # refit has none of its own (its metrics.json repeats its selection stage's, the 80/20 student's)
             if not v.endswith("+refit"):
-                val.setdefault(label(v, e), []).append(json.load(open(os.path.join(fold, "metrics.json"))))
+                val.setdefault(label(v, e), []).append(json.load(open(os.path.join(fold, layout.METRICS))))
         for name, clf in clfs.items():
             rows.setdefault(name, {})[seed] = score(clf, pixels, labels)
         timed = throughput(clfs, pixels[:args.throughput_images], args.repeats)

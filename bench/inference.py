@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import REPO, layout  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -40,7 +40,7 @@ def held_out(clf, limit: int | None):
     cfg = member.record.config
     data = load_dataset(cfg.get("data"), label_col=cfg.get("label_col", "subCategory"), size=clf.storage_size,
                         cache_dir=cfg.get("cache_dir"), workers=2, log=lambda *a, **k: None)
-    test = np.asarray(load_split(str(member.path.parent / "split.json"), data.paths)["test"], dtype=np.int64)
+    test = np.asarray(load_split(str(member.path.parent / layout.SPLIT), data.paths)["test"], dtype=np.int64)
     if limit:
         test = test[:limit]
     where = {name: i for i, name in enumerate(clf.classes)}

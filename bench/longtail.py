@@ -59,8 +59,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, layout  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -152,10 +151,11 @@ def run_dir(args, init: str, seed: int, recipe: str) -> str:
     """fold0 of the recipe's run. v5's fold ensemble has its own --out (kfold3/), since train.py writes
     OUT/v5/ for both v5 and v5-refit."""
     if recipe == "v5":
-        return os.path.join(seed_dir(args, init, seed), "kfold3", "v5", "fold0")
+        return str(layout.fold_dir(os.path.join(seed_dir(args, init, seed), "kfold3", "v5"), 0))
     if recipe in STUDENTS:
-        return os.path.join(seed_dir(args, init, seed), recipe, "v5", "fold0")
-    return os.path.join(seed_dir(args, init, seed), "v5" if recipe == "v5-refit" else recipe, "fold0")
+        return str(layout.fold_dir(os.path.join(seed_dir(args, init, seed), recipe, "v5"), 0))
+    version = "v5" if recipe == "v5-refit" else recipe
+    return str(layout.fold_dir(os.path.join(seed_dir(args, init, seed), version), 0))
 
 
 def run_logged(cmd: list[str], log: str, threads: int) -> None:
@@ -186,7 +186,7 @@ def train(args, init: str, seed: int, recipe: str) -> None:
                            member_log, args.threads)
         return
     if recipe in STUDENTS:  # it needs the finished teacher, which this pool may still be training
-        if not os.path.exists(os.path.join(run_dir(args, init, seed, recipe), "metrics.json")):
+        if not os.path.exists(os.path.join(run_dir(args, init, seed, recipe), layout.METRICS)):
             raise SystemExit(f"{run_dir(args, init, seed, recipe)}: no finished student; train it first with "
                              f"python bench/distill.py --runs {args.runs} --seeds {seed}")
         return
@@ -244,10 +244,10 @@ def write_plain_lists(args, init: str, seed: int, recipe: str) -> tuple[str, str
 
 def ensemble_train_s(run: str) -> float:
     """A fold ensemble's training time: its members' training loops and cRT."""
-    split = json.load(open(os.path.join(run, "split.json")))
+    split = json.load(open(os.path.join(run, layout.SPLIT)))
     total = 0.0
     for k in range(len(split["folds"])):
-        m = json.load(open(os.path.join(run, f"fold{k}", "metrics.json")))
+        m = json.load(open(os.path.join(layout.fold_dir(run, k), layout.METRICS)))
         total += m["train_time_s"] + m.get("crt_seconds", 0.0)
     return total
 
@@ -282,7 +282,7 @@ class Scorer:
 
     def ensemble_row(self, run: str, seed: int) -> dict:
         """A fold ensemble as predict.py uses it (imgcls.load: each member's tau, then the mean)."""
-        split = json.load(open(os.path.join(run, "split.json")))
+        split = json.load(open(os.path.join(run, layout.SPLIT)))
         if split["test"] != bench_split(self.args, seed)["test"]:
             raise SystemExit(f"{run}: its test split differs from the plain baseline's")
         test_idx = np.array(split["test"])
@@ -331,43 +331,43 @@ class Scorer:
         if recipe == "v5":
             return {recipe: self.ensemble_row(os.path.dirname(run_dir(args, init, seed, recipe)), seed)}
         rdir = run_dir(args, init, seed, recipe)
-        split = json.load(open(os.path.join(rdir, "split.json")))
+        split = json.load(open(os.path.join(rdir, layout.SPLIT)))
         if split["test"] != bench_split(args, seed)["test"]:
             raise SystemExit(f"{rdir}: its test split differs from the plain baseline's")
         test_idx = np.array(split["test"])
-        metrics = json.load(open(os.path.join(rdir, "metrics.json")))
+        metrics = json.load(open(os.path.join(rdir, layout.METRICS)))
         train_s = metrics["train_time_s"] + metrics.get("crt_seconds", 0.0)
         if recipe in STUDENTS:
             teacher = os.path.dirname(run_dir(args, init, seed, "v5"))
             train_images = tuple(split["folds"][0]["train"])
             train_s += ensemble_train_s(teacher) + self.teacher_pass_s(teacher, train_images)
-        best = checkpoint.read(os.path.join(rdir, "best.pt"))
+        best = checkpoint.read(os.path.join(rdir, layout.BEST))
         rows = {recipe: self.row(self.probs(best, self.model(best), test_idx), test_idx, best.train_class_counts,
                                  best.decision_tau, train_s)}
         if recipe == "v4":
-            stage1 = checkpoint.read(os.path.join(rdir, "stage1.pt"))
+            stage1 = checkpoint.read(os.path.join(rdir, layout.BEFORE_CRT))
             rows["v4 stage 1 (best epoch, 80%)"] = self.row(self.probs(stage1, self.model(stage1), test_idx),
                                                            test_idx, stage1.train_class_counts, 0.0,
                                                            metrics["train_time_s"])
         if recipe == "v5-refit":
-            stage1 = checkpoint.read(os.path.join(rdir, "stage1.pt"))
+            stage1 = checkpoint.read(os.path.join(rdir, layout.BEFORE_CRT))
             rows["v5 refit, stage 1 (100%, no cRT/tau)"] = self.row(
                 self.probs(stage1, self.model(stage1), test_idx), test_idx, stage1.train_class_counts, 0.0,
                 metrics["train_time_s"])
-            sdir = os.path.join(rdir, "select")
-            smetrics = json.load(open(os.path.join(sdir, "metrics.json")))
+            sdir = os.path.join(rdir, layout.SELECT)
+            smetrics = json.load(open(os.path.join(sdir, layout.METRICS)))
             s_train = smetrics["train_time_s"] + smetrics.get("crt_seconds", 0.0)
-            last = checkpoint.read(os.path.join(sdir, "last.pt"))
+            last = checkpoint.read(os.path.join(sdir, layout.LAST))
             # last.pt keeps the EMA as AveragedModel's state: the model's own keys under "module."
             ema = {k[len("module."):]: v for k, v in (last.ema_model or {}).items() if k.startswith("module.")}
-            candidates = {"best epoch": checkpoint.read(os.path.join(sdir, "best_epoch.pt")).model,
+            candidates = {"best epoch": checkpoint.read(os.path.join(sdir, layout.BEST_EPOCH)).model,
                           "last epoch": last.model, "EMA": ema or None}
             for name, weights in candidates.items():
                 if weights is not None:
                     rows[f"v5 select: {name} + cRT + tau"] = self.crt_and_tau(last, weights, split, s_train)
             # the selection stage's own result (the candidate it chose by validation loss, its cRT head and tau):
             # v5 without the refit
-            shipped = checkpoint.read(os.path.join(sdir, "best.pt"))
+            shipped = checkpoint.read(os.path.join(sdir, layout.BEST))
             rows["v5 select: as chosen + cRT + tau"] = self.row(
                 self.probs(shipped, self.model(shipped), test_idx), test_idx, shipped.train_class_counts,
                 shipped.decision_tau, s_train)
@@ -376,12 +376,12 @@ class Scorer:
 
 def check_against_predict(rdir: str, row: dict, args) -> str:
     """predict.py's metrics for a run (its default: the stored tau, the test split) must equal the bench's row."""
-    out = os.path.join(os.path.dirname(rdir), "bench-predict", "predictions.csv")
+    out = os.path.join(os.path.dirname(rdir), "bench-predict", layout.PREDICTIONS)
     cmd = [sys.executable, os.path.join(REPO, "predict.py"), "--run", os.path.dirname(rdir), "--device", "cpu",
            "--out", out]
     subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
-    metrics_path = next(p for p in (os.path.join(os.path.dirname(out), "metrics.json"),
-                                    os.path.join(out[:-4], "metrics.json")) if os.path.exists(p))
+    metrics_path = next(p for p in (os.path.join(os.path.dirname(out), layout.METRICS),
+                                    os.path.join(out[:-4], layout.METRICS)) if os.path.exists(p))
     theirs = json.load(open(metrics_path))["macro_f1"]
     if abs(theirs - row["macro_f1"]) > 1e-9:
         raise SystemExit(f"bench macro-F1 {row['macro_f1']} != predict.py's {theirs} for {rdir}")

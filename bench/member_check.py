@@ -25,8 +25,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, layout, publish, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -34,7 +33,6 @@ import torch  # noqa: E402
 import imgcls  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 from imgcls.run import find_checkpoints, load_members, run_data  # noqa: E402
-from tables import publish, spread  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 
@@ -61,10 +59,10 @@ def train(args, seed: int) -> None:
 
 def scores(run: str) -> dict:
     """Fold 0's validation scores (its metrics.json) and its test scores alone, with the run's test split."""
-    test_split = json.load(open(os.path.join(run, "split.json")))["test"]
-    if test_split != json.load(open(os.path.join(run, "fold0", "split.json")))["test"]:
+    test_split = json.load(open(os.path.join(run, layout.SPLIT)))["test"]
+    if test_split != json.load(open(os.path.join(layout.fold_dir(run, 0), layout.SPLIT)))["test"]:
         raise SystemExit(f"{run}: fold 0 was split differently from its run")
-    val = json.load(open(os.path.join(run, "fold0", "metrics.json")))
+    val = json.load(open(os.path.join(layout.fold_dir(run, 0), layout.METRICS)))
     clf = imgcls.load(run, fold=0)
     dataset, test = run_data(load_members(find_checkpoints(run, fold=0)), "test", log=lambda *a, **k: None)
     probs = clf.probabilities(dataset.images[torch.as_tensor(test)])

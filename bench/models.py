@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torchvision.ops import StochasticDepth
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import REPO  # noqa: E402,F401  (first: it puts the checkout on the import path)
 from imgcls.models import create_model  # noqa: E402
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}

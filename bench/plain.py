@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import REPO  # noqa: E402,F401  (first: it puts the checkout on the import path)
 from imgcls.models import create_model, pretrained_cfg  # noqa: E402
 
 

@@ -33,8 +33,7 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, layout, publish  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -44,7 +43,6 @@ from imgcls.data import load_dataset  # noqa: E402
 from imgcls.decision import TAU_GRID, adjust, choose_tau  # noqa: E402
 from imgcls.inference import predict_dataset  # noqa: E402
 from imgcls.run import build_model, find_checkpoints, load_members  # noqa: E402
-from tables import publish  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 VIEWS = {"identity": ("identity",), "flip": ("identity", "hflip")}
@@ -60,7 +58,7 @@ def oof(run: str, data, cache: str) -> list[dict]:
         saved = np.load(cache)
         return [{k[len(f"m{i}_"):]: saved[k] for k in saved.files if k.startswith(f"m{i}_")}
                 for i in range(int(saved["members"]))]
-    split = json.load(open(os.path.join(run, "split.json")))
+    split = json.load(open(os.path.join(run, layout.SPLIT)))
     parts = []
     for k, member in enumerate(load_members(find_checkpoints(run))):
         net, pre = build_model(member).to(memory_format=torch.channels_last), member.record.preprocessing

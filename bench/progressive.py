@@ -27,8 +27,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, layout, publish, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -36,7 +35,6 @@ import torch  # noqa: E402
 import imgcls  # noqa: E402
 from imgcls.metrics import classification_metrics  # noqa: E402
 from imgcls.run import find_checkpoints, load_members, run_data  # noqa: E402
-from tables import publish, spread  # noqa: E402  (bench/tables.py, beside this script)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 
@@ -84,7 +82,7 @@ def main(argv=None) -> int:
         dataset, test = run_data(load_members(find_checkpoints(run)), "test", log=lambda *a, **k: None)
         probs = clf.probabilities(dataset.images[torch.as_tensor(test)])
         m = classification_metrics(dataset.labels.numpy()[test], probs.argmax(1), clf.classes)
-        seconds = json.loads(open(os.path.join(run, "fold0", "metrics.json")).read())["train_time_s"]
+        seconds = json.loads(open(os.path.join(layout.fold_dir(run, 0), layout.METRICS)).read())["train_time_s"]
         rows.setdefault(name, []).append((m["accuracy"], m["macro_f1"], seconds))
 
     lines = ["# Progressive learning against fixed size (fashion-small, Lite0, v5 --folds 1)", "",

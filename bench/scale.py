@@ -30,7 +30,7 @@ import time
 import numpy as np
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO  # noqa: E402,F401  (first: it puts the checkout on the import path)
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 TRAIN = os.path.join(REPO, "train.py")
 
@@ -56,7 +56,8 @@ def shlex_join(cmd) -> str:
 
 
 def train_img_s(out: str) -> float:
-    rows = list(csv.DictReader(open(os.path.join(out, "v1", "fold0", "summary.csv"))))
+    from common import layout  # imgcls (and torch) only when needed: this process's memory is measured
+    rows = list(csv.DictReader(open(os.path.join(layout.fold_dir(os.path.join(out, "v1"), 0), layout.SUMMARY))))
     return float(rows[-1]["train_img_s"])
 
 
@@ -231,7 +232,7 @@ def cgroup(args) -> None:
         rows = []
         for mode in ("mmap", "memory"):
             out = os.path.join(root, "runs", mode)
-            cmd = [sys.executable, TRAIN, *train_flags(data, out, mode, count, size="64x64", model="test_efficientnet",
+            cmd = [sys.executable, TRAIN, *train_flags(data, out, mode, count, size="64x64", model="tiny_efficientnet",
                                                      extra=["--storage-size", "224x224"])]
             group.reset_peak()
             start = time.perf_counter()
@@ -246,7 +247,7 @@ def cgroup(args) -> None:
             print(f"{mode}: exit {proc.returncode}; last output: {(proc.stdout + proc.stderr).strip()[-300:]!r}",
                   file=sys.stderr)
         print(f"`python bench/scale.py cgroup --limit-gb {args.limit_gb} --cache-gb {args.cache_gb}`: {count} synthetic "
-              f"images decoded at 224x224, train.py v1 with test_efficientnet at 64x64 input, one epoch of {count} "
+              f"images decoded at 224x224, train.py v1 with tiny_efficientnet at 64x64 input, one epoch of {count} "
               f"draws, inside a memory cgroup limited to {args.limit_gb} GiB ({group.path})\n")
         print("| cache mode | exit code | wall s (decode + epoch) | train images/s | cache file GiB | cgroup peak GiB | "
               "OOM counter |\n|---|---:|---:|---:|---:|---:|---|")

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO  # noqa: E402,F401  (first: it puts the checkout on the import path)
 POLICIES = {"libgomp default (spin)": "", "PASSIVE": "PASSIVE"}
 BUSY = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\n"
         "while True:\n    a = torch.tanh(a @ a)\n")

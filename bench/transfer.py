@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, layout  # noqa: E402,F401  (first: it puts the checkout on the import path)
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion-small")
 INITS = {"scratch": "none", "imagenet": "default"}
 
@@ -47,9 +47,9 @@ def train_and_score(recipe: str, init: str, args) -> dict:
         print("$ " + shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=None if args.verbose else subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    with open(os.path.join(run, "fold0", "summary.csv")) as fh:
+    with open(os.path.join(layout.fold_dir(run, 0), layout.SUMMARY)) as fh:
         img_s = statistics.mean(float(row["train_img_s"]) for row in csv.DictReader(fh))
-    with open(os.path.join(run, "predict-test-tta" if args.tta else "predict-test", "metrics.json")) as fh:
+    with open(os.path.join(layout.prediction_folder(run, "test", args.tta), layout.METRICS)) as fh:
         m = json.load(fh)
     return {"recipe": recipe, "init": init, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
             "balanced_accuracy": m["balanced_accuracy"], "train_img_s": img_s, "wall_s": wall}

@@ -66,7 +66,7 @@ def smoke_note(runs: Path, versions: list[str]) -> str:
             cfg = json.loads(cfg_file.read_text())
             if cfg.get("data") is None and version not in demo:
                 demo.append(version)
-            if str(cfg.get("model", "")).startswith("test_") and version not in tiny:
+            if str(cfg.get("model", "")).startswith(("tiny_", "test_")) and version not in tiny:  # test_: the old names
                 tiny.append(version)
     if not demo and not tiny:
         return ""
@@ -74,7 +74,7 @@ def smoke_note(runs: Path, versions: list[str]) -> str:
     if demo:
         parts.append(f"trained on the built-in demo data (scikit-learn digits, long-tailed): {', '.join(demo)}")
     if tiny:
-        parts.append(f"tiny test models with random init, a few short epochs: {', '.join(tiny)}")
+        parts.append(f"tiny models with random init, a few short epochs: {', '.join(tiny)}")
     return ("> **Smoke run, not a result.** " + "; ".join(parts).capitalize() + ". These numbers show that the "
             "pipeline runs end to end; they are not comparable with the write-up's numbers beside them.\n\n")
 

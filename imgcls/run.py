@@ -31,7 +31,8 @@ from .validate import check_range
 BEST, LAST, METRICS, SPLIT, CONFIG = "best.pt", "last.pt", "metrics.json", "split.json", "config.json"
 # the rest of a fold folder: the model before cRT, the best epoch and the SWA average kept for inspection, the
 # refit's selection stage, the per-epoch table, the skipped inputs, the plots and the report
-STAGE1, BEST_EPOCH, SWA = "stage1.pt", "best_epoch.pt", "swa.pt"
+BEFORE_CRT, BEST_EPOCH, SWA = "before_crt.pt", "best_epoch.pt", "swa.pt"
+OLD_BEFORE_CRT = "stage1.pt"  # before_crt.pt's name in runs saved before 2026-12-06 (still read on resume)
 SELECT, SUMMARY, SKIPPED, REPORT = "select", "summary.csv", "skipped.json", "report.html"
 CURVES, LR_PLOT, CONFUSION = "curves.png", "lr.png", "confusion.png"
 TENSORBOARD = "tensorboard"  # --tensorboard: the event files

@@ -22,7 +22,7 @@ from .decoupling import extract_features, replace_classifier, retrain_classifier
 from .fsio import atomic_write
 from .plots import objective_label, plot_confusion, plot_curves
 from .report import write_report
-from .run import BEST, BEST_EPOCH, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, STAGE1, SWA
+from .run import BEFORE_CRT, BEST, BEST_EPOCH, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, OLD_BEFORE_CRT, SWA
 from .selection import pick
 from .trainer import Trainer, bn_batches, evaluate, make_record, peak_memory_mb, val_probs
 
@@ -81,18 +81,19 @@ def _candidates(t: Trainer, kinds: list[str]) -> dict[str, nn.Module]:
 def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
                  metrics: dict | None) -> tuple[nn.Module, dict | None, np.ndarray | None]:
     """cRT (decoupling.py): a new classifier on the frozen features of the training images, drawn by
-    --crt-sampler. The model before it is kept as stage1.pt; a resumed run starts from that file again, so
+    --crt-sampler. The model before it is kept as before_crt.pt; a resumed run starts from that file again, so
     re-running this stage gives the same head. Also returns the new validation probabilities (None when off,
     or when there is no validation split, as in a refit)."""
     cfg = t.cfg
     if cfg.crt_sampler is None:
         return net, metrics, None
-    stage1 = t.rdir / STAGE1
-    if stage1.exists():
-        net.load_state_dict(checkpoint.read(stage1).model)
+    before = t.rdir / BEFORE_CRT
+    saved = next((p for p in (before, t.rdir / OLD_BEFORE_CRT) if p.exists()), None)
+    if saved is not None:
+        net.load_state_dict(checkpoint.read(saved).model)
     elif dist.is_main():
         checkpoint.save(make_record(t, net, _epoch_of(state, selected),
-                                float(metrics[cfg.metric]) if metrics else float("nan"), selected), stage1)
+                                float(metrics[cfg.metric]) if metrics else float("nan"), selected), before)
     start = time.time()
     t.say(f"cRT: features of {len(t.train_idx)} training images, then {cfg.crt_steps} steps of a new classifier "
           f"({cfg.crt_sampler} sampling)")

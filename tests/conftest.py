@@ -50,7 +50,7 @@ def finished_v1(tmp_path_factory):
     old = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(out / "cache")
     try:
-        assert train.main(["--version", "v1", "--out", str(out), "--model", "test_efficientnet", "--pretrained",
+        assert train.main(["--version", "v1", "--out", str(out), "--model", "tiny_efficientnet", "--pretrained",
                            "none", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "1",
                            "--eval-batch-size", "64", "--device", "cpu"]) == 0
     finally:
@@ -68,7 +68,7 @@ def finished_v5(tmp_path_factory):
     old = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(out / "cache")
     try:
-        assert train.main(["--version", "v5", "--fold", "all", "--out", str(out), "--model", "test_efficientnet",
+        assert train.main(["--version", "v5", "--fold", "all", "--out", str(out), "--model", "tiny_efficientnet",
                            "--pretrained", "none", "--img-size", "32", "--epochs", "1", "--crt-steps", "5",
                            "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]) == 0
         assert predict.main(["--run", str(out / "v5"), "--device", "cpu", "--workers", "1"]) == 0

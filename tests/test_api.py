@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     """A 2-fold v2.1 run (its preset turns TTA on) on tiny generated images stored at 20x16."""
     root = tmp_path_factory.mktemp("api")
     data = write_folder_dataset(root / "data")
-    cfg = resolve("v2.1", tiny_overrides(data, root / "runs", model="test_convnext", folds="2", epochs=2,
+    cfg = resolve("v2.1", tiny_overrides(data, root / "runs", model="tiny_convnext", folds="2", epochs=2,
                                          swa_start=None, early_stop=None, warmup_epochs=0))
     for fold in (0, 1):
         engine.fit(cfg, fold, **QUIET)

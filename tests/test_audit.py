@@ -105,7 +105,7 @@ def test_exclude_drops_exactly_the_listed_images_and_says_how_many(tmp_path, cap
         writer = csv.writer(fh)
         writer.writerow(["rank", "path", "given"])
         writer.writerows([[i, p, "x"] for i, p in enumerate(listed + ["demo/not_there"])])
-    code, out, err = cli(train_script, "--version", "v1", "--model", "test_efficientnet", "--pretrained", "none",
+    code, out, err = cli(train_script, "--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none",
                          "--img-size", "32", "--epochs", "1", "--workers", "1", "--device", "cpu", "--out",
                          tmp_path / "runs", "--exclude", tmp_path / "drop.csv", capsys=capsys)
     assert code == 0, err

@@ -41,7 +41,7 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     data = write_folder_dataset(tmp_path / "data", counts=(40, 30, 20), size=(20, 16))
     report = tmp_path / "audit.md"
     assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "--rates", "0.15",
-                       "--kinds", "uniform", "--report", str(report), "--", "--model", "test_efficientnet",
+                       "--kinds", "uniform", "--report", str(report), "--", "--model", "tiny_efficientnet",
                        "--pretrained", "none", "--img-size", "32", "--epochs", "1", "--crt-steps", "5",
                        "--workers", "1", "--device", "cpu", "--cache-dir", "none"]) == 0
     (row,) = json.loads((tmp_path / "runs" / "rows.json").read_text())

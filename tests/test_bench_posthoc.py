@@ -7,7 +7,7 @@ from tests.helpers import load_bench_script
 
 
 def load_posthoc(monkeypatch):
-    return load_bench_script(monkeypatch, "posthoc")  # it imports bench/tables.py beside it
+    return load_bench_script(monkeypatch, "posthoc")  # it imports bench/common.py beside it
 
 
 def test_fast_macro_f1_is_scikit_learns_over_the_union_of_labels(monkeypatch):

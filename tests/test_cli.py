@@ -66,8 +66,8 @@ def test_list_models():
     (["--fold", "x"], ["--fold x"]),
     (["--img-size", "axb"], ["size 'axb'"]),
     (["--data", "/no/such/dir"], ["/no/such/dir"]),
-    (["--pretrained", "/no/such/weights.pth", "--model", "test_convnext"], ["/no/such/weights.pth"]),
-    (["--resume", "--model", "test_convnext"], ["--resume", "last.pt not found"]),
+    (["--pretrained", "/no/such/weights.pth", "--model", "tiny_convnext"], ["/no/such/weights.pth"]),
+    (["--resume", "--model", "tiny_convnext"], ["--resume", "last.pt not found"]),
 ])
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path):
     proc = run(ROOT / "train.py", "--out", tmp_path, "--cache-dir", tmp_path / "c", "--epochs", "1", *args)
@@ -76,7 +76,7 @@ def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path):
 
 def test_fold_out_of_range_on_real_data(tmp_path):
     data = write_folder_dataset(tmp_path / "data")
-    proc = run(ROOT / "train.py", "--version", "v1", "--model", "test_convnext", "--pretrained", "none", "--data", data,
+    proc = run(ROOT / "train.py", "--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--data", data,
                "--out", tmp_path, "--cache-dir", tmp_path / "c", "--fold", "3")
     assert_one_line_error(proc, "--fold 3", "1 fold")
 

@@ -19,7 +19,7 @@ from imgcls.models import weights
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train": [str(ROOT / "train.py")], "predict": [str(ROOT / "predict.py")],
            "export": [str(ROOT / "export.py")], "audit": [str(ROOT / "audit.py")], "compare": ["-m", "imgcls.compare"]}
-TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--device", "cpu"]
 
 

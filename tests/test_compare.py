@@ -28,12 +28,12 @@ def _fake_run(runs: Path, version: str, data, model: str) -> None:
 
 
 def test_quick_table_says_it_is_a_smoke_run(tmp_path):
-    _fake_run(tmp_path / "quick", "v1", None, "test_efficientnet")
+    _fake_run(tmp_path / "quick", "v1", None, "tiny_efficientnet")
     out = tmp_path / "comparison-quick.md"
     assert compare_main(["--runs", str(tmp_path / "quick"), "--out", str(out), "--versions", "v1"]) == 0
     text = out.read_text()
     first = text.split("\n\n")[1]
-    assert first.startswith("> **Smoke run, not a result.**") and "demo data" in first and "tiny test models" in first
+    assert first.startswith("> **Smoke run, not a result.**") and "demo data" in first and "tiny models" in first
     assert "not comparable with the write-up" in first
 
 
@@ -55,7 +55,7 @@ def test_run_all_flag_without_value_is_a_one_line_error(argv):
 
 
 def test_without_versions_the_table_compares_the_versions_there_are_and_prints_the_smoke_note(tmp_path, capsys):
-    _fake_run(tmp_path / "runs", "v4", None, "test_efficientnet")
+    _fake_run(tmp_path / "runs", "v4", None, "tiny_efficientnet")
     out = tmp_path / "comparison.md"
     assert compare_main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -14,7 +14,7 @@ import train as train_script
 from imgcls.config import RUN_STATE, Config
 from tests.helpers import assert_one_line_error, cli, snapshot
 
-TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 FLAGS = [f for f in dataclasses.fields(Config) if f.name not in ("version", "fold")]
 SIZES = {"img_size", "storage_size"}
@@ -46,7 +46,7 @@ def test_a_config_file_value_has_the_outcome_of_the_same_value_typed_after_the_f
     flag = "--" + name.replace("_", "-")
     field = next(f for f in FLAGS if f.name == name)
     pairs = PAIRS + (_size_pairs() if name in SIZES else []) + [(c, c) for c in field.metadata["choices"] or ()] \
-        + ([("test_efficientnet", "test_efficientnet")] if name == "model" else [])
+        + ([("tiny_efficientnet", "tiny_efficientnet")] if name == "model" else [])
     accepted = 0
     for value, text in pairs:
         (tmp_path / "c.json").write_text(json.dumps({name: value}))
@@ -172,7 +172,7 @@ def test_restart_never_deletes_the_folder_the_config_file_is_in(finished_v1, cap
 
 def test_find_lr_has_an_upper_bound(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = cli(train_script, "--model", "test_efficientnet", "--find-lr", "1000000000000", capsys=capsys)
+    code, _, err = cli(train_script, "--model", "tiny_efficientnet", "--find-lr", "1000000000000", capsys=capsys)
     assert_one_line_error(code, err, "--find-lr 1000000000000: expected a number in [2, 10000]")
     assert list(tmp_path.iterdir()) == []
 
@@ -191,11 +191,11 @@ def test_progressive_strengths_and_sizes_are_checked_at_parse_time(stages, capsy
 
 
 def test_a_progressive_size_the_vit_patch_does_not_divide_is_refused_naming_progressive(capsys):
-    code, _, err = cli(train_script, "--model", "test_vit", "--img-size", "64", "--progressive", "0.5:0.3,1:1",
+    code, _, err = cli(train_script, "--model", "tiny_vit", "--img-size", "64", "--progressive", "0.5:0.3,1:1",
                        "--print-config", capsys=capsys)
     assert_one_line_error(code, err, "--progressive 0.5:0.3:1,1:1:1: stage 1 trains at 19x19",
                           "8-pixel patches")
-    code, _, err = cli(train_script, "--model", "test_vit", "--img-size", "64", "--progressive", "0.5:0.5,1:1",
+    code, _, err = cli(train_script, "--model", "tiny_vit", "--img-size", "64", "--progressive", "0.5:0.5,1:1",
                        "--print-config", capsys=capsys)
     assert code == 0, err  # 32x32: the patch divides it
 

@@ -119,7 +119,7 @@ def test_training_on_the_term_pulls_each_class_together():
 def test_train_py_trains_with_the_term_and_refuses_it_with_mixup(tmp_path, capsys):
     import train
     data = write_folder_dataset(tmp_path / "data", counts=(12, 8, 4), size=(32, 32))
-    common = ["--model", "test_vit", "--pretrained", "none", "--data", data, "--cache-dir", tmp_path / "cache",
+    common = ["--model", "tiny_vit", "--pretrained", "none", "--data", data, "--cache-dir", tmp_path / "cache",
               "--batch-size", "8", "--workers", "1", "--device", "cpu", "--epochs", "1", "--img-size", "32"]
     code, out, err = cli(train, "--version", "v1", *common, "--out", tmp_path / "run", "--contrast", "supcon",
                          capsys=capsys)

@@ -53,7 +53,7 @@ def test_retrain_is_reproducible_from_its_seed():
 
 def test_extracted_features_are_the_pooled_backbone_output_and_the_head_replacement_is_exact():
     torch.manual_seed(0)
-    model = create_model("test_efficientnet", num_classes=3, pretrained=None).eval()
+    model = create_model("tiny_efficientnet", num_classes=3, pretrained=None).eval()
     images = torch.randint(0, 256, (5, 3, 24, 20), dtype=torch.uint8)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     feats = extract_features(model, images, np.arange(5), img_size=(32, 32), mean=mean, std=std,

@@ -90,7 +90,7 @@ def teacher(tmp_path_factory):
     import train
     root = tmp_path_factory.mktemp("distill")
     data = write_folder_dataset(root / "data", counts=(30, 14, 6), size=(32, 32))
-    common = ["--model", "test_vit", "--pretrained", "none", "--lr", "0.003", "--data", data, "--cache-dir",
+    common = ["--model", "tiny_vit", "--pretrained", "none", "--lr", "0.003", "--data", data, "--cache-dir",
               root / "cache", "--batch-size", "8", "--workers", "1", "--device", "cpu", "--seed", "0",
               "--test-frac", "0.2", "--img-size", "32"]
     assert train.main([str(a) for a in ["--version", "v1", *common, "--epochs", "6", "--out", root / "teacher",

@@ -93,7 +93,7 @@ def test_an_exact_mirror_image_has_its_originals_features(constructed):
     above differs by its re-encoding only)."""
     data = constructed[0]
     images = torch.stack([data.images[0], data.images[0].flip(-1)])
-    model = create_model("test_efficientnet", 2, log=lambda *a: None).eval()
+    model = create_model("tiny_efficientnet", 2, log=lambda *a: None).eval()
     kw = dict(img_size=SIZE, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"))
     both = extract_features(model, images, [0, 1], **kw) + extract_features(model, images, [0, 1], mirrored=True, **kw)
     torch.testing.assert_close(both[0], both[1], rtol=1e-5, atol=1e-5)

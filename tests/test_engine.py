@@ -25,8 +25,8 @@ from imgcls.models import create_model
 from tests.helpers import tiny_overrides, write_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"v1": "test_efficientnet", "v2": "test_convnext", "v2.1": "test_convnext",
-              "v3": "test_efficientnet_v2", "v4": "test_efficientnet"}
+TINY_MODEL = {"v1": "tiny_efficientnet", "v2": "tiny_convnext", "v2.1": "tiny_convnext",
+              "v3": "tiny_efficientnet_v2", "v4": "tiny_efficientnet"}
 RUN_FILES = ["config.json", "split.json", "summary.csv", "best.pt", "last.pt", "metrics.json", "lr.png",
              "curves.png", "confusion.png", "skipped.json"]
 
@@ -102,7 +102,7 @@ def test_onecycle_runs_exactly_the_real_number_of_updates(data_dir, tmp_path):
 
 
 def test_swa_averages_every_freq_epochs_and_recomputes_batchnorm(data_dir, tmp_path):
-    cfg, result = _fit("v2", data_dir, tmp_path, model="test_efficientnet", epochs=4, swa_start=2, swa_freq=2)
+    cfg, result = _fit("v2", data_dir, tmp_path, model="tiny_efficientnet", epochs=4, swa_start=2, swa_freq=2)
     rdir = Path(result["run_dir"])
     last = checkpoint.load(rdir / "last.pt")
     # Epochs 2 and 4 are averaged (start 2, every 2 epochs).
@@ -110,7 +110,7 @@ def test_swa_averages_every_freq_epochs_and_recomputes_batchnorm(data_dir, tmp_p
     swa = checkpoint.load(rdir / "swa.pt")
     averaged = {k[len("module."):]: v for k, v in last["swa_model"].items() if k.startswith("module.")}
     bn_keys = [k for k in swa["model"] if k.endswith("running_mean")]
-    assert bn_keys, "test_efficientnet has BatchNorm"
+    assert bn_keys, "tiny_efficientnet has BatchNorm"
     assert any(not torch.equal(swa["model"][k], averaged[k]) for k in bn_keys), "update_bn changed nothing"
     # Independent reference: torch's update_bn over the un-augmented training images.
     ref = create_model(cfg.model, 3)
@@ -142,7 +142,7 @@ def test_killed_run_resumes_to_identical_weights(data_dir, tmp_path):
     def kill_in_epoch_3(line, *args, **kwargs):
         if str(line).startswith("epoch 3/3"):
             raise Killed  # dies after epoch 3 trained, before its checkpoint: last.pt holds epoch 2
-    cfg = resolve("v2", tiny_overrides(data_dir, tmp_path / "b", model="test_convnext", **extra))
+    cfg = resolve("v2", tiny_overrides(data_dir, tmp_path / "b", model="tiny_convnext", **extra))
     with pytest.raises(Killed):
         engine.fit(cfg, 0, log=kill_in_epoch_3)
     assert checkpoint.load(tmp_path / "b" / "v2" / "fold0" / "last.pt")["progress"]["epoch"] == 2
@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_identical_weights(data_dir, tmp_path):
 
 
 def test_nan_loss_stops_with_epoch_and_step(data_dir, tmp_path):
-    cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="test_convnext", lr=1e30,
+    cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="tiny_convnext", lr=1e30,
                                        scheduler="constant"))
     with pytest.raises(engine.TrainingDiverged, match=r"epoch 1 step \d+"):
         engine.fit(cfg, 0, log=lambda *a, **k: None)
@@ -164,14 +164,14 @@ def test_nan_loss_stops_with_epoch_and_step(data_dir, tmp_path):
 
 
 def test_fold_out_of_range_is_a_user_error(data_dir, tmp_path):
-    cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="test_convnext"))
+    cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="tiny_convnext"))
     with pytest.raises(engine.UserError, match="--fold 5: this run has 1 fold"):
         engine.fit(cfg, 5, log=lambda *a, **k: None)
 
 
 def test_torchrun_two_process_gloo_metrics_equal_single_process_evaluation(data_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    flags = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--data", str(data_dir),
+    flags = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--data", str(data_dir),
              "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--img-size", "32",
              "--epochs", "2", "--batch-size", "8", "--workers", "1", "--device", "cpu"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -251,7 +251,7 @@ def test_a_loss_entry_can_switch_phase_at_an_epoch(data_dir, tmp_path):
         return Phases((0, ImbalancedLoss()), (1, ImbalancedLoss(torch.zeros(len(class_counts)))))
     LOSSES.register("test_late_zero")(late_zero)
     try:
-        cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="test_convnext", loss="test_late_zero"))
+        cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="tiny_convnext", loss="test_late_zero"))
         with pytest.raises(engine.TrainingDiverged, match=r"epoch 2 step 1;"):
             engine.fit(cfg, 0, log=lambda *a, **k: None)
     finally:

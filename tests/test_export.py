@@ -33,11 +33,11 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     small = write_folder_dataset(root / "small", size=(20, 16))
     large = write_folder_dataset(root / "large", size=(40, 48), seed=1)
-    cfg = resolve("v1", tiny_overrides(small, root / "runs-small", model="test_efficientnet", folds="2",
+    cfg = resolve("v1", tiny_overrides(small, root / "runs-small", model="tiny_efficientnet", folds="2",
                                        epochs=3))
     for fold in (0, 1):
         engine.fit(cfg, fold, **QUIET)
-    cfg = resolve("v1", tiny_overrides(large, root / "runs-large", model="test_convnext", img_size=(32, 36),
+    cfg = resolve("v1", tiny_overrides(large, root / "runs-large", model="tiny_convnext", img_size=(32, 36),
                                        epochs=3))
     engine.fit(cfg, 0, **QUIET)
     return root / "runs-small" / "v1", root / "runs-large" / "v1"

@@ -38,7 +38,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 AS_ROOT = os.geteuid() == 0
 needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
 QUIET = dict(log=lambda *a, **k: None)
-TINY = ["--version", "v1", "--model", "test_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 
@@ -328,7 +328,7 @@ def run(tmp_path_factory):
     """A finished 1-fold tiny run."""
     root = tmp_path_factory.mktemp("run")
     data = write_folder_dataset(root / "data", counts=(12, 8, 6))
-    cfg = resolve("v1", tiny_overrides(data, root / "runs", model="test_convnext", epochs=1))
+    cfg = resolve("v1", tiny_overrides(data, root / "runs", model="tiny_convnext", epochs=1))
     engine.fit(cfg, 0, **QUIET)
     return root / "runs" / "v1", data
 
@@ -421,7 +421,7 @@ def test_training_removes_orphan_temps_of_a_killed_run(tmp_path):
     for name in (".last.pt.4194999.cafef00d.tmp", "last.pt.x1y2z3w4.tmp", ".best.pt.4194998.00000000.tmp"):
         (rdir / name).write_bytes(b"\0" * 1000)
     (rdir.parent / ".split.json.4194997.12345678.tmp").write_text("{")
-    cfg = resolve("v1", tiny_overrides(data, tmp_path / "r", model="test_convnext", epochs=1))
+    cfg = resolve("v1", tiny_overrides(data, tmp_path / "r", model="tiny_convnext", epochs=1))
     engine.fit(cfg, 0, **QUIET)
     assert temps(tmp_path) == []
 

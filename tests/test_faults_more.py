@@ -37,7 +37,7 @@ from tests.test_faults import write_image, write_kaggle
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 AS_ROOT = os.geteuid() == 0
-TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 
@@ -495,7 +495,7 @@ def test_a_run_and_its_data_moved_to_other_folders_resume_to_the_same_result(tmp
     data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
 
     def config(data_dir, out):
-        return resolve("v1", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=3))
+        return resolve("v1", tiny_overrides(data_dir, out, model="tiny_efficientnet", epochs=3))
 
     engine.fit(config(data, tmp_path / "ref"), 0, log=lambda *a, **k: None)
 

@@ -24,7 +24,7 @@ AT_EPOCH = 2  # the boundary after epoch 2: epoch 1's last.pt exists, so a stop 
 
 def _argv(data: Path, out: Path) -> list[str]:
     return ["--version", "v1", "--data", str(data), "--out", str(out), "--cache-dir", str(out / "cache"),
-            "--model", "test_convnext",
+            "--model", "tiny_convnext",
             "--pretrained", "none", "--img-size", "32", "--epochs", str(EPOCHS), "--batch-size", "8",
             "--workers", "1", "--device", "cpu"]
 

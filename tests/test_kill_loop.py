@@ -42,7 +42,7 @@ def train_py(data: Path, out: Path) -> None:
     import train
     from imgcls.cli import run_cli
     run_cli(lambda: train.main(["--version", "v1", "--data", str(data), "--out", str(out), "--cache-dir", str(out / "cache"),
-                                "--model", "test_convnext", "--pretrained", "none", "--img-size", "32",
+                                "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32",
                                 "--epochs", "6", "--batch-size", "8", "--workers", "1", "--device", "cpu"]))
 
 

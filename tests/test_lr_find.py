@@ -41,7 +41,7 @@ def test_sweep_stops_at_divergence_and_at_a_non_finite_loss():
 
 def test_find_lr_suggests_where_a_short_run_converges_and_writes_no_run_file(tmp_path, capsys):
     import train
-    common = ["--version", "v4", "--model", "test_efficientnet", "--pretrained", "none", "--out", tmp_path,
+    common = ["--version", "v4", "--model", "tiny_efficientnet", "--pretrained", "none", "--out", tmp_path,
               "--device", "cpu", "--batch-size", "32", "--workers", "1", "--cache-dir", "none"]
     code, _, err = cli(train, *common, "--epochs", "1", "--fold", "0", capsys=capsys)
     assert code == 0, err
@@ -54,7 +54,7 @@ def test_find_lr_suggests_where_a_short_run_converges_and_writes_no_run_file(tmp
     line = next(x for x in out.splitlines() if "suggested --lr" in x)
     lr = float(line.split("suggested --lr ")[1].split()[0])
 
-    cfg = resolve("v4", dict(model="test_efficientnet", pretrained=None, out=str(tmp_path / "short"),
+    cfg = resolve("v4", dict(model="tiny_efficientnet", pretrained=None, out=str(tmp_path / "short"),
                              device="cpu", batch_size=32, cache_dir="none"), log=None)
     tail = {}
     for factor in (0.01, 1, 100):  # 40 updates at a constant lr from the same start
@@ -69,5 +69,5 @@ def test_find_lr_suggests_where_a_short_run_converges_and_writes_no_run_file(tmp
 
 def test_find_lr_needs_two_updates(capsys):
     import train
-    code, _, err = cli(train, "--model", "test_efficientnet", "--find-lr", "1", capsys=capsys)
+    code, _, err = cli(train, "--model", "tiny_efficientnet", "--find-lr", "1", capsys=capsys)
     assert code == 2 and "--find-lr 1" in err, err

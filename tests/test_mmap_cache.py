@@ -165,7 +165,7 @@ def test_every_sampler_trains_the_same_weights_from_the_mapping_as_from_memory(s
     data = write_folder_dataset(tmp_path / "data", counts=(12, 6, 3))
     weights = {}
     for mode in ("mmap", "memory"):
-        cfg = resolve("v1", tiny_overrides(data, tmp_path / mode, model="test_efficientnet", sampler=sampler,
+        cfg = resolve("v1", tiny_overrides(data, tmp_path / mode, model="tiny_efficientnet", sampler=sampler,
                                            epochs=1, cache_mode=mode, cache_dir=str(tmp_path / "cache")))
         engine.fit(cfg, 0, log=lambda *a, **k: None)
         weights[mode] = checkpoint.load(tmp_path / mode / "v1" / "fold0" / "last.pt")["model"]
@@ -184,7 +184,7 @@ def test_two_node_loopback_torchrun_equals_the_one_node_two_process_job(tmp_path
     """Two torchrun agents (--nnodes 2, one process each) meet through c10d rendezvous on 127.0.0.1, each with
     its own (node-local) cache folder, and train to the same final weights as --nproc-per-node 2 on one node."""
     data = write_folder_dataset(tmp_path / "data", counts=(30, 14, 6))
-    flags = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--data", str(data),
+    flags = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--data", str(data),
              "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "1", "--device", "cpu"]
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     train = str(ROOT / "train.py")

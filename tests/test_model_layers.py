@@ -67,7 +67,7 @@ def test_squeeze_excite_matches_torchvision():
     assert torch.allclose(ours(x), ref(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["test_convnext", "test_efficientnet", "test_efficientnet_v2"])
+@pytest.mark.parametrize("name", ["tiny_convnext", "tiny_efficientnet", "tiny_efficientnet_v2"])
 def test_tiny_models_are_small_and_complete(name):
     model = create_model(name, 5, drop_path_rate=0.1, **QUIET)
     x = torch.randn(2, 3, 32, 32)
@@ -86,10 +86,10 @@ def test_tiny_models_are_small_and_complete(name):
 
 
 def test_tiny_models_have_the_stage_types_asked_for():
-    v2 = create_model("test_efficientnet_v2", 3, **QUIET)
+    v2 = create_model("tiny_efficientnet_v2", 3, **QUIET)
     kinds = {type(m).__name__ for m in v2.modules()}
     assert {"FusedMBConv", "MBConv", "SqueezeExcite"} <= kinds
-    assert "FusedMBConv" not in {type(m).__name__ for m in create_model("test_efficientnet", 3, **QUIET).modules()}
+    assert "FusedMBConv" not in {type(m).__name__ for m in create_model("tiny_efficientnet", 3, **QUIET).modules()}
 
 
 def test_drop_path_rate_ramps_linearly():
@@ -104,7 +104,7 @@ def test_drop_path_rate_ramps_linearly():
 
 
 def test_drop_path_active_only_in_training():
-    model = create_model("test_convnext", 3, drop_path_rate=0.9, **QUIET)
+    model = create_model("tiny_convnext", 3, drop_path_rate=0.9, **QUIET)
     for name, p in model.named_parameters():
         if name.endswith("layer_scale"):
             p.data.fill_(1.0)  # the 1e-6 init would hide the residual branches

@@ -20,7 +20,7 @@ def test_required_names_exist():
     assert list_models() == sorted(names)
     for name in ["efficientnet_b0", "convnext_base", "convnext_base.fb_in22k", "convnext_base.fb_in22k_ft_in1k",
                  "tf_efficientnetv2_b2", "efficientnet_v2_s", "efficientnet_b7", "convnext_large",
-                 "test_convnext", "test_efficientnet", "test_efficientnet_v2"]:
+                 "tiny_convnext", "tiny_efficientnet", "tiny_efficientnet_v2"]:
         assert name in names
 
 
@@ -72,7 +72,7 @@ def test_default_names_resolve_to_expected_files():
     assert pretrained_cfg("convnext_base.fb_in22k")["num_classes"] == 21841
     assert pretrained_cfg("convnext_base.fb_in22k_ft_in1k")["file_name"] == "convnext_base_22k_1k_224.pth"
     assert pretrained_cfg("tf_efficientnetv2_b2")["file_name"] == "tf_efficientnetv2_b2-847de54e.pth"
-    cfg = pretrained_cfg("test_convnext")
+    cfg = pretrained_cfg("tiny_convnext")
     assert (cfg["train_size"], cfg["interpolation"], cfg["url"]) == (32, "bilinear", None)
 
 
@@ -82,7 +82,7 @@ def test_unknown_names_are_user_errors():
     with pytest.raises(UserError, match="unknown checkpoint tag"):
         pretrained_cfg("convnext_base.in21k")
     with pytest.raises(UserError, match="no known checkpoint"):
-        create_model("test_convnext", 3, pretrained="default", **QUIET)
+        create_model("tiny_convnext", 3, pretrained="default", **QUIET)
 
 
 def test_missing_checkpoint_offline_names_file_url_and_folder(tmp_path, monkeypatch):
@@ -100,34 +100,34 @@ def test_missing_checkpoint_offline_names_file_url_and_folder(tmp_path, monkeypa
 
 def test_missing_path_is_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        create_model("test_convnext", 3, pretrained=str(tmp_path / "nope.pth"), **QUIET)
+        create_model("tiny_convnext", 3, pretrained=str(tmp_path / "nope.pth"), **QUIET)
 
 
 def test_checkpoint_for_another_model_lists_keys(tmp_path):
     path = tmp_path / "other.pth"
-    sd = create_model("test_efficientnet", 3, **QUIET).state_dict()
+    sd = create_model("tiny_efficientnet", 3, **QUIET).state_dict()
     del sd["features.0.1.running_var"]
     torch.save(sd, path)
     with pytest.raises(UserError, match=r"missing \[features\.0\.1\.running_var\]"):
-        create_model("test_efficientnet", 3, pretrained=str(path), **QUIET)
+        create_model("tiny_efficientnet", 3, pretrained=str(path), **QUIET)
     with pytest.raises(UserError, match="does not fit"):
-        create_model("test_efficientnet_v2", 3, pretrained=str(path), **QUIET)
+        create_model("tiny_efficientnet_v2", 3, pretrained=str(path), **QUIET)
     torch.save({"foo.weight": torch.zeros(1)}, path)
     with pytest.raises(UserError, match="unknown checkpoint layout"):
-        create_model("test_convnext", 3, pretrained=str(path), **QUIET)
+        create_model("tiny_convnext", 3, pretrained=str(path), **QUIET)
 
 
 def test_unsafe_or_corrupt_file_is_user_error(tmp_path):
     path = tmp_path / "bad.pth"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
-        create_model("test_convnext", 3, pretrained=str(path), **QUIET)
+        create_model("tiny_convnext", 3, pretrained=str(path), **QUIET)
     torch.save(argparse.Namespace(model=1), path)  # needs arbitrary unpickling: refused by weights_only
     with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
-        create_model("test_convnext", 3, pretrained=str(path), **QUIET)
+        create_model("tiny_convnext", 3, pretrained=str(path), **QUIET)
 
 
 def test_format_detection():
     assert detect_format(tvm.mobilenet_v2().state_dict()) == "torchvision"
-    assert detect_format(timm.create_model("test_efficientnet").state_dict()) == "timm"
+    assert detect_format(timm.create_model("test_efficientnet").state_dict()) == "timm"  # timm's own tiny model
     assert detect_format({"downsample_layers.0.0.weight": 0, "stages.0.0.gamma": 0}) == "official"

@@ -154,11 +154,11 @@ def test_head_replaced_backbone_kept(tmp_path):
 
 def test_official_22k_checkpoint_into_small_head(tmp_path):
     """The official {"model": ...} file with its 21841-class head, loaded for a 7-class task."""
-    source = randomise_(create_model("test_convnext", 21841, log=lambda *_: None))
+    source = randomise_(create_model("tiny_convnext", 21841, log=lambda *_: None))
     path = tmp_path / "convnext_22k.pth"
     torch.save({"model": to_official_convnext(source.state_dict())}, path)
     logs = []
-    model = create_model("test_convnext", 7, pretrained=str(path), log=logs.append)
+    model = create_model("tiny_convnext", 7, pretrained=str(path), log=logs.append)
     ours, theirs = model.state_dict(), source.state_dict()
     for key, value in theirs.items():
         if key.startswith("classifier.2."):
@@ -166,3 +166,18 @@ def test_official_22k_checkpoint_into_small_head(tmp_path):
         else:
             assert torch.equal(ours[key], value), key
     assert any("21841 classes" in line and "dropped classifier.2.weight" in line for line in logs)
+
+
+def test_the_tiny_models_old_test_names_still_build_the_same_model():
+    from imgcls.models import OLD_NAMES, create_model, input_multiple, list_models
+    assert OLD_NAMES == {f"test_{n}": f"tiny_{n}" for n in ("convnext", "efficientnet", "efficientnet_v2", "swin",
+                                                           "swin_v2", "vit")}
+    assert not any(name.startswith("test_") for name in list_models())  # listed under their new names only
+    for old, new in OLD_NAMES.items():
+        torch.manual_seed(0)
+        a = create_model(old, 3, log=lambda *x: None)
+        torch.manual_seed(0)
+        b = create_model(new, 3, log=lambda *x: None)
+        assert a.state_dict().keys() == b.state_dict().keys()
+        assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+        assert input_multiple(old) == input_multiple(new)

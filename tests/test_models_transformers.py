@@ -25,8 +25,8 @@ from tests.helpers import cli, write_folder_dataset
 timm = pytest.importorskip("timm")
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a, **k: None)
-VIT_NAMES = [n for n in VIT if not n.startswith(("test_", "deit_"))]
-SWIN_NAMES = [n for n in SWIN if not n.startswith("test_")]
+VIT_NAMES = [n for n in VIT if not n.startswith(("tiny_", "deit_"))]
+SWIN_NAMES = [n for n in SWIN if not n.startswith("tiny_")]
 
 
 def _reference(name: str, num_classes: int = 5) -> torch.nn.Module:
@@ -117,7 +117,7 @@ def test_a_swag_checkpoint_at_384_loads_and_runs_at_any_size():
 
 
 def test_vit_refuses_a_size_the_patch_does_not_divide_and_says_which_work():
-    model = create_model("test_vit", 3, **QUIET)
+    model = create_model("tiny_vit", 3, **QUIET)
     with pytest.raises(UserError, match=r"input 30x44: .* divisible by 8 \(e.g. 24x40 or 32x48\)"):
         model(torch.zeros(1, 3, 30, 44))
 
@@ -137,7 +137,7 @@ def tiny_runs(tmp_path_factory):
     return root, data
 
 
-@pytest.mark.parametrize("model", ["test_vit", "test_swin_v2"])
+@pytest.mark.parametrize("model", ["tiny_vit", "tiny_swin_v2"])
 def test_tiny_transformer_trains_through_train_py_and_exports(model, tiny_runs, capsys):
     """train.py, then ONNX and TorchScript with TTA inside equal to the API's TTA probabilities, and int8."""
     ort = pytest.importorskip("onnxruntime")

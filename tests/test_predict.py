@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     """A 2-fold v2.1-style run on tiny generated images (TTA off, so that a bare predict is one view)."""
     root = tmp_path_factory.mktemp("pred")
     data = write_folder_dataset(root / "data")
-    cfg = resolve("v2.1", tiny_overrides(data, root / "runs", model="test_convnext", folds="2", epochs=2,
+    cfg = resolve("v2.1", tiny_overrides(data, root / "runs", model="tiny_convnext", folds="2", epochs=2,
                                          swa_start=None, early_stop=None, warmup_epochs=0, tta=False))
     for fold in (0, 1):
         engine.fit(cfg, fold, **QUIET)
@@ -134,7 +134,7 @@ def test_errors_name_the_problem(trained, tmp_path):
     state = checkpoint.load(root / "runs" / "v2.1" / "fold0" / "best.pt")
     state["num_classes"] = 5
     checkpoint.save_atomic(state, tmp_path / "bad.pt")
-    with pytest.raises(UserError, match="weights do not fit test_convnext with 5 classes"):
+    with pytest.raises(UserError, match="weights do not fit tiny_convnext with 5 classes"):
         predict(args_for("--checkpoint", tmp_path / "bad.pt", "--data", data, "--cache-dir", tmp_path / "c"),
                 **QUIET)
 

@@ -32,7 +32,7 @@ def log(*args, **kwargs):
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pin")
     data = write_folder_dataset(root / "data")
-    cfg = resolve("v1", tiny_overrides(data, root / "runs", model="test_efficientnet", epochs=2))
+    cfg = resolve("v1", tiny_overrides(data, root / "runs", model="tiny_efficientnet", epochs=2))
     engine.fit(cfg, 0, log=lambda *a, **k: None)
     return root / "runs" / "v1", data
 

@@ -40,7 +40,7 @@ def test_stages_parse_and_plan_by_hand():
 
 
 def _trainer(data_dir, out, **extra):
-    cfg = resolve("v1", tiny_overrides(data_dir, out, model="test_convnext", epochs=3, scheduler="cosine",
+    cfg = resolve("v1", tiny_overrides(data_dir, out, model="tiny_convnext", epochs=3, scheduler="cosine",
                                        warmup_epochs=1, rotation=10.0, img_size=(64, 64), **extra))
     cfg = dataclasses.replace(cfg, fold=0)
     data = engine.prepare_data(cfg, **QUIET)
@@ -69,7 +69,7 @@ def test_the_model_sees_the_planned_size_from_the_planned_update_and_the_schedul
 
 
 def test_a_progressive_run_killed_inside_a_stage_resumes_to_the_same_weights(data_dir, tmp_path):
-    extra = dict(model="test_convnext", epochs=3, progressive="0.6:0.5,1:1", img_size=(64, 64))
+    extra = dict(model="tiny_convnext", epochs=3, progressive="0.6:0.5,1:1", img_size=(64, 64))
     full = engine.fit(resolve("v1", tiny_overrides(data_dir, tmp_path / "a", **extra)), 0, **QUIET)
 
     class Killed(Exception):

@@ -21,7 +21,7 @@ from tests.helpers import cli, write_folder_dataset
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (.ci/run installs Debian's "
                                    "chromium package where it can; apt-get install chromium)")
-TINY = ["--version", "v1", "--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--device", "cpu"]
 
 

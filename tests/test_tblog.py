@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 
 def test_the_event_file_holds_summary_csv_and_the_stages_after_training(tmp_path, capsys):
-    code, _, err = cli(train, "--version", "v5", "--fold", "0", "--out", tmp_path, "--model", "test_efficientnet",
+    code, _, err = cli(train, "--version", "v5", "--fold", "0", "--out", tmp_path, "--model", "tiny_efficientnet",
                        "--pretrained", "none", "--img-size", "32", "--epochs", "2", "--crt-steps", "5", "--workers",
                        "1", "--device", "cpu", "--cache-dir", "none", "--tensorboard", capsys=capsys)
     assert code == 0, err

@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def v4_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = resolve("v4", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=2, crt_steps=200))
+    cfg = resolve("v4", tiny_overrides(data_dir, out, model="tiny_efficientnet", epochs=2, crt_steps=200))
     engine.fit(cfg, 0, log=lambda *a, **k: None)
     return cfg, out / "v4" / "fold0"
 
@@ -46,14 +46,14 @@ def _model(record: checkpoint.Checkpoint) -> torch.nn.Module:
 
 def test_v4_head_is_crt_on_the_stage1_features_and_tau_maximises_validation_macro_f1(v4_run, data_dir):
     cfg, rdir = v4_run
-    stage1, best = checkpoint.read(rdir / "stage1.pt"), checkpoint.read(rdir / "best.pt")
+    stage1, best = checkpoint.read(rdir / "before_crt.pt"), checkpoint.read(rdir / "best.pt")
     split = json.loads((rdir / "split.json").read_text())
     dataset = load_dataset(str(data_dir), size=tuple(best.preprocessing.storage_size), cache_dir=None,
                            log=lambda *a: None)
     train_idx, val_idx = np.array(split["folds"][0]["train"]), np.array(split["folds"][0]["val"])
     pre = best.preprocessing
     kw = dict(img_size=pre.img_size, mean=pre.mean, std=pre.std, device=torch.device("cpu"))
-    # the backbone is untouched: only the classifier layer differs between stage1.pt and best.pt
+    # the backbone is untouched: only the classifier layer differs between before_crt.pt and best.pt
     differing = [k for k in best.model if not torch.equal(best.model[k], stage1.model[k])]
     assert differing and all(k.startswith("classifier.") for k in differing)
     # the head is cRT (class-balanced sampling) on the stage-1 model's features, recomputed independently
@@ -71,15 +71,15 @@ def test_v4_head_is_crt_on_the_stage1_features_and_tau_maximises_validation_macr
 
 
 def test_stage1_equals_the_same_run_without_the_post_training_stages(v4_run, data_dir, tmp_path):
-    """What bench/longtail.py relies on for its paired plain-CE row: the v4 run's stage1.pt is the model that
+    """What bench/longtail.py relies on for its paired plain-CE row: the v4 run's before_crt.pt is the model that
     `--crt-sampler none --decision-tau 0` trains."""
     cfg, rdir = v4_run
-    plain = resolve("v4", tiny_overrides(data_dir, tmp_path, model="test_efficientnet", epochs=2, crt_steps=200,
+    plain = resolve("v4", tiny_overrides(data_dir, tmp_path, model="tiny_efficientnet", epochs=2, crt_steps=200,
                                          crt_sampler=None, decision_tau=0.0))
     engine.fit(plain, 0, log=lambda *a, **k: None)
     other = checkpoint.read(tmp_path / "v4" / "fold0" / "best.pt")
-    stage1 = checkpoint.read(rdir / "stage1.pt")
-    assert other.decision_tau == 0.0 and not (tmp_path / "v4" / "fold0" / "stage1.pt").exists()
+    stage1 = checkpoint.read(rdir / "before_crt.pt")
+    assert other.decision_tau == 0.0 and not (tmp_path / "v4" / "fold0" / "before_crt.pt").exists()
     for key, value in stage1.model.items():
         assert torch.equal(value, other.model[key]), key
 
@@ -120,7 +120,7 @@ def test_presets_scale_epoch_values_to_short_runs_and_keep_given_ones():
 
 def test_short_v2_run_trains_end_to_end(data_dir, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v2", "--epochs", "3",
-                          "--data", str(data_dir), "--out", str(tmp_path), "--model", "test_convnext",
+                          "--data", str(data_dir), "--out", str(tmp_path), "--model", "tiny_convnext",
                           "--pretrained", "none", "--img-size", "32x32", "--batch-size", "8", "--cache-dir", "none"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr

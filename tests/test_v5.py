@@ -122,7 +122,7 @@ def _model(record: checkpoint.Checkpoint) -> nn.Module:
 @pytest.fixture(scope="module")
 def v5_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = resolve("v5", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=2, crt_steps=100,
+    cfg = resolve("v5", tiny_overrides(data_dir, out, model="tiny_efficientnet", epochs=2, crt_steps=100,
                                        ema_decay=0.99, **REFIT))
     engine.fit(cfg, 0, **QUIET)
     return cfg, out / "v5" / "fold0"
@@ -144,7 +144,7 @@ def test_refit_trains_on_exactly_train_plus_validation_and_carries_tau_and_epoch
     select_metrics = json.loads((rdir / "select" / "metrics.json").read_text())
     assert metrics["train_images"] == len(everything) and select_metrics["train_images"] == len(train)
     # the refit's cRT head (v5: square-root sampling) is re-trained on the features of exactly those images
-    stage1 = checkpoint.read(rdir / "stage1.pt")
+    stage1 = checkpoint.read(rdir / "before_crt.pt")
     pre = best.preprocessing
     feats = extract_features(_model(stage1), dataset.images, everything, img_size=pre.img_size, mean=pre.mean,
                              std=pre.std, device=torch.device("cpu"))
@@ -167,7 +167,7 @@ def test_refit_trains_on_exactly_train_plus_validation_and_carries_tau_and_epoch
 def test_select_last_ships_the_final_weights_or_their_ema_by_validation_loss(v5_run):
     _, rdir = v5_run
     sdir = rdir / "select"
-    last, stage1 = checkpoint.read(sdir / "last.pt"), checkpoint.read(sdir / "stage1.pt")
+    last, stage1 = checkpoint.read(sdir / "last.pt"), checkpoint.read(sdir / "before_crt.pt")
     assert stage1.selected in ("last", "ema")
     shipped = last.model if stage1.selected == "last" else last.ema_model
     for key, value in stage1.model.items():
@@ -186,7 +186,7 @@ def test_ema_and_refit_resume_bit_exact_after_a_kill(data_dir, tmp_path):
         return log
 
     def config(out):
-        return resolve("v5", tiny_overrides(data_dir, out, model="test_efficientnet", epochs=3, crt_steps=50,
+        return resolve("v5", tiny_overrides(data_dir, out, model="tiny_efficientnet", epochs=3, crt_steps=50,
                                             ema_decay=0.99, **REFIT))
 
     engine.fit(config(tmp_path / "a"), 0, **QUIET)
@@ -241,7 +241,7 @@ def test_v5_end_to_end_on_the_demo_data_a_cross_fitted_ensemble_then_predict(tmp
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
                XDG_CACHE_HOME=str(tmp_path / "cache"))
     train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--fold", "all",
-                            "--model", "test_efficientnet", "--pretrained", "none", "--epochs", "2",
+                            "--model", "tiny_efficientnet", "--pretrained", "none", "--epochs", "2",
                             "--crt-steps", "50", "--out", str(tmp_path / "runs"), "--device", "cpu"],
                            env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
@@ -291,7 +291,7 @@ def test_v5_end_to_end_on_the_demo_data_a_cross_fitted_ensemble_then_predict(tmp
 def test_training_one_fold_of_an_ensemble_says_how_to_train_the_rest(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "cache"))
     train = subprocess.run([sys.executable, str(ROOT / "train.py"), "--version", "v5", "--fold", "1",
-                            "--model", "test_efficientnet", "--pretrained", "none", "--epochs", "1",
+                            "--model", "tiny_efficientnet", "--pretrained", "none", "--epochs", "1",
                             "--crt-steps", "10", "--out", str(tmp_path / "runs"), "--device", "cpu"],
                            env=env, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]

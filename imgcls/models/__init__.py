@@ -29,7 +29,11 @@ _ARCHS.update({name: ("efficientnet", _efficientnet.efficientnet) for name in _e
 _ARCHS.update({name: ("vit", _vit.vit) for name in _vit.CONFIGS})
 _ARCHS.update({name: ("swin", _swin.swin) for name in _swin.CONFIGS})
 
-# The tiny test models have no checkpoint; their cfg describes how the engine's tests feed them ("format" is
+# The tiny models (for smoke runs and tests: run_all.sh --quick) were called test_*: runs saved under the old
+# names still load, and --model accepts them.
+OLD_NAMES = {"test_" + name[len("tiny_"):]: name for name in _ARCHS if name.startswith("tiny_")}
+
+# The tiny models have no checkpoint; their cfg describes how the engine's tests feed them ("format" is
 # the project's own key layout, which is torchvision's).
 _TEST_RECORD = WeightRecord("torchvision", None, None, 32, 32, "bilinear", 1000, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -70,12 +74,14 @@ def input_multiple(name: str) -> int:
     """What an input side must be a multiple of for `name`: a ViT's patch size (it refuses other sizes), else 1
     (CNNs take any size; Swin pads to its window)."""
     arch = name.partition(".")[0]
+    arch = OLD_NAMES.get(arch, arch)
     return _vit.CONFIGS[arch].patch_size if arch in _vit.CONFIGS else 1
 
 
 def _resolve(name: str) -> tuple[str, WeightRecord | None]:
     """Split `name` into its architecture and the checkpoint record it refers to (None: no checkpoint)."""
     arch, _, tag = name.partition(".")
+    arch = OLD_NAMES.get(arch, arch)
     if arch not in _ARCHS:
         close = close_names(name, list_models())
         raise UserError(f"--model {name}: unknown model; "

@@ -31,7 +31,7 @@ CONFIGS: dict[str, ConvNeXtConfig] = {
     "convnext_small": ConvNeXtConfig((96, 192, 384, 768), (3, 3, 27, 3)),
     "convnext_base": ConvNeXtConfig((128, 256, 512, 1024), (3, 3, 27, 3)),
     "convnext_large": ConvNeXtConfig((192, 384, 768, 1536), (3, 3, 27, 3)),
-    "test_convnext": ConvNeXtConfig((8, 16, 32, 64), (1, 1, 1, 1)),
+    "tiny_convnext": ConvNeXtConfig((8, 16, 32, 64), (1, 1, 1, 1)),
 }
 
 

@@ -140,8 +140,8 @@ CONFIGS: dict[str, EfficientNetConfig] = {
         (1.8, 2.6, 0.5), (2.0, 3.1, 0.5)])},
     **{f"efficientnet_lite{i}": _lite(w, d, p) for i, (w, d, p) in enumerate([
         (1.0, 1.0, 0.2), (1.0, 1.1, 0.2), (1.1, 1.2, 0.3), (1.2, 1.4, 0.3), (1.4, 1.8, 0.3)])},
-    "test_efficientnet": EfficientNetConfig(TEST_V1_STAGES, head_ch=64, dropout=0.0),
-    "test_efficientnet_v2": EfficientNetConfig(TEST_V2_STAGES, head_ch=64, dropout=0.0, bn_eps=1e-3),
+    "tiny_efficientnet": EfficientNetConfig(TEST_V1_STAGES, head_ch=64, dropout=0.0),
+    "tiny_efficientnet_v2": EfficientNetConfig(TEST_V2_STAGES, head_ch=64, dropout=0.0, bn_eps=1e-3),
 }
 
 

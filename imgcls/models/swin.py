@@ -46,8 +46,8 @@ CONFIGS: dict[str, SwinConfig] = {
     "swin_v2_t": SwinConfig(96, (2, 2, 6, 2), (3, 6, 12, 24), 8, v2=True),
     "swin_v2_s": SwinConfig(96, (2, 2, 18, 2), (3, 6, 12, 24), 8, v2=True),
     "swin_v2_b": SwinConfig(128, (2, 2, 18, 2), (4, 8, 16, 32), 8, v2=True),
-    "test_swin": SwinConfig(16, (2, 2), (2, 4), 4),
-    "test_swin_v2": SwinConfig(16, (2, 2), (2, 4), 4, v2=True),
+    "tiny_swin": SwinConfig(16, (2, 2), (2, 4), 4),
+    "tiny_swin_v2": SwinConfig(16, (2, 2), (2, 4), 4, v2=True),
 }
 
 

@@ -52,7 +52,7 @@ CONFIGS: dict[str, ViTConfig] = {
     "deit_tiny_patch16_224": ViTConfig(16, 192, 12, 3, 768),
     "deit_small_patch16_224": ViTConfig(16, 384, 12, 6, 1536),
     "deit_base_patch16_224": ViTConfig(16, 768, 12, 12, 3072),
-    "test_vit": ViTConfig(8, 32, 2, 2, 64, image_size=32),
+    "tiny_vit": ViTConfig(8, 32, 2, 2, 64, image_size=32),
 }
 
 

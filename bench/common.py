@@ -1,0 +1,39 @@
+"""What the benchmark scripts share: the checkout on the import path (so `import imgcls` works from bench/),
+a run's file names through imgcls.run (`layout.BEST`, `layout.fold_dir(...)`: no script spells them), the median
+[min, max] cell, and the report written where the README quotes it (and printed). Import it first."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+
+def __getattr__(name: str):
+    """`from common import layout` is imgcls.run, imported on that request only: threads.py must set the
+    environment before torch loads, and importing this module loads nothing."""
+    if name == "layout":
+        from imgcls import run
+        return run
+    raise AttributeError(name)
+
+
+def spread(values, fmt: str = "{:.3f}") -> str:
+    """median [min, max] of values; the median alone for one value."""
+    med = fmt.format(statistics.median(values))
+    return med if len(values) == 1 else f"{med} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+
+def publish(lines: list[str], path: str) -> str:
+    """Print the report and write it to path (its folder made as needed); returns the text."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+    return text
