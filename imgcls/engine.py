@@ -41,7 +41,6 @@ from .progressive import describe, phase_at
 from .plots import objective_label, plot_curves, plot_lr
 from .run import (BEST, CONFIG, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY,
                   TENSORBOARD, check_restart, reads_inputs_inside)
-from .schedules import at_epoch
 from .tblog import TensorBoardLog
 
 from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, prepare_data,
@@ -231,7 +230,7 @@ def train_one_epoch(t: Trainer, state: RunState, epoch: int) -> tuple[float, flo
     loss_sum = torch.zeros((), device=t.device)
     bar = tqdm(range(t.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                disable=not (dist.is_main() and sys.stderr.isatty()), dynamic_ncols=True)
-    criterion = at_epoch(t.criterion, epoch)
+    criterion = t.criterion
     for step in bar:
         interrupt.check()
         loss = train_step(t, state, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], gen, criterion)

@@ -21,7 +21,7 @@ from . import distributed as dist
 from .checkpoint import RunState
 from .config import Config
 from .errors import UserError
-from .schedules import Schedule, at_epoch
+from .schedules import Schedule
 
 START_LR, END_LR = 1e-7, 10.0   # fastai's default range
 # Exponential smoothing of the loss, bias-corrected. fastai uses 0.98, a memory of ~50 updates: with 100
@@ -102,7 +102,7 @@ def training_step(cfg: Config, fold: int, log=print) -> tuple[Callable[[float], 
     # optimizer built afresh, so nothing the schedule set at construction carries over.
     t = dataclasses.replace(t, optimizer=engine.make_optimizer(cfg, t.model), schedule=Schedule(), ema=None,
                             swa=None)
-    criterion = at_epoch(t.criterion, 0)
+    criterion = t.criterion
     state = RunState()
     gen = torch.Generator().manual_seed(cfg.seed)
     t.train_model.train()

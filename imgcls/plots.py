@@ -156,11 +156,6 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def class_labels(class_names: Sequence[str], confusion) -> list[str]:
-    """'name (n=K)': the true class sizes (row sums), so a 100% cell of a 2-image class reads as such."""
-    return sized_labels(class_names, class_sizes(confusion))
-
-
 def sized_labels(class_names: Sequence[str], sizes) -> list[str]:
     return [f"{printable(name)} (n={int(n)})" for name, n in zip(class_names, sizes)]
 

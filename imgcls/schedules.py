@@ -198,27 +198,3 @@ def plateau(optimizer: Optimizer, epochs: int, steps_per_epoch: int, *, warmup_e
         raise UserError(f"plateau_mode {plateau_mode!r}: choose min or max")
     return PerEpoch(ReduceLROnPlateau(optimizer, mode=plateau_mode, factor=plateau_factor,
                                       patience=plateau_patience, min_lr=min_lr), with_metric=True)
-
-
-class Phases:
-    """Components that take over from one another at given epochs: ``Phases((0, a), (k, b))`` is ``a`` for
-    epochs 0..k-1 (0-based) and ``b`` from epoch k on. A loss builder may return one (deferred re-weighting:
-    plain CE, then class-balanced weights at epoch k); the engine trains each epoch with ``at_epoch(...)``."""
-
-    def __init__(self, *phases: tuple[int, object]):
-        starts = [start for start, _ in phases]
-        if not phases or starts[0] != 0 or starts != sorted(set(starts)):
-            raise ValueError(f"phases must start at epoch 0 and increase: {starts}")
-        self.phases = phases
-
-    def at(self, epoch: int):
-        return [item for start, item in self.phases if start <= epoch][-1]
-
-    def to(self, device) -> "Phases":
-        """Move every phase's tensors (a loss's class weights) to ``device``, as nn.Module.to does."""
-        return Phases(*((start, item.to(device) if hasattr(item, "to") else item) for start, item in self.phases))
-
-
-def at_epoch(component, epoch: int):
-    """The component in effect at ``epoch`` (0-based): a Phases' current phase, anything else itself."""
-    return component.at(epoch) if isinstance(component, Phases) else component

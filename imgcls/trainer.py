@@ -35,7 +35,7 @@ from .metrics import classification_metrics
 from .progressive import Phase, build_phases, make_augment, make_mixer
 from .models import create_model, pretrained_cfg
 from .run import LAST, SPLIT, fold_dir, starting_point
-from .schedules import PerEpoch, Phases, Schedule, Switch, build_schedule
+from .schedules import PerEpoch, Schedule, Switch, build_schedule
 from .selection import make_ema
 
 
@@ -161,7 +161,7 @@ class Trainer:
     augment: TrainAugment
     mixer: MixupCutmix | None
     phases: list[Phase] | None    # --progressive: the input size and strength by update (else augment, mixer)
-    criterion: nn.Module | Phases  # a loss, or losses that switch at given epochs
+    criterion: nn.Module
     model: nn.Module
     train_model: nn.Module        # the model wrapped for DDP / torch.compile
     optimizer: torch.optim.Optimizer

@@ -15,7 +15,7 @@ import torch
 
 import export as export_script
 import imgcls
-from helpers import assert_one_line_error, cli
+from helpers import cli
 from imgcls import checkpoint
 
 pytest.importorskip("safetensors")

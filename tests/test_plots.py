@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from imgcls.plots import class_labels, curves_figure, objective_label, plot_curves
+from imgcls.metrics import class_sizes
+from imgcls.plots import curves_figure, objective_label, plot_curves, sized_labels
 
 ROWS = [{"epoch": e, "train_loss": 3.0 / e, "val_loss": 2.0 / e + 0.1 * e, "val_acc": 0.4 + e / 50,
          "val_macro_f1": 0.3 + e / 60, "val_balanced_acc": 0.35 + e / 55} for e in range(1, 8)]
@@ -43,7 +44,8 @@ def test_curves_without_best_or_swa_draw_no_markers_and_name_the_run_from_its_fo
 
 
 def test_confusion_labels_carry_class_sizes():
-    assert class_labels(["a", "b", "c"], [[3, 1, 0], [0, 0, 0], [2, 2, 5]]) == ["a (n=4)", "b (n=0)", "c (n=9)"]
+    sizes = class_sizes([[3, 1, 0], [0, 0, 0], [2, 2, 5]])  # the true classes' sizes: the row sums
+    assert sized_labels(["a", "b", "c"], sizes) == ["a (n=4)", "b (n=0)", "c (n=9)"]
 
 
 def test_objective_label_names_what_the_run_optimises():

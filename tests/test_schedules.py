@@ -243,15 +243,3 @@ def test_swalr_is_a_late_phase_of_the_schedule():
     opt2.load_state_dict(opt1.state_dict())
     s2.load_state_dict(s1.state_dict())
     assert run(6, opt2, s2, start_epoch=3) == pytest.approx(lrs[15:], rel=1e-12)
-
-
-def test_phases_switch_at_their_epochs():
-    from imgcls.schedules import Phases, at_epoch
-
-    phases = Phases((0, "natural"), (3, "balanced"), (5, "natural"))
-    assert [at_epoch(phases, e) for e in range(7)] == ["natural"] * 3 + ["balanced"] * 2 + ["natural"] * 2
-    assert at_epoch("plain", 4) == "plain"
-    with pytest.raises(ValueError):
-        Phases((1, "a"))
-    with pytest.raises(ValueError):
-        Phases((0, "a"), (3, "b"), (2, "c"))
