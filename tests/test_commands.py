@@ -4,6 +4,7 @@ default preset with no --version: the best one this machine can start without a 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -42,10 +43,14 @@ def installed(tmp_path_factory) -> Path:
     site = subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    text=True).strip()
     Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    build = tmp_path_factory.mktemp("build")
+    # a copy of what `pip install .` reads, so that the build leaves nothing in the checkout
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "imgcls", src / "imgcls", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                           "--no-build-isolation", "--no-index", "-q", str(ROOT)], capture_output=True, text=True,
-                          cwd=build, env=dict(os.environ, TMPDIR=str(build)), timeout=300)
+                           "--no-build-isolation", "--no-index", "-q", str(src)], capture_output=True, text=True,
+                          cwd=src, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv
 
