@@ -37,29 +37,29 @@ def parse_size(text: str | list | tuple | None) -> tuple[int, int] | None:
     return (sizes[0], sizes[-1])
 
 
-def parse_stages(text) -> tuple | None:
-    """'0.5:0.5:0.5,1:1:1' -> ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)): progressive-learning stages END:SIZE[:STRENGTH]
+def parse_phases(text) -> tuple | None:
+    """'0.5:0.5:0.5,1:1:1' -> ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)): progressive-learning phases END:SIZE[:STRENGTH]
     (STRENGTH 1 when left out); 'none' -> None. Lists (a saved config.json) are taken as they are."""
     if text is None or str(text).lower() in ("none", "off", ""):
         return None
     if isinstance(text, (list, tuple)):
-        stages = [tuple(float(v) for v in stage) for stage in text]
+        phases = [tuple(float(v) for v in phase) for phase in text]
     else:
         try:
-            stages = [tuple(float(v) for v in part.split(":")) for part in str(text).split(",")]
+            phases = [tuple(float(v) for v in part.split(":")) for part in str(text).split(",")]
         except ValueError:
             raise UserError(f"--progressive {text}: expected END:SIZE[:STRENGTH],..., e.g. 0.5:0.5:0.5,1:1:1") from None
-    stages = [stage if len(stage) == 3 else (*stage, 1.0) for stage in stages]
-    if not all(math.isfinite(v) for stage in stages for v in stage):
+    phases = [phase if len(phase) == 3 else (*phase, 1.0) for phase in phases]
+    if not all(math.isfinite(v) for phase in phases for v in phase):
         raise UserError(f"--progressive {text}: every END, SIZE and STRENGTH must be a finite number")
-    ends = [stage[0] for stage in stages]
-    if any(len(stage) != 3 for stage in stages) or ends != sorted(set(ends)) or ends[-1] != 1.0 or ends[0] <= 0:
-        raise UserError(f"--progressive {text}: expected stages END:SIZE[:STRENGTH] with END increasing to 1, "
+    ends = [phase[0] for phase in phases]
+    if any(len(phase) != 3 for phase in phases) or ends != sorted(set(ends)) or ends[-1] != 1.0 or ends[0] <= 0:
+        raise UserError(f"--progressive {text}: expected phases END:SIZE[:STRENGTH] with END increasing to 1, "
                         f"e.g. 0.5:0.5:0.5,1:1:1 (the first half of the updates at half the size)")
-    if stages[-1][1] != 1.0 or not all(0 < stage[1] <= 1 for stage in stages) or min(s[2] for s in stages) < 0:
-        raise UserError(f"--progressive {text}: SIZE is a fraction of --img-size in (0, 1] and the last stage's "
+    if phases[-1][1] != 1.0 or not all(0 < phase[1] <= 1 for phase in phases) or min(s[2] for s in phases) < 0:
+        raise UserError(f"--progressive {text}: SIZE is a fraction of --img-size in (0, 1] and the last phase's "
                         f"is 1 (the size predict.py and export use); STRENGTH >= 0")
-    return tuple(stages)
+    return tuple(phases)
 
 
 def parse_optional_str(text: str | None) -> str | None:
@@ -194,10 +194,10 @@ class Config:
     cutmix_alpha: float = _opt(0.0, "CutMix Beta(alpha, alpha); 0 = off")
     mix_prob: float = _opt(0.0, "probability that a batch is mixed")
     switch_prob: float = _opt(0.5, "probability of CutMix rather than Mixup when both are on")
-    progressive: tuple | None = _opt(None, "progressive learning (EfficientNetV2): stages END:SIZE[:STRENGTH], "
+    progressive: tuple | None = _opt(None, "progressive learning (EfficientNetV2): phases END:SIZE[:STRENGTH], "
                                            "until fraction END of the updates train at SIZE x --img-size with "
                                            "rotation, brightness, scale and mix-prob x STRENGTH; e.g. "
-                                           "0.5:0.5:0.5,1:1:1; none = off", parse_stages)
+                                           "0.5:0.5:0.5,1:1:1; none = off", parse_phases)
     # --- schedule ---
     scheduler: str = _opt("cosine", " | ".join(SCHEDULES), choices=tuple(SCHEDULES))
     warmup_epochs: float = _opt(0.0, "linear warmup epochs (cosine)")
@@ -293,7 +293,7 @@ class Config:
             if name in ("img_size", "storage_size") and value is not None:
                 value = parse_size(value)
             elif name == "progressive":
-                value = parse_stages(value)
+                value = parse_phases(value)
             elif name == "betas":
                 value = tuple(value)
             converted[name] = value

@@ -4,10 +4,10 @@ coarse features), the final size and full strength late.
 
 `--progressive END:SIZE:STRENGTH,...` is data: until fraction END of the run's updates, images are resized
 (on the device, in the same batched augmentation as every run) to SIZE x --img-size, and rotation,
-brightness, scale jitter and the mixing probability are multiplied by STRENGTH. The last stage is the
---img-size at which validation, the checkpoint, predict.py and export work. Which stage an update belongs to
+brightness, scale jitter and the mixing probability are multiplied by STRENGTH. The last phase is the
+--img-size at which validation, the checkpoint, predict.py and export work. Which phase an update belongs to
 is a function of its index alone, so the lr schedule counts every update once and a resumed run takes the
-same stages as an uninterrupted one.
+same phases as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def make_mixer(cfg: Config, num_classes: int, strength: float = 1.0) -> MixupCut
                        label_smoothing=cfg.label_smoothing)
 
 
-def plan(stages, total_updates: int, img_size: tuple[int, int]) -> list[tuple[int, tuple[int, int], float]]:
-    """(end update, input H x W, strength) per stage: ends at round(END x total), sides at least 8 pixels."""
+def plan(phases, total_updates: int, img_size: tuple[int, int]) -> list[tuple[int, tuple[int, int], float]]:
+    """(end update, input H x W, strength) per phase: ends at round(END x total), sides at least 8 pixels."""
     out = []
-    for end, size, strength in stages:
+    for end, size, strength in phases:
         hw = (max(8, round(img_size[0] * size)), max(8, round(img_size[1] * size)))
         out.append((round(end * total_updates), hw, float(strength)))
     return out

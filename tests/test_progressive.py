@@ -13,7 +13,7 @@ import torch
 
 from imgcls import checkpoint, engine
 from imgcls.checkpoint import RunState
-from imgcls.config import parse_stages
+from imgcls.config import parse_phases
 from imgcls.presets import resolve
 from imgcls.errors import UserError
 from imgcls.progressive import plan
@@ -29,14 +29,14 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def test_stages_parse_and_plan_by_hand():
-    assert parse_stages("0.3:0.5,1:1:2") == ((0.3, 0.5, 1.0), (1.0, 1.0, 2.0))
-    assert parse_stages([[0.5, 0.5, 0.5], [1, 1, 1]]) == ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0))  # config.json
-    assert parse_stages("none") is None
+    assert parse_phases("0.3:0.5,1:1:2") == ((0.3, 0.5, 1.0), (1.0, 1.0, 2.0))
+    assert parse_phases([[0.5, 0.5, 0.5], [1, 1, 1]]) == ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0))  # config.json
+    assert parse_phases("none") is None
     # 30 updates at 64x48: 0.3 -> update 9, half size; the rest at full size
-    assert plan(parse_stages("0.3:0.5,1:1:2"), 30, (64, 48)) == [(9, (32, 24), 1.0), (30, (64, 48), 2.0)]
+    assert plan(parse_phases("0.3:0.5,1:1:2"), 30, (64, 48)) == [(9, (32, 24), 1.0), (30, (64, 48), 2.0)]
     for bad in ("0.5:0.5", "1:0.5", "0.5:1,0.4:1,1:1", "a:b", "0.5:2,1:1"):
         with pytest.raises(UserError, match="--progressive"):
-            parse_stages(bad)
+            parse_phases(bad)
 
 
 def _trainer(data_dir, out, **extra):
@@ -87,7 +87,7 @@ def test_a_progressive_run_killed_inside_a_stage_resumes_to_the_same_weights(dat
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["progress"]["lr_history"] == b["progress"]["lr_history"]
     best = checkpoint.load(Path(full["run_dir"]) / "best.pt")
-    assert tuple(best["preprocessing"]["img_size"]) == (64, 64)  # the last stage's size, for predict.py
+    assert tuple(best["preprocessing"]["img_size"]) == (64, 64)  # the last phase's size, for predict.py
     assert np.isfinite(full["metric"])
 
 
