@@ -51,9 +51,9 @@ def fold_dir(root: str | Path, fold: int) -> Path:
 
 
 def reads_inputs_inside(cfg: Config, folder: Path, inputs: dict | None = None) -> list[tuple[str, str]]:
-    """(flag, path) of each input this run reads (--init-from, --teacher, and `inputs`, e.g. --config) that lies
-    inside `folder` or holds it: what deleting `folder` would destroy before the run could read it."""
-    reads = {"--init-from": cfg.init_from, "--teacher": cfg.teacher, **(inputs or {})}
+    """(flag, path) of each input this run reads (--init-from, --teacher, --exclude, and `inputs`, e.g. --config)
+    that lies inside `folder` or holds it: what deleting `folder` would destroy before the run could read it."""
+    reads = {"--init-from": cfg.init_from, "--teacher": cfg.teacher, "--exclude": cfg.exclude, **(inputs or {})}
     target = Path(folder).resolve()
     found = []
     for name, path in reads.items():

@@ -17,6 +17,7 @@ import torch
 
 from .contrast import CONTRAST
 from .errors import UserError
+from .data import read_path_list
 from .data.samplers import SAMPLERS
 from .limits import DECISION_TAU_RANGE, MAX_BATCH, MAX_SEED, MAX_SIDE
 from .models import input_multiple, pretrained_cfg
@@ -196,6 +197,8 @@ def check_config(cfg) -> None:
     if cfg.refit and cfg.scheduler == "plateau":
         raise UserError("--refit: the plateau schedule follows validation scores, which a refit on train + "
                         "validation does not have; use --scheduler onecycle or cosine")
+    if cfg.exclude:  # unreadable or missing: refused now, before --restart deletes anything
+        read_path_list(cfg.exclude)
     pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
     check_patch_sizes(cfg)
     check_device(cfg.device)

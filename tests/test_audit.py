@@ -153,3 +153,22 @@ def test_the_end_of_training_counts_the_copies_across_the_test_split(tmp_path, c
     assert crossing, "the seed's split puts no copy across: the test would check nothing"
     assert f"leak check: {len(crossing)} duplicate group(s)" in line[0]
     assert f"put {len(crossing)} test image(s)" in line[0]
+
+
+def test_a_bad_exclude_file_is_refused_before_restart_deletes_anything(finished_v1, tmp_path, capsys):
+    from helpers import snapshot
+    run = tmp_path / "runs"
+    shutil.copytree(finished_v1, run, ignore=shutil.ignore_patterns("cache"))
+    before = snapshot(run)
+    flags = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32",
+             "--epochs", "1", "--workers", "1", "--device", "cpu", "--out", run, "--restart"]
+    code, _, err = cli(train_script, *flags, "--exclude", tmp_path / "missing.csv", capsys=capsys)
+    assert_one_line_error(code, err, f"--exclude {tmp_path / 'missing.csv'}", "cannot read")
+    assert snapshot(run) == before
+    # the audit -> exclude loop with --restart: the list lies in the folder --restart would delete
+    inside = run / "v1" / "fold0" / "audit-issues.csv"
+    inside.write_text("path\ndemo/digit_0_000000\n")
+    before = snapshot(run)
+    code, _, err = cli(train_script, *flags, "--exclude", inside, capsys=capsys)
+    assert_one_line_error(code, err, "--restart would delete", f"--exclude {inside}")
+    assert snapshot(run) == before
