@@ -209,6 +209,7 @@ def main(argv=None) -> int:
     p.add_argument("--pictures", default=os.path.join(REPO, "docs"), help="folder for --look's pictures")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     args = p.parse_args(argv)
+    from cleanlab.filter import find_label_issues  # the reference (a dev requirement)
     if args.look:
         look(args.look, args.pictures)
         publish(["# Test scores with and without the test images in duplicate groups across the split", "",
@@ -247,7 +248,6 @@ def main(argv=None) -> int:
                 positions, oof_labels, probs = oof["positions"], oof["labels"], oof["probs"]
                 truth = np.isin(positions, flipped)
                 ours = confident.label_issues(oof_labels, probs)
-                from cleanlab.filter import find_label_issues
                 reference = find_label_issues(oof_labels, probs)
                 baseline = confident.argmax_disagrees(oof_labels, probs)
                 # train again without the flagged images, on the same test split

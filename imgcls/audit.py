@@ -17,6 +17,7 @@ every image (twice: the image and its mirror image).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -72,12 +73,12 @@ def leak_line(members: list[Member], threshold: float = THRESHOLD, device="cpu",
     dataset, _ = run_data(members, "all", log=lambda *a, **k: None)
     split = load_split(str(members[0].folder / SPLIT), dataset.paths)
     features = flip_features(members[0], dataset.images, torch.device(device))
-    ev = Evidence(np.zeros((0, 0)), np.zeros(0, np.int64), features, np.asarray(split["test"], dtype=np.int64), "")
-    crossing = [g for g in duplicate_groups(ev, dataset.paths, dataset.images, threshold) if g["crosses_test"]]
+    test = np.asarray(split["test"], dtype=np.int64)
+    crossing = [g for g in duplicate_groups(features, test, dataset.paths, dataset.images, threshold)
+                if g["crosses_test"]]
     if not crossing:
         return f"leak check: no duplicate group crosses the test split (cosine >= {threshold})"
-    test = set(ev.test.tolist())
-    held = len({m for g in crossing for m in g["members"] if m in test})
+    held = test_images_in(crossing, test)
     return (f"leak check: {len(crossing)} duplicate group(s) (exact, or cosine >= {threshold}) put {held} test "
             f"image(s) beside training images, so the test score is optimistic; audit.py --run "
             f"{members[0].folder.parent} lists them")
@@ -136,20 +137,19 @@ def label_issue_rows(ev: Evidence, labels: np.ndarray, paths, class_names) -> li
 
 def content_hashes(paths, images: torch.Tensor) -> list[str]:
     """The file's bytes where there is a file, else (the built-in demo data) the decoded pixels'."""
-    import hashlib
     return [duplicates.file_hash(p) if Path(p).is_file() else hashlib.sha256(images[i].numpy().tobytes()).hexdigest()
             for i, p in enumerate(paths)]
 
 
-def duplicate_groups(ev: Evidence, paths, images, threshold: float) -> list[dict]:
+def duplicate_groups(features: torch.Tensor, test: np.ndarray, paths, images, threshold: float) -> list[dict]:
     """Exact groups, then near-duplicate groups (those not already an exact group), each with whether it
     crosses the test split."""
     is_test = np.zeros(len(paths), dtype=bool)
-    is_test[ev.test] = True
+    is_test[test] = True
     exact = duplicates.exact_groups(content_hashes(paths, images))
-    i, j, _ = duplicates.similar_pairs(ev.features, threshold)
+    i, j, _ = duplicates.similar_pairs(features, threshold)
     near = [g for g in duplicates.connected_groups(len(paths), i, j) if g not in exact]
-    unit = duplicates.normalise(ev.features)
+    unit = duplicates.normalise(features)
     out = []
     for kind, groups in (("exact", exact), ("near", near)):
         for members in groups:
@@ -157,6 +157,11 @@ def duplicate_groups(ev: Evidence, paths, images, threshold: float) -> list[dict
             out.append({"kind": kind, "members": members, "similarity": sims,
                         "crosses_test": bool(is_test[members].any() and not is_test[members].all())})
     return out
+
+
+def test_images_in(groups: list[dict], test: np.ndarray) -> int:
+    """How many test images the groups hold (an image in an exact and a near group counts once)."""
+    return len({m for g in groups for m in g["members"]} & set(test.tolist()))
 
 
 def split_names(n: int, split: dict, members: list[Member]) -> list[str]:
@@ -189,7 +194,7 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
     parts = split_names(len(paths), split, members)
 
     issues = label_issue_rows(ev, labels, paths, names)
-    groups = duplicate_groups(ev, paths, dataset.images, threshold)
+    groups = duplicate_groups(ev.features, ev.test, paths, dataset.images, threshold)
     dup_rows = [{"group": g, "kind": d["kind"], "path": paths[m], "split": parts[m], "label": names[labels[m]],
                  "similarity": round(s, 6), "crosses_test": d["crosses_test"]}
                 for g, d in enumerate(groups, 1) for m, s in zip(d["members"], d["similarity"])]
@@ -213,7 +218,7 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
                "duplicate_groups": {"exact": sum(d["kind"] == "exact" for d in groups),
                                     "near": sum(d["kind"] == "near" for d in groups)},
                "groups_crossing_test": len(crossing),
-               "test_images_in_crossing_groups": len({m for d in crossing for m in d["members"] if parts[m] == "test"}),
+               "test_images_in_crossing_groups": test_images_in(crossing, ev.test),
                "threshold": threshold, "outliers_listed": len(out_rows)}
     atomic_write(folder / AUDIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_audit_page(folder, title=f"audit of {root}", summary=summary, images=dataset.images, issues=issues,

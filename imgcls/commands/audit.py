@@ -39,6 +39,7 @@ def main(argv=None, prog: str | None = None) -> int:
     import imgcls
     classifier = imgcls.load(args.run, device=args.device, log=print)
     if len(classifier.members) == 1 and not classifier.members[0].folder.name.startswith("fold"):
-        raise UserError(f"--run {args.run}: audit needs a run folder (its split and data), not a loose checkpoint")
+        raise UserError(f"--run {args.run}: audit needs a run folder (its split and data), not a checkpoint file "
+                        "or an export")
     classifier.audit(threshold=args.threshold, top_outliers=args.top_outliers, batch_size=args.batch_size, log=print)
     return 0
