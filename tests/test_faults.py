@@ -192,11 +192,8 @@ def test_command_line_caches_by_default_and_none_turns_it_off(tmp_path, monkeypa
 
 def test_bench_measures_the_default_cache_path(tmp_path, monkeypatch):
     """bench/data.py loads through the resolved Config: it writes and reads the default cache, like train.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "bench" / "data.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from helpers import load_bench_script
+    bench = load_bench_script(monkeypatch, "data")  # with bench/ on the path, for its common.py
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     data = write_folder_dataset(tmp_path / "d", counts=(4, 3, 2))
     logged = []
