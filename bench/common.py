@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the checkout on the import path (so `import imgcls` works from bench/),
-a run's file names through imgcls.run (`layout.BEST`, `layout.fold_dir(...)`: no script spells them), the median
+a run's file names through imgcls.run (`layout.SHIPPED`, `layout.fold_dir(...)`: no script spells them), the median
 [min, max] cell, and the report written where the README quotes it (and printed). Import it first."""
 
 from __future__ import annotations

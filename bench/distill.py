@@ -78,7 +78,7 @@ def student_fold(args, seed: int, variant: str, epochs: int, refits: bool) -> st
 
 def same_student(a: str, b: str) -> bool:
     """Whether two fold folders ship the same weights, tensor for tensor (and the same tau)."""
-    x, y = (checkpoint.read(os.path.join(fold, layout.BEST)) for fold in (a, b))
+    x, y = (checkpoint.read(layout.fold_model(fold)) for fold in (a, b))
     return (x.model.keys() == y.model.keys() and all(torch.equal(x.model[k], y.model[k]) for k in x.model)
             and x.decision_tau == y.decision_tau)
 
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     checked = []
     for (seed, v, e), refit in refits.items():
         alone = str(layout.fold_dir(os.path.join(student_out(args, seed, v, e), "v5"), 0))
-        if refit and os.path.exists(os.path.join(alone, layout.BEST)):
+        if refit and layout.fold_model(alone) is not None:
             if not same_student(alone, student_fold(args, seed, v, e, True)):
                 raise SystemExit(f"{alone} differs from its refit's selection stage; score them apart")
             checked.append(f"seed {seed} {v} {e} epochs")

@@ -341,7 +341,7 @@ class Scorer:
             teacher = os.path.dirname(run_dir(args, init, seed, "v5"))
             train_images = tuple(split["folds"][0]["train"])
             train_s += ensemble_train_s(teacher) + self.teacher_pass_s(teacher, train_images)
-        best = checkpoint.read(os.path.join(rdir, layout.BEST))
+        best = checkpoint.read(layout.fold_model(rdir))
         rows = {recipe: self.row(self.probs(best, self.model(best), test_idx), test_idx, best.train_class_counts,
                                  best.decision_tau, train_s)}
         if recipe == "v4":
@@ -367,7 +367,7 @@ class Scorer:
                     rows[f"v5 select: {name} + cRT + tau"] = self.crt_and_tau(last, weights, split, s_train)
             # the selection stage's own result (the candidate it chose by validation loss, its cRT head and tau):
             # v5 without the refit
-            shipped = checkpoint.read(os.path.join(sdir, layout.BEST))
+            shipped = checkpoint.read(layout.fold_model(sdir))
             rows["v5 select: as chosen + cRT + tau"] = self.row(
                 self.probs(shipped, self.model(shipped), test_idx), test_idx, shipped.train_class_counts,
                 shipped.decision_tau, s_train)

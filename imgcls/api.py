@@ -240,7 +240,7 @@ def load(source: str | Path, *, fold: str | int = "all", tta: bool | None = None
         taus = hub_taus if decision_tau is None else decision_taus(members, decision_tau)
         return Classifier(members, chosen, device=device, batch_size=batch_size, amp=amp, decision_taus=taus)
     members = load_members(find_checkpoints(source, fold))
-    for member in members:  # a killed or still running fold: its best.pt is only the best epoch so far
+    for member in members:  # a killed or still running fold: its model file is only the best epoch so far
         note = unfinished_note(member.path)
         if note:
             log(note) if log is not None else warnings.warn(note, stacklevel=2)

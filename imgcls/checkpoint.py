@@ -13,7 +13,7 @@ import torch
 from .errors import UserError
 from .fsio import atomic_write
 
-# Every checkpoint imgcls writes (last.pt, best.pt, swa.pt) carries these; a file without them came from
+# Every checkpoint imgcls writes (last.pt, shipped.pt, swa.pt) carries these; a file without them came from
 # somewhere else, and reading it on would only fail later with a KeyError.
 REQUIRED_KEYS = ("model", "model_name", "num_classes", "class_names", "preprocessing", "config")
 
@@ -54,7 +54,7 @@ def load(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
     missing = [k for k in required if k not in state]
     if missing:
         raise UserError(f"{path}: not an imgcls checkpoint (no {', '.join(repr(k) for k in missing)}); "
-                        "give a best.pt or last.pt written by train.py")
+                        "give a shipped.pt or last.pt written by train.py")
     return state
 
 
@@ -63,7 +63,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
-# --- The record: what best.pt, swa.pt and last.pt hold, as one typed object. ------------------------------
+# --- The record: what shipped.pt, swa.pt and last.pt hold, as one typed object. ------------------------------
 # On disk it is a plain dict of tensors and Python values (torch.load(weights_only=True) reads it); the
 # dataclasses below are the only place its keys are spelled.
 
@@ -113,7 +113,7 @@ class RunState:
 
 @dataclass
 class Checkpoint:
-    """A trained model with what it takes to use it (best.pt, swa.pt) and, in last.pt, to resume training.
+    """A trained model with what it takes to use it (shipped.pt, swa.pt) and, in last.pt, to resume training.
 
     ``selected``: "best" (the best epoch), "swa" (the SWA average), "ema" (the EMA of the weights) or "last"
     (the final weights; in last.pt, the latest epoch).
@@ -161,7 +161,7 @@ class Checkpoint:
             return cls(**values)
         except (KeyError, TypeError, ValueError) as exc:  # a field missing, unknown or of the wrong kind
             raise UserError(f"{path}: not a complete imgcls checkpoint ({type(exc).__name__}: {exc}); give a "
-                            "best.pt or last.pt written by train.py") from None
+                            "shipped.pt or last.pt written by train.py") from None
 
 
 def save(record: Checkpoint, path: str | Path) -> None:

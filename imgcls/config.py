@@ -157,8 +157,8 @@ class Config:
     # --- model ---
     model: str = _opt("efficientnet_b0", "backbone name (python train.py --list-models)")
     pretrained: str | None = _opt("default", "none | default | PATH to a checkpoint", parse_optional_str)
-    init_from: str | None = _opt(None, "start from a trained run's weights (run folder, fold folder or best.pt) with "
-                                       "a fresh schedule: to continue a finished run for more epochs, or to "
+    init_from: str | None = _opt(None, "start from a trained run's weights (run folder, fold folder or "
+                                       "shipped.pt) with a fresh schedule: to continue a finished run for more epochs, or to "
                                        "fine-tune on new data (other classes: all but the classifier)",
                                  parse_optional_str)
     drop_path: float = _opt(0.0, "stochastic depth rate")
@@ -256,7 +256,7 @@ class Config:
                                           "validation macro-F1", parse_tau)
     # --- distillation (distill.py) ---
     teacher: str | None = _opt(None, "distil from a trained run (its fold ensemble, TTA and decision tau), a fold "
-                                     "folder or a best.pt: its probabilities on every training image, computed "
+                                     "folder or a shipped.pt: its probabilities on every training image, computed "
                                      "once, are soft targets beside the labels; none = off", parse_optional_str)
     distill: str = _opt("kd", "kd (Hinton et al. 2015) | bkd (Zhang et al. 2021: the teacher's distribution "
                               "re-weighted by class-balanced weights, --cb-beta)", choices=tuple(DISTILL))

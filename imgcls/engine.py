@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import shutil
@@ -39,13 +40,13 @@ from .errors import UserError
 from .fsio import atomic_write, clean_stale_temps
 from .progressive import describe, phase_at
 from .plots import objective_label, plot_curves, plot_lr
-from .run import (BEST, CONFIG, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY,
-                  TENSORBOARD, check_restart, reads_inputs_inside)
+from .run import (BEST_EPOCH, CONFIG, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY,
+                  TENSORBOARD, check_restart, fold_model, reads_inputs_inside)
 from .tblog import TensorBoardLog
 
 from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, prepare_data,
                       run_dir, run_root)
-from .shipping import choose_decision, finish, retrain_head, select_result
+from .shipping import ship_carried, ship_chosen
 # the training parts under the names lr_find.py, bench scripts and tests have always used (engine.X)
 from .trainer import make_optimizer, weight_span_warning  # noqa: F401
 from .shipping import after_training, final_line  # noqa: F401
@@ -102,12 +103,14 @@ def _fit(cfg: Config, fold: int, log, data) -> dict:
     everything = np.union1d(train_idx, val_idx)
     say(f"refit, stage 2 of 2: {carried.epochs} epochs on train + validation ({len(everything)} images), "
         f"ships the {carried.selected} weights with tau {carried.decision_tau:+.1f}")
-    return train_stage(refit_cfg, data, Stage(rdir, everything, everything[:0], carried),
-                       open_run(refit_cfg, rdir, say), say)
+    return train_stage(refit_cfg, data, Stage(rdir, everything, everything[:0]), open_run(refit_cfg, rdir, say),
+                       say, ship=functools.partial(ship_carried, carried))
 
 
-def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say) -> dict:
-    """One training pass into stage.rdir, resumed from `saved` (its last.pt) when given."""
+def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say,
+                ship=ship_chosen) -> dict:
+    """One training pass into stage.rdir, resumed from `saved` (its last.pt) when given; `ship` (shipping.py)
+    decides what the pass ships once its epochs are done."""
     if saved is not None and saved.finished:
         return _already_finished(cfg, stage.rdir, saved, say)
     t = setup(cfg, data, stage, saved, say)
@@ -128,10 +131,7 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         save_progress(t, state, val)
         interrupt.check()  # a Ctrl-C swallowed while the epoch's files were written stops here
     # the final epoch's scores are those of the "last" and "ema" candidates: no second validation pass
-    net, selected, metrics = select_result(t, state, scored={"last": val, "ema": ema_val})
-    net, metrics, probs = retrain_head(t, state, net, selected, metrics)
-    tau, metrics = choose_decision(t, net, metrics, probs)
-    result = finish(t, state, net, selected, metrics, tau)
+    result, metrics, tau = ship(t, state, scored={"last": val, "ema": ema_val})
     if board is not None:
         stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
         board.finished(stages, metrics, state.epoch, stage.rdir / CONFUSION)
@@ -152,7 +152,7 @@ def _finished_run(rdir: Path) -> checkpoint.Checkpoint | None:
 
 def read_carried(select_dir: Path) -> Carried:
     """The selection stage's choices, from the files it wrote (so a resumed refit carries the same ones)."""
-    best = checkpoint.read(select_dir / BEST)
+    best = checkpoint.read(fold_model(select_dir))
     metrics = json.loads((select_dir / METRICS).read_text())
     return Carried(selected=best.selected, epochs=int(best.epoch), decision_tau=float(best.decision_tau),
                    metrics=metrics)
@@ -303,7 +303,7 @@ def end_epoch(t: Trainer, state: RunState, epoch: int, val: dict | None) -> None
     if score > state.best_metric:
         state.best_metric, state.best_epoch = score, done
         if dist.is_main():
-            checkpoint.save(make_record(t, t.model, done, score, "best"), t.rdir / BEST)
+            checkpoint.save(make_record(t, t.model, done, score, "best"), t.rdir / BEST_EPOCH)
     state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if cfg.early_stop is not None and state.bad_epochs >= cfg.early_stop:
         state.stopped_early = True

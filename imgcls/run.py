@@ -1,7 +1,8 @@
 """A trained run on disk: the one module that knows its layout and reads it back.
 
     OUT/<version>/split.json              the held-out test split and the folds (data/splits.py)
-    OUT/<version>/fold<k>/best.pt         the fold's shipped model and its decision tau (checkpoint.Checkpoint)
+    OUT/<version>/fold<k>/shipped.pt      the fold's shipped model and its decision tau (checkpoint.Checkpoint;
+                                          best.pt in runs saved before 2026-12-06, still read)
     OUT/<version>/fold<k>/last.pt         everything a resume needs; marked finished at the end
     OUT/<version>/fold<k>/metrics.json    written only when the fold's training finished
     OUT/<version>/fold<k>/select/         a --refit's selection stage (a complete fold folder of its own)
@@ -28,11 +29,14 @@ from .models import create_model
 from .limits import DECISION_TAU_RANGE
 from .validate import check_range
 
-BEST, LAST, METRICS, SPLIT, CONFIG = "best.pt", "last.pt", "metrics.json", "split.json", "config.json"
-# the rest of a fold folder: the model before cRT, the best epoch and the SWA average kept for inspection, the
-# refit's selection stage, the per-epoch table, the skipped inputs, the plots and the report
+SHIPPED, LAST, METRICS, SPLIT, CONFIG = "shipped.pt", "last.pt", "metrics.json", "split.json", "config.json"
+# the rest of a fold folder: the model before cRT, the best epoch so far (while training runs; kept for
+# inspection with --select last) and the SWA average, the refit's selection stage, the per-epoch table, the
+# skipped inputs, the plots and the report
 BEFORE_CRT, BEST_EPOCH, SWA = "before_crt.pt", "best_epoch.pt", "swa.pt"
-OLD_BEFORE_CRT = "stage1.pt"  # before_crt.pt's name in runs saved before 2026-12-06 (still read on resume)
+# the names in runs saved before 2026-12-06, still read: the shipped model (which also held the best epoch
+# while training ran) and the model before cRT (read on resume)
+OLD_SHIPPED, OLD_BEFORE_CRT = "best.pt", "stage1.pt"
 SELECT, SUMMARY, SKIPPED, REPORT = "select", "summary.csv", "skipped.json", "report.html"
 CURVES, LR_PLOT, CONFUSION = "curves.png", "lr.png", "confusion.png"
 TENSORBOARD = "tensorboard"  # --tensorboard: the event files
@@ -48,6 +52,22 @@ HUB_WEIGHTS, HUB_CONFIG, HUB_CARD = "model.safetensors", CONFIG, "README.md"
 
 def fold_dir(root: str | Path, fold: int) -> Path:
     return Path(root) / f"fold{fold}"
+
+
+def fold_model(folder: str | Path) -> Path | None:
+    """A fold folder's model: shipped.pt once its training finished (best.pt in an older run); while training runs
+    or after a kill, the best epoch so far (unfinished_note warns about it); None when there is none yet."""
+    for name in (SHIPPED, OLD_SHIPPED, BEST_EPOCH):
+        path = Path(folder) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def fold_models(root: str | Path) -> list[Path]:
+    """The model of each fold folder under a run folder, in fold order."""
+    folders = sorted((p for p in Path(root).glob("fold*") if p.is_dir()), key=lambda p: _fold_of(p / SHIPPED))
+    return [m for m in map(fold_model, folders) if m is not None]
 
 
 def reads_inputs_inside(cfg: Config, folder: Path, inputs: dict | None = None) -> list[tuple[str, str]]:
@@ -104,7 +124,7 @@ def unfinished_folds(root: str | Path, num_folds: int, but: int | None = None) -
 
 def unfinished_note(path: str | Path) -> str | None:
     """A warning line when a checkpoint comes from a fold whose training has not finished (killed or still
-    running): its best.pt is only the best epoch so far, and the numbers from it are not the run's."""
+    running): its model file is only the best epoch so far, and the numbers from it are not the run's."""
     folder = Path(path).parent
     if (folder / LAST).is_file() and not is_finished(folder):
         return (f"warning: {folder}: training has not finished (no {METRICS}); {Path(path).name} is the best "
@@ -113,10 +133,10 @@ def unfinished_note(path: str | Path) -> str | None:
 
 
 def run_versions(root: Path) -> list[str]:
-    """Sub-folders of `root` that are runs (hold fold*/best.pt): `runs-quick` -> ['v1', 'v2', ...]."""
+    """Sub-folders of `root` that are runs (hold a fold's model): `runs-quick` -> ['v1', 'v2', ...]."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob(f"fold*/{BEST}")))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and fold_models(p))
 
 
 def _fold_of(path: Path) -> int:
@@ -133,19 +153,20 @@ def find_checkpoints(source: str | Path, fold: str | int = "all") -> list[Path]:
     if not path.exists():
         raise UserError(f"{path}: no such run folder or checkpoint file; train first "
                         f"(python train.py --version ...) or point at OUT/<version>")
-    if (path / BEST).is_file() and not any(path.glob(f"fold*/{BEST}")):
-        return [path / BEST]  # a fold folder
+    own = fold_model(path)
+    if own is not None and not fold_models(path):
+        return [own]  # a fold folder
     if fold == "all":
-        found = sorted(path.glob(f"fold*/{BEST}"), key=_fold_of)
+        found = fold_models(path)
     else:
-        found = [p for p in [fold_dir(path, fold) / BEST] if p.is_file()]
+        found = [p for p in [fold_model(fold_dir(path, fold))] if p is not None]
     if found:
         return found
     versions = run_versions(path)
     if versions:
         raise UserError(f"{path}: a folder of runs, not one run; pick a version: "
                         + ", ".join(str(path / v) for v in versions))
-    raise UserError(f"{path}: no trained fold{'s' if fold == 'all' else ' ' + fold} (fold*/{BEST}) there; "
+    raise UserError(f"{path}: no trained fold{'s' if fold == 'all' else ' ' + fold} (fold*/{SHIPPED}) there; "
                     f"train it first or pick another --fold")
 
 
@@ -195,7 +216,7 @@ def _check_finite(member: Member) -> None:
     for name, value in member.record.model.items():
         if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UserError(f"{member.path}: weight {name} holds NaN or inf values; this checkpoint cannot "
-                            "predict (train again, or use another fold's or an earlier run's best.pt)")
+                            "predict (train again, or use another fold's or an earlier run's model)")
 
 
 def build_model(member: Member, device: torch.device | str = "cpu") -> torch.nn.Module:

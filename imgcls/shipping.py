@@ -1,13 +1,20 @@
 """What a run ships once its epochs are done: the model candidate (best epoch, last, EMA or SWA), the
-classifier re-trained on frozen features (cRT), the decision tau, then best.pt, metrics.json, the plots and the
-report. engine.train_stage calls these in order after the loop."""
+classifier re-trained on frozen features (cRT), the decision tau, then shipped.pt, metrics.json, the plots and the
+report.
+
+engine.train_stage hands its trained Trainer to one of two shipping policies, built from the same steps:
+ship_chosen chooses the candidate and the tau on the stage's validation split (every run, and a refit's
+selection stage); ship_carried takes them from a refit's selection stage (Carried), since the refit holds no
+image out to choose on. Bench scripts call ship_chosen's steps (retrain_head, choose_decision) rather than
+copying them."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
+
+from typing import NamedTuple
 
 import numpy as np
 from torch import nn
@@ -22,20 +29,47 @@ from .decoupling import extract_features, replace_classifier, retrain_classifier
 from .fsio import atomic_write
 from .plots import objective_label, plot_confusion, plot_curves
 from .report import write_report
-from .run import BEFORE_CRT, BEST, BEST_EPOCH, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, OLD_BEFORE_CRT, SWA
+from .run import (BEFORE_CRT, BEST_EPOCH, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, OLD_BEFORE_CRT, OLD_SHIPPED,
+                  SHIPPED, SWA)
 from .selection import pick
-from .trainer import Trainer, bn_batches, evaluate, make_record, peak_memory_mb, val_probs
+from .trainer import Carried, Trainer, bn_batches, evaluate, make_record, peak_memory_mb, val_probs
 
+
+class Shipped(NamedTuple):
+    result: dict     # what fit returns: run_dir, the metric, the selected candidate
+    metrics: dict    # metrics.json
+    tau: float       # the decision tau stored with the model
+
+
+def ship_chosen(t: Trainer, state: RunState, scored: dict | None = None) -> Shipped:
+    """Choose on the validation split: the candidate (--select), its cRT, the decision tau; then write the run.
+    scored: validation metrics the loop already computed for the last weights and the EMA."""
+    net, selected, metrics = select_result(t, state, scored)
+    net, metrics, probs = retrain_head(t, state, net, selected, metrics)
+    tau, metrics = choose_decision(t, net, metrics, probs)
+    return Shipped(finish(t, state, net, selected, metrics, tau), metrics, tau)
+
+
+def ship_carried(carried: Carried, t: Trainer, state: RunState, scored: dict | None = None) -> Shipped:
+    """A refit: the kind of candidate its selection stage chose, cRT re-fitted on every image it trained on, the
+    selection stage's tau. Its metrics.json holds the selection stage's validation scores (the only held-out
+    ones the run has; "scored" says so) and the time of both stages."""
+    kind = carried.selected
+    net = _candidates(t, [kind])[kind] if kind in ("ema", "swa") else t.model
+    net, crt, _ = retrain_head(t, state, net, kind, None)
+    metrics = dict(carried.metrics, crt_seconds=carried.metrics.get("crt_seconds", 0.0)
+                   + (crt or {}).get("crt_seconds", 0.0))
+    refit = dict(refit=True, refit_train_time_s=state.train_time,
+                 train_time_s=state.train_time + carried.metrics["train_time_s"],
+                 scored="the selection stage (select/) on the validation split, before the refit trained on it")
+    return Shipped(finish(t, state, net, kind, metrics, carried.decision_tau, refit), metrics,
+                   carried.decision_tau)
 
 
 def select_result(t: Trainer, state: RunState, scored: dict | None = None) -> tuple[nn.Module, str, dict | None]:
     """The run's model, by --select (selection.py): best = the better of the best epoch and the SWA average
     by --metric; last = the final weights, their EMA or the SWA average, whichever has the lowest validation
-    loss. A refit takes the kind of candidate its selection stage chose (and has no validation to score it).
-    scored: validation metrics already computed for the current weights ("last") and the EMA, if any."""
-    if t.carried is not None:
-        kind = t.carried.selected
-        return (_candidates(t, [kind])[kind] if kind in ("ema", "swa") else t.model), kind, None
+    loss. scored: validation metrics already computed for the current weights ("last") and the EMA, if any."""
     if t.cfg.select == "last":
         nets = _candidates(t, ["last", "ema", "swa"])
         scores = {name: (scored or {}).get(name) or evaluate(t, net) for name, net in nets.items()}
@@ -43,11 +77,10 @@ def select_result(t: Trainer, state: RunState, scored: dict | None = None) -> tu
         if len(scores) > 1:
             t.say("candidates by validation loss: " + ", ".join(
                 f"{n} {m['loss']:.4f} (macro_f1 {m['macro_f1']:.4f})" for n, m in scores.items()) + f" -> {name}")
-        if dist.is_main() and (t.rdir / BEST).exists():  # the best-epoch model, kept for inspection
-            shutil.copyfile(t.rdir / BEST, t.rdir / BEST_EPOCH)
         return nets[name], name, scores[name]
-    dist.barrier()  # rank 0 has written best.pt; torchrun's ranks share this machine's disk
-    best = checkpoint.read(t.rdir / BEST)
+    dist.barrier()  # rank 0 has written best_epoch.pt; torchrun's ranks share this machine's disk
+    # the best epoch so far; an interrupted run saved before 2026-12-06 kept it in best.pt
+    best = checkpoint.read(next(p for p in (t.rdir / BEST_EPOCH, t.rdir / OLD_SHIPPED) if p.exists()))
     t.model.load_state_dict(best.model)
     chosen = (t.model, "best", evaluate(t, t.model))
     if t.swa is None or int(t.swa.n_averaged) == 0:
@@ -123,10 +156,6 @@ def choose_decision(t: Trainer, net: nn.Module, metrics: dict,
     the best validation macro-F1. metrics become those of the adjusted rule, with the unadjusted ones kept
     under "before_decision". probs: net's validation probabilities when the caller has them."""
     cfg = t.cfg
-    if t.carried is not None:  # a refit: tau and the held-out scores are the selection stage's
-        carried = dict(t.carried.metrics, crt_seconds=(metrics or {}).get("crt_seconds", 0.0))
-        carried["crt_seconds"] += t.carried.metrics.get("crt_seconds", 0.0)
-        return t.carried.decision_tau, carried
     if cfg.decision_tau == 0:
         return 0.0, metrics
     probs = val_probs(t, net) if probs is None else probs
@@ -146,27 +175,22 @@ def choose_decision(t: Trainer, net: nn.Module, metrics: dict,
     return tau, adjusted
 
 
-def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict, tau: float = 0.0) -> dict:
-    """best.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished.
-
-    A refit's metrics.json holds its selection stage's validation scores (the only held-out ones the run has;
-    "scored" says so) and the time of both stages."""
+def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: dict, tau: float = 0.0,
+           refit: dict | None = None) -> dict:
+    """shipped.pt = the selected model, metrics.json, the confusion plot; last.pt marked finished. refit: the
+    fields a refit's metrics.json adds or overrides (ship_carried)."""
     cfg, rdir = t.cfg, t.rdir
     metrics.update(
         selected=selected, best_epoch=state.best_epoch, epochs_run=state.epoch,
         stopped_early=state.stopped_early, train_time_s=state.train_time,
         peak_memory_mb=peak_memory_mb(t.device), peak_memory_kind="cuda_max_allocated"
         if t.device.type == "cuda" else "process_max_rss", split="val", fold=t.fold, train_images=len(t.train_idx))
-    if t.carried is not None:
-        metrics.update(refit=True, refit_train_time_s=state.train_time,
-                       train_time_s=state.train_time + t.carried.metrics["train_time_s"],
-                       scored="the selection stage (select/) on the validation split, before the refit trained "
-                              "on it")
+    metrics.update(refit or {})
     result = {"run_dir": str(rdir), "metric": float(metrics[cfg.metric]), "selected": selected}
     if dist.is_main():
         record = make_record(t, net, _epoch_of(state, selected), result["metric"], selected)
         record.decision_tau = tau
-        checkpoint.save(record, rdir / BEST)
+        checkpoint.save(record, rdir / SHIPPED)
         atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / CONFUSION)
         stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
@@ -181,7 +205,12 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         last = checkpoint.read(rdir / LAST)
         last.finished, last.result = True, result
         checkpoint.save(last, rdir / LAST)
-        t.say(final_line(rdir, selected, metrics, cfg.metric, refit=t.carried is not None,
+        # Only once the run is marked finished (a resume before that reads the best epoch again):
+        # best_epoch.pt is kept for inspection with --select last; with --select best it is shipped.pt or lost to
+        # SWA, as before. An older run resumed here leaves no stale best.pt beside its model.
+        for path in [rdir / OLD_SHIPPED] + ([rdir / BEST_EPOCH] if cfg.select == "best" else []):
+            path.unlink(missing_ok=True)
+        t.say(final_line(rdir, selected, metrics, cfg.metric, refit=bool(refit),
                          tau_chosen=isinstance(metrics.get("decision_tau_scores"), dict)))
     dist.barrier()
     return result

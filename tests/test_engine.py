@@ -27,7 +27,7 @@ from tests.helpers import tiny_overrides, write_folder_dataset
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"v1": "tiny_efficientnet", "v2": "tiny_convnext", "v2.1": "tiny_convnext",
               "v3": "tiny_efficientnet_v2", "v4": "tiny_efficientnet"}
-RUN_FILES = ["config.json", "split.json", "summary.csv", "best.pt", "last.pt", "metrics.json", "lr.png",
+RUN_FILES = ["config.json", "split.json", "summary.csv", "shipped.pt", "last.pt", "metrics.json", "lr.png",
              "curves.png", "confusion.png", "skipped.json"]
 
 
@@ -63,7 +63,7 @@ def test_every_version_trains_and_writes_every_file(version, extra, data_dir, tm
     for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy", "per_class", "confusion_matrix",
                 "smallest_class_f1", "per_class_f1_std", "train_time_s", "peak_memory_mb", "selected"):
         assert key in metrics, key
-    best = checkpoint.load(rdir / "best.pt")
+    best = checkpoint.load(rdir / "shipped.pt")
     assert best["class_names"] == ["shirts", "shoes", "watches"]
     assert best["preprocessing"]["img_size"] == [32, 32]
     assert best["config"]["version"] == version
@@ -73,7 +73,7 @@ def test_every_version_trains_and_writes_every_file(version, extra, data_dir, tm
 
 
 def _evaluate_saved(rdir: Path, data_dir: Path, out: Path) -> dict:
-    best = checkpoint.load(rdir / "best.pt")
+    best = checkpoint.load(rdir / "shipped.pt")
     model = create_model(best["model_name"], best["num_classes"])
     model.load_state_dict(best["model"])
     model.eval()
@@ -155,12 +155,36 @@ def test_killed_run_resumes_to_identical_weights(data_dir, tmp_path):
     assert a["progress"]["lr_history"] == b["progress"]["lr_history"]
 
 
+def test_a_run_killed_before_the_model_pt_rename_resumes_from_its_best_pt(data_dir, tmp_path):
+    """Runs saved before 2026-12-06 kept the best epoch so far in best.pt: resumed, they finish to the same
+    shipped.pt as a run trained at once, and leave no stale best.pt beside it."""
+    extra = dict(epochs=3, lr=0.0, scheduler="constant", swa_start=None, mix_prob=0.0, early_stop=None)  # best: 1
+    _, full = _fit("v2.1", data_dir, tmp_path / "a", **extra)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(line, *args, **kwargs):
+        if str(line).startswith("epoch 3/3"):
+            raise Killed
+    cfg = resolve("v2.1", tiny_overrides(data_dir, tmp_path / "b", model="tiny_convnext", **extra))
+    with pytest.raises(Killed):
+        engine.fit(cfg, 0, log=kill_in_epoch_3)
+    fold = tmp_path / "b" / "v2.1" / "fold0"
+    (fold / "best_epoch.pt").rename(fold / "best.pt")  # the old name of the best epoch so far
+    resumed = engine.fit(cfg, 0, log=lambda *a, **k: None)
+    a, b = (checkpoint.read(Path(r["run_dir"]) / "shipped.pt") for r in (full, resumed))
+    assert a.epoch == b.epoch == 1 and a.model.keys() == b.model.keys()
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert sorted(p.name for p in fold.glob("*.pt")) == ["last.pt", "shipped.pt"]
+
+
 def test_nan_loss_stops_with_epoch_and_step(data_dir, tmp_path):
     cfg = resolve("v1", tiny_overrides(data_dir, tmp_path, model="tiny_convnext", lr=1e30,
                                        scheduler="constant"))
     with pytest.raises(engine.TrainingDiverged, match=r"epoch 1 step \d+"):
         engine.fit(cfg, 0, log=lambda *a, **k: None)
-    assert not (tmp_path / "v1" / "fold0" / "best.pt").exists()
+    assert not (tmp_path / "v1" / "fold0" / "shipped.pt").exists()
 
 
 def test_fold_out_of_range_is_a_user_error(data_dir, tmp_path):

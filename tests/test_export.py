@@ -115,15 +115,15 @@ def test_a_runs_decision_tau_is_inside_the_exported_graph(runs, tmp_path):
     from imgcls.decision import adjust
     fold = tmp_path / "v4" / "fold0"
     fold.mkdir(parents=True)
-    record = checkpoint.read(runs[0] / "fold0" / "best.pt")
+    record = checkpoint.read(runs[0] / "fold0" / "shipped.pt")
     record.decision_tau = 1.5
-    checkpoint.save(record, fold / "best.pt")
+    checkpoint.save(record, fold / "shipped.pt")
     x = _uint8(7, (20, 16), seed=3)
-    plain = imgcls.load(runs[0] / "fold0" / "best.pt", tta=False).probabilities(x)
-    clf = imgcls.load(fold / "best.pt", tta=False)
+    plain = imgcls.load(runs[0] / "fold0" / "shipped.pt", tta=False).probabilities(x)
+    clf = imgcls.load(fold / "shipped.pt", tta=False)
     assert clf.decision_taus == [1.5]
     np.testing.assert_allclose(clf.probabilities(x), adjust(plain, record.train_class_counts, 1.5), atol=1e-6)
-    assert export_main(["--run", str(fold / "best.pt"), "--out", str(tmp_path / "onnx")]) == 0
+    assert export_main(["--run", str(fold / "shipped.pt"), "--out", str(tmp_path / "onnx")]) == 0
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], clf.probabilities(x), atol=1e-4, rtol=0)
     pre = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())

@@ -31,7 +31,8 @@ from imgcls.data import cache as cache_mod
 from imgcls.data.cache import decode_images, default_cache_dir, resolve_cache_dir
 from imgcls.data.splits import load_split, save_split
 from imgcls.fsio import atomic_write, clean_stale_temps
-from tests.helpers import COLOURS, assert_one_line_error, cli, tiny_overrides, write_folder_dataset
+from tests.helpers import (COLOURS, assert_one_line_error, cli, skipped_entries, temps, tiny_overrides,
+                           write_folder_dataset, write_image, write_kaggle)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -40,35 +41,6 @@ needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes throu
 QUIET = dict(log=lambda *a, **k: None)
 TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
-
-
-def temps(folder: Path) -> list[Path]:
-    return [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp")]
-
-
-def skipped_entries(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["skipped"]
-
-
-def write_image(path: Path, colour=(200, 30, 30), size=(20, 16), seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour) + rng.normal(0, 30, size=(*size, 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_kaggle(root: Path, per_class=8, extra_rows=(), bom=False) -> Path:
-    """root/styles.csv + root/images/<id>.jpg, three classes; extra_rows are appended verbatim."""
-    rows, next_id = ["id,gender,subCategory,productDisplayName"], 1
-    for k, (name, colour) in enumerate(COLOURS.items()):
-        for i in range(per_class):
-            write_image(root / "images" / f"{next_id}.jpg", colour, seed=next_id)
-            rows.append(f"{next_id},Men,{name},thing {next_id}")
-            next_id += 1
-    rows += list(extra_rows)
-    (root / "styles.csv").write_bytes(("\ufeff" if bom else "").encode() + ("\n".join(rows) + "\n").encode())
-    return root
 
 
 # --- 1. duplicates -------------------------------------------------------------------------------------------
@@ -553,7 +525,7 @@ def test_logit_adjust_nan_writes_nothing(run, capsys):
 def test_predict_on_an_unfinished_run_warns(run, tmp_path, capsys):
     metrics = run[0] / "fold0" / "metrics.json"
     saved = metrics.read_bytes()
-    metrics.unlink()  # what a run killed before its end looks like: last.pt, best.pt, no metrics.json
+    metrics.unlink()  # what a run killed before its end looks like: last.pt, best_epoch.pt, no metrics.json
     try:
         code, out, err = cli(predict_script, "--run", run[0], "--device", "cpu", "--out",
                              tmp_path / "p.csv", capsys=capsys)

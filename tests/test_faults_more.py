@@ -31,8 +31,8 @@ from imgcls.data.cache import decode_images
 from imgcls.metrics import classification_metrics
 from imgcls.models import list_models
 from imgcls.plots import plot_confusion, plot_curves
-from tests.helpers import assert_one_line_error, cli, snapshot, tiny_overrides, write_folder_dataset
-from tests.test_faults import write_image, write_kaggle
+from tests.helpers import (assert_one_line_error, cli, snapshot, tiny_overrides, write_folder_dataset, write_image,
+                           write_kaggle)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -41,36 +41,23 @@ TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished v1 run on the built-in demo data."""
-    out = tmp_path_factory.mktemp("runs")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(out / "cache")
-    try:
-        assert train_script.main(["--version", "v1", "--out", str(out), *TINY]) == 0
-    finally:
-        os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.update(XDG_CACHE_HOME=old)
-    return out
-
-
-def test_restart_with_resume_is_refused_before_the_finished_run_is_deleted(finished_run, capsys):
-    before = snapshot(finished_run / "v1")
-    code, _, err = cli(train_script, "--version", "v1", "--out", finished_run, *TINY, "--restart", "--resume",
+def test_restart_with_resume_is_refused_before_the_finished_run_is_deleted(finished_v1, capsys):
+    before = snapshot(finished_v1 / "v1")
+    code, _, err = cli(train_script, "--version", "v1", "--out", finished_v1, *TINY, "--restart", "--resume",
                        capsys=capsys)
     assert_one_line_error(code, err, "--restart with --resume")
-    assert snapshot(finished_run / "v1") == before
+    assert snapshot(finished_v1 / "v1") == before
 
 
 @pytest.fixture(scope="module")
-def nan_checkpoint(finished_run, tmp_path_factory):
-    """The finished run's best.pt with one weight set to NaN, in a fold folder of its own."""
-    record = checkpoint.read(finished_run / "v1" / "fold0" / "best.pt")
+def nan_checkpoint(finished_v1, tmp_path_factory):
+    """The finished run's shipped.pt with one weight set to NaN, in a fold folder of its own."""
+    record = checkpoint.read(finished_v1 / "v1" / "fold0" / "shipped.pt")
     name = next(k for k, v in record.model.items() if v.is_floating_point())
     record.model[name] = torch.full_like(record.model[name], float("nan"))
     folder = tmp_path_factory.mktemp("nan") / "fold0"
-    checkpoint.save(record, folder / "best.pt")
-    return folder / "best.pt", name
+    checkpoint.save(record, folder / "shipped.pt")
+    return folder / "shipped.pt", name
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_by_predict_export_and_the_api(nan_checkpoint, tmp_path, capsys):
@@ -85,8 +72,8 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_predict_export_and_the_api(
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "export").exists()
 
 
-def test_a_non_finite_logit_adjust_is_refused_by_export_and_the_api(finished_run, tmp_path, capsys):
-    run = finished_run / "v1"
+def test_a_non_finite_logit_adjust_is_refused_by_export_and_the_api(finished_v1, tmp_path, capsys):
+    run = finished_v1 / "v1"
     for value in ("nan", "inf"):
         code, _, err = cli(export_script, "--run", run, "--decision-tau", value, "--out", tmp_path / "e",
                            capsys=capsys)
@@ -102,10 +89,10 @@ def _an_image(folder: Path) -> Path:
     return path
 
 
-def test_export_and_the_api_warn_on_a_fold_whose_training_has_not_finished(finished_run, tmp_path, capsys):
-    """As predict.py does: a last.pt without metrics.json means best.pt is only the best epoch so far."""
+def test_export_and_the_api_warn_on_a_fold_whose_training_has_not_finished(finished_v1, tmp_path, capsys):
+    """As predict.py does: a last.pt without metrics.json means the fold's model is only the best epoch so far."""
     fold = tmp_path / "run" / "fold0"
-    shutil.copytree(finished_run / "v1" / "fold0", fold)
+    shutil.copytree(finished_v1 / "v1" / "fold0", fold)
     (fold / "metrics.json").unlink()
     warning = f"warning: {fold}: training has not finished (no metrics.json)"
     code, out, _ = cli(export_script, "--run", fold.parent, "--out", tmp_path / "e", capsys=capsys)
@@ -114,7 +101,7 @@ def test_export_and_the_api_warn_on_a_fold_whose_training_has_not_finished(finis
         imgcls.load(fold.parent)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a finished run: no warning
-        imgcls.load(finished_run / "v1")
+        imgcls.load(finished_v1 / "v1")
 
 
 def test_an_unbalanced_quote_in_styles_csv_is_refused_with_its_row_and_span(tmp_path, capsys):
@@ -187,11 +174,11 @@ def test_a_class_folder_whose_name_is_not_utf8_trains_and_plots(tmp_path, capsys
     assert code == 0, err
     fold = tmp_path / "runs" / "v1" / "fold0"
     assert (fold / "confusion.png").stat().st_size > 0 and (fold / "metrics.json").is_file()
-    assert os.fsdecode(b"caf\xe9") in checkpoint.read(fold / "best.pt").class_names
+    assert os.fsdecode(b"caf\xe9") in checkpoint.read(fold / "shipped.pt").class_names
 
 
-def test_a_tta_view_scale_far_from_one_is_refused_up_front(finished_run, tmp_path, capsys):
-    code, _, err = cli(predict_script, "--run", finished_run / "v1", "--tta", "--views", "identity,scale1000",
+def test_a_tta_view_scale_far_from_one_is_refused_up_front(finished_v1, tmp_path, capsys):
+    code, _, err = cli(predict_script, "--run", finished_v1 / "v1", "--tta", "--views", "identity,scale1000",
                        "--out", tmp_path / "p.csv", capsys=capsys)
     assert_one_line_error(code, err, "--tta view 'scale1000'", "above 4")
     assert not (tmp_path / "p.csv").exists()
@@ -211,23 +198,23 @@ def test_flags_that_would_allocate_without_bound_are_refused_before_anything_is_
     assert not (tmp_path / "runs").exists()
 
 
-def test_predict_refuses_a_batch_size_beyond_the_bound(finished_run, tmp_path, capsys):
-    code, _, err = cli(predict_script, "--run", finished_run / "v1", "--batch-size", str(10**9), "--out",
+def test_predict_refuses_a_batch_size_beyond_the_bound(finished_v1, tmp_path, capsys):
+    code, _, err = cli(predict_script, "--run", finished_v1 / "v1", "--batch-size", str(10**9), "--out",
                        tmp_path / "p.csv", capsys=capsys)
     assert_one_line_error(code, err, "--batch-size 1000000000: expected")
 
 
 @pytest.mark.parametrize("damage", ["preprocessing without model", "no epoch", "unknown field"])
-def test_an_incomplete_checkpoint_dict_is_one_line_from_predict_export_and_the_api(finished_run, damage, tmp_path,
+def test_an_incomplete_checkpoint_dict_is_one_line_from_predict_export_and_the_api(finished_v1, damage, tmp_path,
                                                                                     capsys):
-    state = checkpoint.load(finished_run / "v1" / "fold0" / "best.pt")
+    state = checkpoint.load(finished_v1 / "v1" / "fold0" / "shipped.pt")
     if damage == "preprocessing without model":
         state["preprocessing"] = {k: v for k, v in state["preprocessing"].items() if k != "model"}
     elif damage == "no epoch":
         del state["epoch"]
     else:
         state["surprise"] = 1
-    path = tmp_path / "fold0" / "best.pt"
+    path = tmp_path / "fold0" / "shipped.pt"
     checkpoint.save_atomic(state, path)
     for script, args in ((predict_script, ["--checkpoint", path, "--images", _an_image(tmp_path)]),
                          (export_script, ["--run", path, "--out", tmp_path / "e"])):
@@ -237,14 +224,14 @@ def test_an_incomplete_checkpoint_dict_is_one_line_from_predict_export_and_the_a
         imgcls.load(path)
 
 
-def test_export_over_an_earlier_one_on_a_full_disk_keeps_the_earlier_export_whole(finished_run, tmp_path, capsys):
+def test_export_over_an_earlier_one_on_a_full_disk_keeps_the_earlier_export_whole(finished_v1, tmp_path, capsys):
     out = tmp_path / "export"
-    code, _, err = cli(export_script, "--run", finished_run / "v1", "--out", out, capsys=capsys)
+    code, _, err = cli(export_script, "--run", finished_v1 / "v1", "--out", out, capsys=capsys)
     assert code == 0, err
     before = snapshot(out)
     assert "model.onnx" in before
     limit = 8 * 1024  # `ulimit -f`: writes past it fail with EFBIG (Python ignores SIGXFSZ), like a full disk
-    proc = subprocess.run([sys.executable, str(ROOT / "export.py"), "--run", str(finished_run / "v1"), "--out",
+    proc = subprocess.run([sys.executable, str(ROOT / "export.py"), "--run", str(finished_v1 / "v1"), "--out",
                            str(out), "--logit-adjust", "0.5"], env=ENV, capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -255,7 +242,7 @@ def test_export_over_an_earlier_one_on_a_full_disk_keeps_the_earlier_export_whol
 
 
 @pytest.mark.parametrize("kind", ["an existing file", "a read-only folder"])
-def test_export_to_an_out_it_cannot_use_is_refused_before_any_work(finished_run, kind, tmp_path, capsys):
+def test_export_to_an_out_it_cannot_use_is_refused_before_any_work(finished_v1, kind, tmp_path, capsys):
     if kind == "an existing file":
         out = tmp_path / "taken"
         out.write_text("mine")
@@ -268,14 +255,14 @@ def test_export_to_an_out_it_cannot_use_is_refused_before_any_work(finished_run,
         locked.chmod(0o500)
         out = locked / "export"
         fragment = "not writable"
-    code, _, err = cli(export_script, "--run", finished_run / "v1", "--out", out, capsys=capsys)
+    code, _, err = cli(export_script, "--run", finished_v1 / "v1", "--out", out, capsys=capsys)
     assert_one_line_error(code, err, f"--out {out}", fragment)
     if kind == "an existing file":
         assert out.read_text() == "mine"
 
 
-def test_the_api_refuses_bad_arguments_with_one_line_user_errors(finished_run):
-    run = finished_run / "v1"
+def test_the_api_refuses_bad_arguments_with_one_line_user_errors(finished_v1):
+    run = finished_v1 / "v1"
     with pytest.raises(imgcls.UserError, match="^--device foo: unknown device"):
         imgcls.load(run, device="foo")
     with pytest.raises(imgcls.UserError, match=r"^--batch-size 0: expected a number in \[1, 4096\]"):
@@ -301,13 +288,13 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_temp(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_a_full_disk_while_predicting_keeps_the_earlier_predictions(finished_run, tmp_path, capsys):
+def test_a_full_disk_while_predicting_keeps_the_earlier_predictions(finished_v1, tmp_path, capsys):
     out = tmp_path / "p.csv"
-    code, _, err = cli(predict_script, "--run", finished_run / "v1", "--out", out, capsys=capsys)
+    code, _, err = cli(predict_script, "--run", finished_v1 / "v1", "--out", out, capsys=capsys)
     assert code == 0, err
     before = out.read_bytes()
     assert len(before) > 4096
-    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(finished_run / "v1"), "--out",
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(finished_v1 / "v1"), "--out",
                            str(out), "--logit-adjust", "1"], env=ENV, capture_output=True, text=True, timeout=300,
                           preexec_fn=_limited(4096))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -368,9 +355,9 @@ def test_ctrl_c_while_a_plot_is_written_stops_after_it_instead_of_being_swallowe
 
 
 @pytest.mark.parametrize("script", ["export", "predict"])
-def test_tta_with_no_view_is_one_line(finished_run, script, tmp_path, capsys):
+def test_tta_with_no_view_is_one_line(finished_v1, script, tmp_path, capsys):
     module = export_script if script == "export" else predict_script
-    code, _, err = cli(module, "--run", finished_run / "v1", "--tta", "--views", ",", "--out",
+    code, _, err = cli(module, "--run", finished_v1 / "v1", "--tta", "--views", ",", "--out",
                        tmp_path / ("e" if script == "export" else "p.csv"), capsys=capsys)
     assert_one_line_error(code, err, "--views: no view given")
     assert list(tmp_path.iterdir()) == []
@@ -417,13 +404,13 @@ def test_a_typo_in_model_exits_2_before_reading_data_and_creates_no_folder(tmp_p
     assert_one_line_error(code, err, "--model convnext_tny")
 
 
-def test_config_file_round_trip_reproduces_the_runs_config_and_flags_win(finished_run, capsys):
-    saved = json.loads((finished_run / "v1" / "fold0" / "config.json").read_text())
-    code, out, err = cli(train_script, "--config", finished_run / "v1" / "fold0" / "config.json",
+def test_config_file_round_trip_reproduces_the_runs_config_and_flags_win(finished_v1, capsys):
+    saved = json.loads((finished_v1 / "v1" / "fold0" / "config.json").read_text())
+    code, out, err = cli(train_script, "--config", finished_v1 / "v1" / "fold0" / "config.json",
                          "--print-config", capsys=capsys)
     assert code == 0, err
     assert json.loads(out) == saved
-    code, out, err = cli(train_script, "--config", finished_run / "v1" / "fold0" / "config.json", "--lr", "0.5",
+    code, out, err = cli(train_script, "--config", finished_v1 / "v1" / "fold0" / "config.json", "--lr", "0.5",
                          "--print-config", capsys=capsys)
     assert code == 0 and json.loads(out) == dict(saved, lr=0.5)
 
@@ -466,7 +453,7 @@ def test_init_from_starts_from_a_runs_weights_with_a_fresh_schedule(tmp_path, ca
     code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "a", *TINY,
                        capsys=capsys)
     assert code == 0, err
-    start = _weights(tmp_path / "a" / "v1" / "fold0" / "best.pt")
+    start = _weights(tmp_path / "a" / "v1" / "fold0" / "shipped.pt")
     # same classes: every weight; an lr of 1e-9 leaves them where they started, so what started is visible
     code, out, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "b", *TINY,
                          "--init-from", tmp_path / "a" / "v1", "--lr", "1e-9", "--scheduler", "constant",
@@ -480,7 +467,7 @@ def test_init_from_starts_from_a_runs_weights_with_a_fresh_schedule(tmp_path, ca
     # other classes (fine-tuning on new data): the backbone, and a new classifier
     shutil.rmtree(data / "watches")
     code, out, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "c", *TINY,
-                         "--init-from", tmp_path / "a" / "v1" / "fold0" / "best.pt", "--lr", "1e-9",
+                         "--init-from", tmp_path / "a" / "v1" / "fold0" / "shipped.pt", "--lr", "1e-9",
                          "--scheduler", "constant", capsys=capsys)
     assert code == 0, err
     assert "its 3 classes differ from these 2: backbone loaded, new classifier" in out
@@ -511,8 +498,8 @@ def test_a_run_and_its_data_moved_to_other_folders_resume_to_the_same_result(tmp
     shutil.move(tmp_path / "data", tmp_path / "moved-data")
     shutil.move(tmp_path / "run", tmp_path / "moved-run")
     engine.fit(config(tmp_path / "moved-data", tmp_path / "moved-run"), 0, log=lambda *a, **k: None)
-    ours = checkpoint.read(tmp_path / "moved-run" / "v1" / "fold0" / "best.pt").model
-    reference = checkpoint.read(tmp_path / "ref" / "v1" / "fold0" / "best.pt").model
+    ours = checkpoint.read(tmp_path / "moved-run" / "v1" / "fold0" / "shipped.pt").model
+    reference = checkpoint.read(tmp_path / "ref" / "v1" / "fold0" / "shipped.pt").model
     for key, value in reference.items():
         assert torch.equal(ours[key], value), key
 

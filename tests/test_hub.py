@@ -43,7 +43,7 @@ def test_the_export_holds_every_member_and_loads_with_safetensors_alone(finished
     from safetensors.torch import load_file
     tensors = load_file(str(exported / "model.safetensors"))
     for i in range(3):  # each member's weights, bit for bit
-        record = checkpoint.read(finished_v5 / f"fold{i}" / "best.pt")
+        record = checkpoint.read(finished_v5 / f"fold{i}" / "shipped.pt")
         assert record.class_names == seen["classes"]
         for name, value in record.model.items():
             assert torch.equal(tensors[f"members.{i}.{name}"], value), name

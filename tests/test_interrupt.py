@@ -97,7 +97,7 @@ def setting(tmp_path_factory):
     reference.start()
     reference.join(300)
     assert reference.exitcode == 0
-    return ctx, data, checkpoint.read(root / "ref" / "v1" / "fold0" / "best.pt")
+    return ctx, data, checkpoint.read(root / "ref" / "v1" / "fold0" / "shipped.pt")
 
 
 @pytest.mark.parametrize("moment", ["validation", "checkpoint write", "summary", "plots", "garbage collection"])
@@ -118,7 +118,7 @@ def test_ctrl_c_at_an_epoch_boundary_stops_with_130_and_resumes_to_the_same_weig
     resumed.start()
     resumed.join(300)
     assert resumed.exitcode == 0
-    final = checkpoint.read(out / "v1" / "fold0" / "best.pt")
+    final = checkpoint.read(out / "v1" / "fold0" / "shipped.pt")
     assert final.model.keys() == reference.model.keys()
     assert all(torch.equal(final.model[k], reference.model[k]) for k in reference.model)
 

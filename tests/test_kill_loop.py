@@ -53,7 +53,7 @@ def start(ctx, data: Path, out: Path):
 
 
 def checkpoint_temps(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*.tmp") if p.name.startswith((".last.pt.", ".best.pt."))]
+    return [p for p in out.rglob("*.tmp") if p.name.startswith((".last.pt.", ".best_epoch.pt.", ".shipped.pt."))]
 
 
 def without_timing(rows):
@@ -106,7 +106,7 @@ def test_killed_at_random_moments_resumes_to_the_same_result(tmp_path):
         {k: v for k, v in ref_metrics.items() if k not in TIMING}
     assert without_timing(csv.DictReader(open(run_dir / "summary.csv"))) == \
         without_timing(csv.DictReader(open(ref_dir / "summary.csv")))
-    a, b = checkpoint.load(ref_dir / "best.pt"), checkpoint.load(run_dir / "best.pt")
+    a, b = checkpoint.load(ref_dir / "shipped.pt"), checkpoint.load(run_dir / "shipped.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert checkpoint.load(run_dir / "last.pt")["finished"]
     assert list(out.rglob("*.tmp")) == [] and list((tmp_path / "ref").rglob("*.tmp")) == []

@@ -43,7 +43,7 @@ def args_for(*argv):
 
 
 def _fold_probs(rdir: Path, images_uint8: torch.Tensor, views=None) -> np.ndarray:
-    state = checkpoint.load(rdir / "best.pt")
+    state = checkpoint.load(rdir / "shipped.pt")
     model = create_model(state["model_name"], state["num_classes"], **QUIET)
     model.load_state_dict(state["model"])
     model.eval()
@@ -131,7 +131,7 @@ def test_errors_name_the_problem(trained, tmp_path):
         predict(args_for("--run", root / "runs" / "v2.1", "--data", other, "--cache-dir", tmp_path / "c"),
                 **QUIET)
     # A checkpoint whose weights do not fit its recorded model / number of classes.
-    state = checkpoint.load(root / "runs" / "v2.1" / "fold0" / "best.pt")
+    state = checkpoint.load(root / "runs" / "v2.1" / "fold0" / "shipped.pt")
     state["num_classes"] = 5
     checkpoint.save_atomic(state, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="weights do not fit tiny_convnext with 5 classes"):
@@ -141,13 +141,13 @@ def test_errors_name_the_problem(trained, tmp_path):
 
 def test_the_runs_tta_setting_is_the_default_and_flags_override_it(trained, tmp_path):
     root, _, _ = trained
-    assert checkpoint.read(root / "runs" / "v2.1" / "fold1" / "best.pt").config["fold"] == 1
+    assert checkpoint.read(root / "runs" / "v2.1" / "fold1" / "shipped.pt").config["fold"] == 1
     run = tmp_path / "v2.1"
     shutil.copytree(root / "runs" / "v2.1" / "fold0", run / "fold0")
-    record = checkpoint.read(run / "fold0" / "best.pt")
+    record = checkpoint.read(run / "fold0" / "shipped.pt")
     assert record.config["tta"] is False and record.config["fold"] == 0
     record.config["tta"] = True  # as the v2.1 and v3 presets record it
-    checkpoint.save(record, run / "fold0" / "best.pt")
+    checkpoint.save(record, run / "fold0" / "shipped.pt")
     cache = ["--cache-dir", root / "runs" / "cache"]
     default = predict(args_for("--run", run, *cache), **QUIET)
     off = predict(args_for("--run", run, "--no-tta", *cache), **QUIET)
@@ -159,7 +159,7 @@ def test_the_runs_tta_setting_is_the_default_and_flags_override_it(trained, tmp_
 
 def test_a_checkpoint_from_an_older_format_is_a_user_error(trained, tmp_path):
     root, _, _ = trained
-    state = checkpoint.load(root / "runs" / "v2.1" / "fold0" / "best.pt")
+    state = checkpoint.load(root / "runs" / "v2.1" / "fold0" / "shipped.pt")
     del state["format"]
     checkpoint.save_atomic(state, tmp_path / "old.pt")
     with pytest.raises(UserError, match="old.pt: checkpoint format None is not 1"):

@@ -86,7 +86,7 @@ def test_a_progressive_run_killed_inside_a_stage_resumes_to_the_same_weights(dat
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["progress"]["lr_history"] == b["progress"]["lr_history"]
-    best = checkpoint.load(Path(full["run_dir"]) / "best.pt")
+    best = checkpoint.load(Path(full["run_dir"]) / "shipped.pt")
     assert tuple(best["preprocessing"]["img_size"]) == (64, 64)  # the last phase's size, for predict.py
     assert np.isfinite(full["metric"])
 

@@ -46,14 +46,14 @@ def _model(record: checkpoint.Checkpoint) -> torch.nn.Module:
 
 def test_v4_head_is_crt_on_the_stage1_features_and_tau_maximises_validation_macro_f1(v4_run, data_dir):
     cfg, rdir = v4_run
-    stage1, best = checkpoint.read(rdir / "before_crt.pt"), checkpoint.read(rdir / "best.pt")
+    stage1, best = checkpoint.read(rdir / "before_crt.pt"), checkpoint.read(rdir / "shipped.pt")
     split = json.loads((rdir / "split.json").read_text())
     dataset = load_dataset(str(data_dir), size=tuple(best.preprocessing.storage_size), cache_dir=None,
                            log=lambda *a: None)
     train_idx, val_idx = np.array(split["folds"][0]["train"]), np.array(split["folds"][0]["val"])
     pre = best.preprocessing
     kw = dict(img_size=pre.img_size, mean=pre.mean, std=pre.std, device=torch.device("cpu"))
-    # the backbone is untouched: only the classifier layer differs between before_crt.pt and best.pt
+    # the backbone is untouched: only the classifier layer differs between before_crt.pt and shipped.pt
     differing = [k for k in best.model if not torch.equal(best.model[k], stage1.model[k])]
     assert differing and all(k.startswith("classifier.") for k in differing)
     # the head is cRT (class-balanced sampling) on the stage-1 model's features, recomputed independently
@@ -77,7 +77,7 @@ def test_stage1_equals_the_same_run_without_the_post_training_stages(v4_run, dat
     plain = resolve("v4", tiny_overrides(data_dir, tmp_path, model="tiny_efficientnet", epochs=2, crt_steps=200,
                                          crt_sampler=None, decision_tau=0.0))
     engine.fit(plain, 0, log=lambda *a, **k: None)
-    other = checkpoint.read(tmp_path / "v4" / "fold0" / "best.pt")
+    other = checkpoint.read(tmp_path / "v4" / "fold0" / "shipped.pt")
     stage1 = checkpoint.read(rdir / "before_crt.pt")
     assert other.decision_tau == 0.0 and not (tmp_path / "v4" / "fold0" / "before_crt.pt").exists()
     for key, value in stage1.model.items():
@@ -92,9 +92,9 @@ def _predict(run: Path, data: Path, out: Path, *extra) -> list[dict]:
 
 def test_predict_uses_the_runs_tau_by_default_and_the_flag_overrides_it(v4_run, data_dir, tmp_path):
     cfg, rdir = v4_run
-    record = checkpoint.read(rdir / "best.pt")
+    record = checkpoint.read(rdir / "shipped.pt")
     record.decision_tau = 0.8  # a tau that changes decisions on this data, written back as a run would
-    checkpoint.save(record, rdir / "best.pt")
+    checkpoint.save(record, rdir / "shipped.pt")
     default = _predict(rdir.parent, data_dir, tmp_path / "a.csv")
     explicit = _predict(rdir.parent, data_dir, tmp_path / "b.csv", "--logit-adjust", "0.8")
     off = _predict(rdir.parent, data_dir, tmp_path / "c.csv", "--logit-adjust", "0")

@@ -136,7 +136,7 @@ def test_refit_trains_on_exactly_train_plus_validation_and_carries_tau_and_epoch
     assert not (train | val) & test and len(val) > 0
     dataset = load_dataset(str(data_dir), cache_dir=None, log=lambda *a: None)
     labels = dataset.labels.numpy()
-    select_best, best = checkpoint.read(rdir / "select" / "best.pt"), checkpoint.read(rdir / "best.pt")
+    select_best, best = checkpoint.read(rdir / "select" / "shipped.pt"), checkpoint.read(rdir / "shipped.pt")
     # the selection stage trained on the training split only; the refit on train + validation
     assert select_best.train_class_counts == np.bincount(labels[sorted(train)], minlength=3).tolist()
     assert best.train_class_counts == np.bincount(labels[everything], minlength=3).tolist()
@@ -201,7 +201,7 @@ def test_ema_and_refit_resume_bit_exact_after_a_kill(data_dir, tmp_path):
     with pytest.raises(Killed):  # in the refit, after its epoch 3 trained (its last.pt keeps epoch 2)
         engine.fit(cfg, 0, log=kill_in_refit_epoch_3)
     engine.fit(cfg, 0, **QUIET)
-    for sub in ("select/last.pt", "select/best.pt", "last.pt", "best.pt"):
+    for sub in ("select/last.pt", "select/shipped.pt", "last.pt", "shipped.pt"):
         a = checkpoint.read(tmp_path / "a" / "v5" / "fold0" / sub)
         b = checkpoint.read(tmp_path / "b" / "v5" / "fold0" / sub)
         for key in a.model:
@@ -217,7 +217,7 @@ def test_restart_and_resume_refused_before_anything_is_deleted(v5_run):
     cfg, rdir = v5_run
     before = {p: p.stat().st_mtime_ns for p in rdir.rglob("*.pt")}
     again = engine.fit(cfg, 0, **QUIET)
-    assert again["selected"] == checkpoint.read(rdir / "best.pt").selected
+    assert again["selected"] == checkpoint.read(rdir / "shipped.pt").selected
     assert {p: p.stat().st_mtime_ns for p in rdir.rglob("*.pt")} == before
 
 
@@ -250,7 +250,7 @@ def test_v5_end_to_end_on_the_demo_data_a_cross_fitted_ensemble_then_predict(tmp
     test = np.array(split["test"])
     assert len(split["folds"]) == 3
     vals = [np.array(f["val"]) for f in split["folds"]]
-    records = [checkpoint.read(run / f"fold{k}" / "best.pt") for k in range(3)]
+    records = [checkpoint.read(run / f"fold{k}" / "shipped.pt") for k in range(3)]
     dataset = load_dataset(None, size=tuple(records[0].preprocessing.storage_size), cache_dir=None,
                            log=lambda *a: None)
     labels = dataset.labels.numpy()

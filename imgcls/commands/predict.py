@@ -20,8 +20,9 @@ from imgcls.validate import check_predict_args
 
 def latest_run(root: Path = Path("runs")) -> str:
     """The most recently trained run under runs/, for a bare `python predict.py`."""
-    from imgcls.run import BEST
-    found = sorted(root.glob(f"*/fold*/{BEST}"), key=lambda p: p.stat().st_mtime)
+    from imgcls.run import fold_models
+    found = sorted((m for run in root.glob("*") if run.is_dir() for m in fold_models(run)),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         raise UserError(f"no trained run under {root}/; train one (python train.py --version v3) or pass --run")
     return str(found[-1].parent.parent)
