@@ -39,7 +39,6 @@ done
 if [ "$QUICK" = 1 ]; then OUT=${OUT:-runs-quick}; TABLE=comparison-quick.md; else OUT=${OUT:-runs}; TABLE=comparison.md; fi
 
 VERSIONS=(v1 v2 v2.1 v3 v4 v5)
-declare -A TTA=([v1]="" [v2]="" [v2.1]="--tta" [v3]="--tta" [v4]="" [v5]="")
 # --quick keeps each preset's recipe (sampler, loss, schedule, SWA, folds, TTA) but swaps in a tiny model
 # of the same family, random init, 32x32 input and 5 short epochs (256 draws each).
 declare -A QUICK_MODEL=([v1]=tiny_efficientnet [v2]=tiny_convnext [v2.1]=tiny_convnext [v3]=tiny_efficientnet_v2
@@ -57,7 +56,7 @@ for v in "${VERSIONS[@]}"; do
   echo "== train $v"
   "$PY" train.py "${flags[@]}" "${EXTRA[@]}"
   echo "== predict $v"
-  # shellcheck disable=SC2086
-  "$PY" predict.py --run "$OUT/$v" --device "$DEVICE" ${TTA[$v]}
+  # TTA as the version's preset says (predict.py's default: the run's own setting; on for v2.1 and v3)
+  "$PY" predict.py --run "$OUT/$v" --device "$DEVICE"
 done
 "$PY" -m imgcls.compare --runs "$OUT" --out "$RESULTS/$TABLE"

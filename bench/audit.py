@@ -230,8 +230,10 @@ def main(argv=None) -> int:
         clean_run = train(manifest, os.path.join(base, "clean"), seed, args.train_flags, log)
         split = json.load(open(os.path.join(clean_run, run.SPLIT)))
         test = np.asarray(split["test"], dtype=np.int64)
-        clean_oof = audit(clean_run, args.audit_flags.split(), log)
-        confused_with = most_confused(clean_oof["labels"], clean_oof["probs"], k)
+        confused_with = None
+        if "confused" in args.kinds:  # the clean run's confusions choose the noisy labels
+            clean_oof = audit(clean_run, args.audit_flags.split(), log)
+            confused_with = most_confused(clean_oof["labels"], clean_oof["probs"], k)
         clean_test = test_scores(clean_run, clean.images, labels, test, names)
         candidates = np.setdiff1d(np.arange(n), test)
         for kind in args.kinds:

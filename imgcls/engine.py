@@ -51,6 +51,11 @@ from .shipping import ship_carried, ship_chosen
 from .trainer import make_optimizer, weight_span_warning  # noqa: F401
 from .shipping import after_training, final_line  # noqa: F401
 
+# lr.png and curves.png are redrawn after an epoch only when this many seconds have passed since they were last
+# drawn, and always after the last epoch: drawing both takes ~1 s on a CPU (matplotlib), more than a whole
+# epoch of a small run, while an epoch of a real one takes minutes (so its plots still follow every epoch).
+PLOTS_EVERY_S = 30.0
+
 # Fields that change how fast or where a run goes, not what it computes: a resume may differ in these.
 # "data": a run (or its data) moved to another folder resumes; what guards it is the split, which records the
 # data set's files relative to their common folder (splits.paths_digest), and the class names in last.pt.
@@ -117,6 +122,7 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
     state = restore(t, saved) if saved is not None else RunState()
     board = TensorBoardLog(stage.rdir / TENSORBOARD, state.epoch) if cfg.tensorboard and dist.is_main() else None
     val = ema_val = None
+    drawn = time.monotonic()  # the first epoch's plots wait like the others: a short run draws them once
     for epoch in range(state.epoch, cfg.epochs):
         if state.stopped_early:
             break
@@ -128,7 +134,11 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
         log_epoch(t, state, epoch, lr, train_loss, seconds, val, ema_val)
         if board is not None:
             board.epoch(state.history[-1])
-        save_progress(t, state, val)
+        last_epoch = epoch + 1 == cfg.epochs or state.stopped_early
+        plots_due = last_epoch or time.monotonic() - drawn >= PLOTS_EVERY_S
+        # after the last epoch, shipping.finish draws curves.png with the scores after cRT and the tau
+        save_progress(t, state, val, plots=plots_due, curves=not last_epoch)
+        drawn = time.monotonic() if plots_due else drawn
         interrupt.check()  # a Ctrl-C swallowed while the epoch's files were written stops here
     # the final epoch's scores are those of the "last" and "ema" candidates: no second validation pass
     result, metrics, tau = ship(t, state, scored={"last": val, "ema": ema_val})
@@ -336,8 +346,9 @@ def log_epoch(t: Trainer, state: RunState, epoch: int, lr: float, train_loss: fl
     t.say(line + f" ({seconds:.1f}s)" + (" *" if state.best_epoch == epoch + 1 else ""))
 
 
-def save_progress(t: Trainer, state: RunState, val: dict | None) -> None:
-    """last.pt (everything a resume needs), summary.csv and the plots, at the end of every epoch."""
+def save_progress(t: Trainer, state: RunState, val: dict | None, plots: bool = True, curves: bool = True) -> None:
+    """last.pt (everything a resume needs) and summary.csv at the end of every epoch; lr.png when `plots`,
+    curves.png too unless `curves` is false."""
     if dist.is_main():
         record = make_record(t, t.model, state.epoch, float(val[t.cfg.metric]) if val else float("nan"), "last")
         record.progress, record.rng = state, {"torch": torch.get_rng_state()}
@@ -347,7 +358,9 @@ def save_progress(t: Trainer, state: RunState, val: dict | None) -> None:
         record.ema_model = t.ema.state_dict() if t.ema is not None else None
         checkpoint.save(record, t.rdir / LAST)
         _write_summary(state.history, t.rdir / SUMMARY)
+    if dist.is_main() and plots:
         plot_lr(state.lr_history, t.rdir / LR_PLOT)
+    if dist.is_main() and plots and curves:
         plot_curves(state.history, t.rdir / CURVES, title=f"{t.cfg.version}/fold{t.fold}",
                     objective=objective_label(t.cfg.to_dict()), best_epoch=state.best_epoch,
                     swa_start=t.cfg.swa_start)

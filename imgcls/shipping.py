@@ -194,10 +194,10 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / CONFUSION)
         stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
-        if stages:  # the curves end where the run's reported score is: after cRT and the tau
-            plot_curves(state.history, rdir / CURVES, title=f"{cfg.version}/fold{t.fold}",
-                        objective=objective_label(cfg.to_dict()), best_epoch=state.best_epoch,
-                        swa_start=cfg.swa_start, after=stages)
+        # the curves end where the run's reported score is: after cRT and the tau (when there are any)
+        plot_curves(state.history, rdir / CURVES, title=f"{cfg.version}/fold{t.fold}",
+                    objective=objective_label(cfg.to_dict()), best_epoch=state.best_epoch,
+                    swa_start=cfg.swa_start, after=stages)
         write_report(rdir, title=f"{cfg.version}/fold{t.fold}: {selected} model on the validation split",
                      metrics=metrics, class_names=t.class_names, settings=cfg.to_dict(),
                      train_counts=t.train_counts, pngs={"Curves": rdir / CURVES, "Confusion matrix":

@@ -14,20 +14,6 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-# Modules whose tests train many runs or start processes (measured with --durations on the full suite): marked
-# slow, so that `pytest -m "not slow"` is a fast lane for development. CI runs the whole suite.
-SLOW_MODULES = {"test_kill_loop", "test_interrupt", "test_mmap_cache", "test_cli", "test_faults", "test_faults_more",
-                "test_v4", "test_v5", "test_progressive", "test_distill", "test_lr_find", "test_export",
-                "test_predict", "test_bad_input_three", "test_engine", "test_report", "test_models_transformers",
-                "test_commands", "test_audit", "test_bench_audit"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -75,3 +61,17 @@ def finished_v5(tmp_path_factory):
     finally:
         os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.update(XDG_CACHE_HOME=old)
     return out / "v5"
+
+
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory):
+    """(run folder, data folder): a finished 1-fold v1 run of tiny_convnext, one epoch, on a small class-folder
+    data set (shirts / shoes / watches); shared: tests may add prediction folders, and restore what they change."""
+    from imgcls import engine
+    from imgcls.presets import resolve
+    from tests.helpers import tiny_overrides, write_folder_dataset
+    root = tmp_path_factory.mktemp("folder-run")
+    data = write_folder_dataset(root / "data", counts=(12, 8, 6))
+    cfg = resolve("v1", tiny_overrides(data, root / "runs", model="tiny_convnext", epochs=1))
+    engine.fit(cfg, 0, log=lambda *a, **k: None)
+    return root / "runs" / "v1", data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,16 @@ def write_kaggle(root: Path, per_class=8, extra_rows=(), bom=False) -> Path:
     rows += list(extra_rows)
     (root / "styles.csv").write_bytes(("\ufeff" if bom else "").encode() + ("\n".join(rows) + "\n").encode())
     return root
+
+
+def an_image(folder: Path) -> Path:
+    """One grey 16 x 20 PNG in folder."""
+    path = folder / "one.png"
+    Image.fromarray(np.full((16, 20, 3), 120, np.uint8)).save(path)
+    return path
+
+
+def file_size_limit(limit: int):
+    """A subprocess preexec_fn: no file of the child may grow past `limit` bytes (a full disk, as the child sees
+    it: writes past it fail with EFBIG)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -18,15 +18,18 @@ from PIL import Image
 import imgcls
 from imgcls import checkpoint, engine
 from imgcls.api import list_images, pil_to_uint8
-from imgcls.presets import resolve
 from imgcls.data.augment import eval_transform
 from imgcls.data.cache import decode_images
 from imgcls.errors import UserError
 from imgcls.models import create_model
 from imgcls.predict import predict
+from imgcls.presets import resolve
 from imgcls.tta import TTA_VIEWS, tta_view
 from predict import build_parser
-from tests.helpers import tiny_overrides, write_folder_dataset
+from tests.helpers import (
+    tiny_overrides,
+    write_folder_dataset,
+)
 
 QUIET = dict(log=lambda *a, **k: None)
 REPO = Path(__file__).resolve().parent.parent
@@ -191,3 +194,16 @@ def test_pip_install_then_load_outside_the_checkout(run, tmp_path):
     assert out[0].startswith(purelib) and str(REPO) not in out[0]
     expected = imgcls.load(run_dir).predict(images[0])[0]
     assert out[1] == f"{expected.label} {round(expected.probability, 6)}"
+
+
+def test_the_api_refuses_bad_arguments_with_one_line_user_errors(finished_v1):
+    run = finished_v1 / "v1"
+    with pytest.raises(imgcls.UserError, match="^--device foo: unknown device"):
+        imgcls.load(run, device="foo")
+    with pytest.raises(imgcls.UserError, match=r"^--batch-size 0: expected a number in \[1, 4096\]"):
+        imgcls.load(run, batch_size=0)
+    clf = imgcls.load(run)
+    with pytest.raises(imgcls.UserError, match="empty list of images"):
+        clf.predict([])
+    empty = torch.zeros((0, 3, *clf.storage_size), dtype=torch.uint8)
+    assert clf.probabilities(empty).shape == (0, len(clf.classes)) and clf.predict(empty) == []

@@ -22,6 +22,8 @@ from imgcls.data import load_dataset
 from imgcls.data.splits import load_split
 from test_report import _chromium, needs_browser
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 
 def _rows(path) -> list[dict]:
     with open(path, newline="") as fh:

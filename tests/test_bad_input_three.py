@@ -16,6 +16,8 @@ from imgcls.errors import UserError
 from imgcls.teacher import teacher_test
 from tests.helpers import assert_one_line_error, cli, snapshot
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 

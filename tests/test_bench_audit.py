@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import load_bench_script, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 
 def test_injected_noise_flips_exactly_the_rate_and_only_the_candidates(monkeypatch):
     bench = load_bench_script(monkeypatch, "audit")

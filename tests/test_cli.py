@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
+import train as train_script
 from imgcls.presets import VERSIONS
-from tests.helpers import write_folder_dataset
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+    write_folder_dataset,
+)
+
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -23,7 +30,7 @@ def run(*args, timeout=300, cwd=ROOT):
                           timeout=timeout)
 
 
-def assert_one_line_error(proc, *fragments):
+def assert_exits_2_with_one_line(proc, *fragments):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -71,14 +78,14 @@ def test_list_models():
 ])
 def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path):
     proc = run(ROOT / "train.py", "--out", tmp_path, "--cache-dir", tmp_path / "c", "--epochs", "1", *args)
-    assert_one_line_error(proc, *fragments)
+    assert_exits_2_with_one_line(proc, *fragments)
 
 
 def test_fold_out_of_range_on_real_data(tmp_path):
     data = write_folder_dataset(tmp_path / "data")
     proc = run(ROOT / "train.py", "--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--data", data,
                "--out", tmp_path, "--cache-dir", tmp_path / "c", "--fold", "3")
-    assert_one_line_error(proc, "--fold 3", "1 fold")
+    assert_exits_2_with_one_line(proc, "--fold 3", "1 fold")
 
 
 def test_run_all_quick_on_demo_data_writes_the_comparison_table(tmp_path):
@@ -107,3 +114,39 @@ def test_run_all_quick_on_demo_data_writes_the_comparison_table(tmp_path):
     with open(tmp_path / "runs" / "v1" / "predict-test" / "predictions.csv") as fh:
         header = next(csv.reader(fh))
     assert header[:6] == ["id", "path", "label", "confidence", "top1", "top1_prob"]
+
+
+def test_list_models_into_a_closed_pipe_is_quiet():
+    """`train.py --list-models | head -1`: the reader is gone before we write."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--list-models"], env=ENV, stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_a_typo_in_model_exits_2_before_reading_data_and_creates_no_folder(tmp_path, capsys):
+    data = tmp_path / "missing-data"  # never read: the model name is checked first
+    code, _, err = cli(train_script, "--version", "v2", "--model", "convnext_tny", "--data", data,
+                       "--out", tmp_path / "runs", capsys=capsys)
+    assert_one_line_error(code, err, "--model convnext_tny: unknown model; did you mean convnext_tiny")
+    assert not (tmp_path / "runs").exists()
+    code, _, err = cli(train_script, "--version", "v2", "--model", "convnext_tny", "--print-config", capsys=capsys)
+    assert_one_line_error(code, err, "--model convnext_tny")
+
+
+@pytest.mark.parametrize("script", ["train.py", "predict.py", "export.py"])
+def test_the_command_lines_set_the_openmp_wait_policy_before_torch_loads(script):
+    env = {k: v for k, v in ENV.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / script), "--help"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    order = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "imgcls.cli" in order and order.index("imgcls.cli") < (order.index("torch") if "torch" in order
+                                                                  else len(order))
+    probe = "import os, imgcls.cli; print(repr(os.environ['OMP_WAIT_POLICY']))"
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "'PASSIVE'"
+    mine = subprocess.run([sys.executable, "-c", probe], env=dict(env, OMP_WAIT_POLICY="ACTIVE"),
+                          capture_output=True, text=True, check=True)
+    assert mine.stdout.strip() == "'ACTIVE'"  # the user's setting wins

@@ -17,6 +17,8 @@ from imgcls import presets
 from imgcls.errors import UserError
 from imgcls.models import weights
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"train": [str(ROOT / "train.py")], "predict": [str(ROOT / "predict.py")],
            "export": [str(ROOT / "export.py")], "audit": [str(ROOT / "audit.py")], "compare": ["-m", "imgcls.compare"]}

@@ -12,7 +12,11 @@ import pytest
 
 import train as train_script
 from imgcls.config import RUN_STATE, Config
-from tests.helpers import assert_one_line_error, cli, snapshot
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+    snapshot,
+)
 
 TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
@@ -214,3 +218,20 @@ def test_a_refusal_after_a_config_file_note_is_still_one_line(finished_v1, capsy
     code, _, err = cli(train_script, "--config", old, "--epochs", "0", capsys=capsys)
     assert_one_line_error(code, err, "--epochs 0")
     assert snapshot(finished_v1 / "v1") == before
+
+
+def test_config_file_round_trip_reproduces_the_runs_config_and_flags_win(finished_v1, capsys):
+    saved = json.loads((finished_v1 / "v1" / "fold0" / "config.json").read_text())
+    code, out, err = cli(train_script, "--config", finished_v1 / "v1" / "fold0" / "config.json",
+                         "--print-config", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out) == saved
+    code, out, err = cli(train_script, "--config", finished_v1 / "v1" / "fold0" / "config.json", "--lr", "0.5",
+                         "--print-config", capsys=capsys)
+    assert code == 0 and json.loads(out) == dict(saved, lr=0.5)
+
+
+def test_a_config_file_with_an_unknown_setting_is_one_line(tmp_path, capsys):
+    (tmp_path / "c.json").write_text('{"lr": 0.1, "learning_rate": 0.1}')
+    code, _, err = cli(train_script, "--config", tmp_path / "c.json", "--print-config", capsys=capsys)
+    assert_one_line_error(code, err, "c.json: unknown settings learning_rate")

@@ -1,14 +1,39 @@
 """Decoding: odd image modes, broken files, storage size, and the on-disk cache (reuse + invalidation)."""
 
+from __future__ import annotations
+
+import json
 import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from imgcls.data import cache
-from imgcls.data.cache import decode_images
+import predict as predict_script
+import train as train_script
+from imgcls.data import cache, load_index
+from imgcls.data import cache as cache_mod
+from imgcls.data.cache import decode_images, default_cache_dir, resolve_cache_dir
+from imgcls.presets import resolve
+from tests.helpers import (
+    cli,
+    write_folder_dataset,
+)
+
+TINY_B0 = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs",
+           "1", "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+AS_ROOT = os.geteuid() == 0
+needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
+TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 QUIET = dict(log=lambda *_: None)
 
@@ -205,3 +230,222 @@ def test_a_cache_folder_that_cannot_be_created_is_one_warning(tmp_path):
     images, ok, _ = decode_images(paths, None, str(tmp_path / "taken" / "cache"), 1, log=logged.append)
     assert images.shape == (2, 3, 10, 8) and ok.all()
     assert len([line for line in logged if line.startswith("warning:")]) == 1, logged
+
+
+def test_default_cache_location_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == str(tmp_path / "xdg" / "imgcls") == resolve_cache_dir("default")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "imgcls")
+    assert resolve_cache_dir("none") is None and resolve_cache_dir(None) is None
+    assert resolve_cache_dir(str(tmp_path / "c")) == str(tmp_path / "c")
+    assert resolve("v1", {}).cache_dir == "default"
+
+
+@pytest.mark.slow  # a subprocess or a large file
+def test_command_line_caches_by_default_and_none_turns_it_off(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = write_folder_dataset(tmp_path / "d", counts=(10, 8, 6))
+    code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "r1", *TINY, capsys=capsys)
+    assert code == 0, err
+    cached = sorted(p.name for p in (tmp_path / "xdg" / "imgcls").iterdir())
+    decoded = [name for name in cached if name.startswith("decoded-")]  # and size-<key>.json, the size found
+    assert len(decoded) == 2 and decoded[0].endswith(".json") and decoded[1].endswith(".npy") and len(cached) == 3
+    assert f"decode cache: {tmp_path / 'xdg' / 'imgcls'} (0 MiB in use" in out
+    code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "r2", *TINY, capsys=capsys)
+    assert code == 0 and "loaded 24 from cache" in out, out + err
+    code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "r3", "--cache-dir", "none", *TINY,
+                         capsys=capsys)
+    assert code == 0 and "decode cache" not in out and "from cache" not in out
+
+
+def test_bench_measures_the_default_cache_path(tmp_path, monkeypatch):
+    """bench/data.py loads through the resolved Config: it writes and reads the default cache, like train.py."""
+    from helpers import load_bench_script
+    bench = load_bench_script(monkeypatch, "data")  # with bench/ on the path, for its common.py
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = write_folder_dataset(tmp_path / "d", counts=(4, 3, 2))
+    logged = []
+    bench.load_like_train_py(str(data), log=logged.append)
+    assert len(list((tmp_path / "xdg" / "imgcls").glob("decoded-*.npy"))) == 1
+    logged.clear()
+    bench.load_like_train_py(str(data), log=logged.append)
+    assert any("from cache" in line for line in logged)
+
+
+@pytest.fixture
+def small_paths(tmp_path):
+    data = write_folder_dataset(tmp_path / "d", counts=(4, 3, 2))
+    return sorted(str(p) for p in data.rglob("*.png"))
+
+
+@pytest.mark.parametrize("damage", ["empty_npy", "truncated_npy", "json_wrong_shape", "json_not_json",
+                                    "wrong_count"])
+def test_damaged_cache_is_decoded_again_and_said(small_paths, tmp_path, damage):
+    cache_dir = tmp_path / "cache"
+    # a copy: the tensor maps the file, which this test damages in place (imgcls itself only renames over it)
+    reference = decode_images(small_paths, None, str(cache_dir), 1, **QUIET)[0].clone()
+    npy = next(cache_dir.glob("*.npy"))
+    meta = npy.with_suffix(".json")
+    if damage == "empty_npy":
+        npy.write_bytes(b"")
+    elif damage == "truncated_npy":
+        npy.write_bytes(npy.read_bytes()[:200])
+    elif damage == "json_wrong_shape":
+        meta.write_text(json.dumps([1, 2, 3]))
+    elif damage == "json_not_json":
+        meta.write_text("{")
+    else:
+        meta.write_text(json.dumps({"ok": [True] * 3, "reasons": [""] * 3}))
+    logged = []
+    again, ok2, _ = decode_images(small_paths, None, str(cache_dir), 1, log=logged.append)
+    assert torch.equal(again, reference) and ok2.all()
+    said = [line for line in logged if "unreadable" in line]
+    assert len(said) == 1 and str(npy) in said[0] and "decoding again" in said[0]
+    # and it was rewritten: the next start reads it
+    logged.clear()
+    decode_images(small_paths, None, str(cache_dir), 1, log=logged.append)
+    assert any("from cache" in line for line in logged)
+
+
+def test_unusable_cache_folder_is_one_warning_and_the_run_goes_on(small_paths, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    logged = []
+    images, ok, _ = decode_images(small_paths, None, str(tmp_path / "afile" / "cache"), 1, log=logged.append)
+    assert ok.all() and images.shape[0] == len(small_paths)
+    warnings = [line for line in logged if line.startswith("warning: could not write the decode cache")]
+    assert len(warnings) == 1 and "continuing without it" in warnings[0]
+
+
+@needs_non_root
+def test_read_only_cache_folder_is_one_warning(small_paths, tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    logged = []
+    _, ok, _ = decode_images(small_paths, None, str(tmp_path / "ro"), 1, log=logged.append)
+    assert ok.all() and sum("could not write the decode cache" in line for line in logged) == 1
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+@pytest.mark.slow  # a subprocess or a large file
+def test_full_disk_while_writing_the_cache_leaves_no_temp(small_paths, tmp_path):
+    """`ulimit -f`: writes past 64 KiB fail with EFBIG (Python ignores SIGXFSZ), like a full disk."""
+    cache_dir = tmp_path / "cache"
+    script = (f"from imgcls.data.cache import decode_images\n"
+              f"paths = {small_paths!r}\n"
+              f"images, ok, _ = decode_images(paths, (64, 64), {str(cache_dir)!r}, 1)\n"
+              f"print('decoded', int(ok.sum()))\n")
+    limit = 64 * 1024  # the pixels are 9 x 3 x 64 x 64 = 110 KiB
+    proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "decoded 9" in proc.stdout
+    assert sum("warning: could not write the decode cache" in line for line in proc.stdout.splitlines()) == 1
+    assert "(OSError: " in proc.stdout  # numpy words EFBIG as "N requested and M written"
+    assert list(cache_dir.iterdir()) == []  # no partial .npy, no temp
+
+
+def test_jpeg_draft_matches_a_full_decode_and_resize(tmp_path):
+    rng = np.random.default_rng(0)
+    # smooth content (a real photo's spectrum); DCT scaling and a bilinear resize then agree closely
+    base = rng.integers(0, 256, size=(12, 16, 3)).astype(np.uint8)
+    big = Image.fromarray(base).resize((640, 480), Image.BICUBIC)
+    big.save(tmp_path / "big.jpg", quality=95)
+    ours = cache_mod._decode_file(str(tmp_path / "big.jpg"), (60, 80))
+    with Image.open(tmp_path / "big.jpg") as im:
+        full = np.asarray(im.convert("RGB").resize((80, 60), Image.BILINEAR)).transpose(2, 0, 1)
+    diff = np.abs(ours.astype(int) - full.astype(int))
+    assert ours.shape == (3, 60, 80) and diff.mean() < 3 and diff.max() < 40
+    with Image.open(tmp_path / "big.jpg") as im:  # and draft is what made it cheap: 1/8 scale is 80x60
+        im.draft(im.mode, (80, 60))
+        assert im.size == (80, 60)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature + IHDR of the given size and a tiny IDAT: the header is all we must read."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (width + 1) * 4)  # the first rows only: decoding it would fail later
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def _decode_one_in_a_fresh_process(path, report: str) -> list[str]:
+    """decode_images on one file in a new process: [ok, peak RSS growth in MiB, str(report)] (a fresh process so
+    the growth is this decode's alone)."""
+    script = (f"import resource\n"
+              f"from imgcls.data.cache import decode_images\n"
+              f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"images, ok, why = decode_images([{str(path)!r}], (60, 80), None, 1)\n"
+              f"grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+              f"print(bool(ok[0]), grown // 1024, {report})\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(" ", 2)
+
+
+@pytest.mark.slow  # a subprocess or a large file
+def test_huge_png_is_refused_from_its_header_without_decoding(tmp_path):
+    _png_header_only(tmp_path / "huge.png", 12000, 12000)
+    good, grown_mb, reason = _decode_one_in_a_fresh_process(tmp_path / "huge.png", "why[0]")
+    assert good == "False" and reason.startswith("too large to decode: 12000x12000 pixels")
+    assert int(grown_mb) < 50  # a full RGB decode would be 412 MiB
+
+
+@pytest.mark.slow  # a subprocess or a large file
+def test_big_jpeg_decodes_with_little_memory(tmp_path):
+    Image.new("RGB", (6000, 4000), (120, 30, 200)).save(tmp_path / "big.jpg", quality=90)  # 24 MP photo size
+    good, grown_mb, pixel = _decode_one_in_a_fresh_process(tmp_path / "big.jpg", "images[0, :, 30, 40].tolist()")
+    assert good == "True" and int(grown_mb) < 30  # a full decode is 69 MiB
+    assert np.allclose(eval(pixel), [120, 30, 200], atol=3)
+
+
+def test_a_cache_file_of_another_storage_size_is_a_miss_not_a_hit(tmp_path):
+    data = write_folder_dataset(tmp_path / "data", counts=(3, 2, 2))
+    paths = load_index(str(data), log=lambda *a: None).paths
+    cache = tmp_path / "cache"
+    first, ok, _ = decode_images(paths, size=None, cache_dir=str(cache), log=lambda *a: None)
+    first = first.clone()  # the tensor maps the file, which np.save below rewrites in place
+    assert tuple(first.shape[2:]) == (20, 16) and ok.all()
+    npy = next(cache.glob("decoded-*.npy"))
+    np.save(npy, np.zeros((len(paths), 3, 10, 10), np.uint8))  # parses, but is not what was decoded
+    lines = []
+    again, _, _ = decode_images(paths, size=None, cache_dir=str(cache), log=lines.append)
+    assert torch.equal(again, first)  # decoded again at the data's own size, not trained at 10x10
+    assert any("unreadable" in line and "decoding again" in line for line in lines), lines
+
+
+def _trained_with_cache(tmp_path, capsys) -> Path:
+    """A v1 run on a small folder data set with its decode cache in tmp_path/cache; returns the cache folder."""
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+    cache = tmp_path / "cache"
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY_B0,
+                       "--cache-dir", cache, capsys=capsys)
+    assert code == 0, err
+    return cache
+
+
+def test_predict_says_when_it_decodes_again_past_a_damaged_cache(tmp_path, capsys):
+    cache = _trained_with_cache(tmp_path, capsys)
+    npy = next(cache.glob("decoded-*.npy"))
+    npy.write_bytes(npy.read_bytes()[:100])  # truncated
+    code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert code == 0, err
+    assert any(line.startswith(f"decode cache {npy} unreadable") and line.endswith("decoding again")
+               for line in out.splitlines()), out
+
+
+def test_predict_on_a_trained_run_reuses_its_cache_file(tmp_path, capsys):
+    """Training asks for the data's own size, predict for the size it resolved to: one cache file for both."""
+    cache = _trained_with_cache(tmp_path, capsys)
+    before = sorted(p.name for p in cache.iterdir())
+    code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in cache.iterdir()) == before and "loaded 20 from cache" in out

@@ -1,15 +1,45 @@
 """Sources: Kaggle styles.csv, manifest, class-per-folder, the demo set, and what gets skipped."""
 
+from __future__ import annotations
+
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import imgcls
+import predict as predict_script
+import train as train_script
+from imgcls import checkpoint
 from imgcls.data import load_dataset, load_index, write_skipped
+from imgcls.data.splits import load_split
 from imgcls.errors import UserError
+from tests.helpers import (
+    COLOURS,
+    assert_one_line_error,
+    cli,
+    skipped_entries,
+    write_folder_dataset,
+    write_image,
+    write_kaggle,
+)
+
+TINY_B0 = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs",
+           "1", "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+AS_ROOT = os.geteuid() == 0
+needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
+QUIET = dict(log=lambda *a, **k: None)
+TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
 
@@ -160,3 +190,194 @@ def test_paths_are_absolute_however_the_data_path_is_spelled(tmp_path, monkeypat
     absolute = load_index(str(tmp_path / "set"), log=lambda *_: None)
     assert relative.paths == spelled.paths == absolute.paths
     assert all(os.path.isabs(p) for p in relative.paths)
+
+
+def test_duplicate_ids_keep_the_first_are_listed_and_never_cross_the_split(tmp_path, capsys):
+    # id 1 is a shirt; a second row calls it a shoe (conflict), id 2 repeats with the same label.
+    data = write_kaggle(tmp_path / "k", extra_rows=["1,Men,shoes,thing 1 again", "2,Men,shirts,thing 2 again"])
+    code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "runs", "--cache-dir", "none",
+                         "--label-col", "subCategory", *TINY, capsys=capsys)
+    assert code == 0, err
+    summary = [line for line in out.splitlines() if "skipped 2 item(s)" in line]
+    assert len(summary) == 1 and "duplicate id with a different label" in summary[0], out
+    entries = skipped_entries(tmp_path / "runs" / "v1" / "fold0" / "skipped.json")
+    reasons = {e["item"].split(" (")[0]: e["reason"] for e in entries}
+    assert reasons == {"styles.csv row 26": "duplicate id with a different label (kept the first)",
+                       "styles.csv row 27": "duplicate of an earlier row (kept the first)"}
+    assert "first at row 2 as 'shirts', here 'shoes'" in entries[0]["item"]
+
+    index = load_index(str(data), "subCategory", **QUIET)
+    assert len(index.paths) == len(set(index.paths)) == 24
+    first = index.paths.index(str(data / "images" / "1.jpg"))
+    assert index.class_names[index.labels[first]] == "shirts"  # the first row's label
+    split = load_split(str(tmp_path / "runs" / "v1" / "split.json"), index.paths)
+    test = {index.paths[i] for i in split["test"]}
+    for fold in split["folds"]:
+        train, val = ({index.paths[i] for i in fold[part]} for part in ("train", "val"))
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert len(train | val | test) == 24
+
+
+def test_duplicate_paths_in_a_manifest_keep_the_first(tmp_path):
+    for name in COLOURS:
+        for i in range(4):
+            write_image(tmp_path / name / f"{i}.png", COLOURS[name], seed=i)
+    lines = ["path,label"] + [f"{n}/{i}.png,{n}" for n in COLOURS for i in range(4)]
+    lines += ["./shirts/0.png,shoes", str(tmp_path / "shirts" / "1.png") + ",shirts"]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    index = load_index(str(tmp_path / "m.csv"), **QUIET)
+    assert len(index.paths) == len(set(index.paths)) == 12
+    assert [why for _, why in index.skipped] == ["duplicate id with a different label (kept the first)",
+                                                 "duplicate of an earlier row (kept the first)"]
+    assert index.skipped[0][0].startswith("m.csv row 14 (./shirts/0.png), first at row 2")
+
+
+@needs_non_root
+def test_unreadable_class_folder_is_listed_not_dropped_silently(tmp_path):
+    data = write_folder_dataset(tmp_path / "d")
+    (data / "shoes").chmod(0)
+    try:
+        index = load_index(str(data), **QUIET)
+    finally:
+        (data / "shoes").chmod(0o755)
+    assert "shoes" not in index.class_names
+    assert (str(data / "shoes"), "unreadable folder: Permission denied") in index.skipped
+
+
+@needs_non_root
+def test_unreadable_image_file_is_listed_like_an_undecodable_one(tmp_path):
+    data = write_folder_dataset(tmp_path / "d")
+    bad = data / "shoes" / "shoes_000.png"
+    bad.chmod(0)
+    ds = load_dataset(str(data), cache_dir=None, workers=1, **QUIET)
+    assert [(item, why.split(":")[0]) for item, why in ds.skipped] == [(str(bad), "undecodable")]
+    assert "Permission denied" in ds.skipped[0][1]
+
+
+def test_walk_errors_are_reported_through_onerror(tmp_path, monkeypatch):
+    """Runs as root too: a folder that vanishes between listing and walking raises inside os.walk."""
+    data = write_folder_dataset(tmp_path / "d")
+    real_walk = os.walk
+
+    def walk_with_error(top, onerror=None, **kw):
+        if top.endswith("shoes"):
+            onerror(PermissionError(13, "Permission denied", top))
+            return iter(())
+        return real_walk(top, onerror=onerror, **kw)
+
+    monkeypatch.setattr(os, "walk", walk_with_error)
+    index = load_index(str(data), **QUIET)
+    assert (str(data / "shoes"), "unreadable folder: Permission denied") in index.skipped
+
+
+@needs_non_root
+def test_unreadable_styles_csv_is_one_line(tmp_path, capsys):
+    data = write_kaggle(tmp_path / "k")
+    (data / "styles.csv").chmod(0)
+    code, _, err = cli(train_script, "--data", data, "--out", tmp_path / "r", *TINY, capsys=capsys)
+    assert_one_line_error(code, err, "styles.csv", "cannot read")
+
+
+def test_non_utf8_file_name_trains_and_predicts(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "d", counts=(10, 8, 6))
+    odd = os.fsencode(data / "shoes") + b"/caf\xe9-\xff.png"  # Latin-1 bytes: not valid UTF-8
+    os.rename(os.fsencode(data / "shoes" / "shoes_000.png"), odd)
+    code, out, err = cli(train_script, "--data", data, "--out", tmp_path / "r", "--cache-dir", tmp_path / "c",
+                         *TINY, capsys=capsys)
+    assert code == 0, err
+    index = load_index(str(data), **QUIET)
+    assert os.fsdecode(odd) in index.paths and not index.skipped
+    code, out, err = cli(predict_script, "--run", tmp_path / "r" / "v1", "--images", os.fsdecode(odd),
+                         "--device", "cpu", "--out", tmp_path / "p" / "predictions.csv", capsys=capsys)
+    assert code == 0, err
+    rows = (tmp_path / "p" / "predictions.csv").read_bytes().splitlines()
+    assert len(rows) == 2 and odd in rows[1]  # the path as its bytes on disk
+
+
+@pytest.mark.slow  # a subprocess or a large file
+def test_fifo_is_skipped_before_any_open(tmp_path):
+    data = write_folder_dataset(tmp_path / "d", counts=(6, 6, 6))
+    os.mkfifo(data / "shoes" / "x.jpg")
+    os.mkfifo(tmp_path / "y.jpg")
+    script = (f"from imgcls.data import load_dataset\n"
+              f"from imgcls.data.cache import decode_images\n"
+              f"ds = load_dataset({str(data)!r}, cache_dir=None, workers=1, log=lambda *a: None)\n"
+              f"print(repr(ds.skipped))\n"
+              f"_, ok, why = decode_images([{str(tmp_path / 'y.jpg')!r}], (8, 8), None, 1, log=lambda *a: None)\n"
+              f"print(bool(ok[0]), why[0])\n")
+    proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed, decoded = proc.stdout.strip().splitlines()
+    assert eval(listed) == [(str(data / "shoes" / "x.jpg"),
+                             "not a regular file (a folder, FIFO, device or socket): not opened")]
+    assert decoded == "False not a regular file (a folder, FIFO, device or socket): not opened"
+
+
+def test_styles_csv_with_a_bom_is_read(tmp_path):
+    data = write_kaggle(tmp_path / "k", per_class=3, bom=True)
+    index = load_index(str(data), "subCategory", **QUIET)
+    assert len(index.paths) == 9 and index.class_names == sorted(COLOURS)
+
+
+def test_manifest_with_a_bom_is_read_and_latin1_is_one_line_naming_the_row(tmp_path, capsys):
+    for i, name in enumerate(COLOURS):
+        for j in range(3):
+            write_image(tmp_path / f"{name}{j}.png", COLOURS[name], seed=j)
+    body = "path,label\n" + "".join(f"{n}{j}.png,{n}\n" for n in COLOURS for j in range(3))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert len(load_index(str(tmp_path / "bom.csv"), **QUIET).paths) == 9
+    (tmp_path / "latin1.csv").write_bytes((body + "shirts0.png,chemis\xe9\n").encode("latin-1"))
+    code, _, err = cli(train_script, "--data", tmp_path / "latin1.csv", "--out", tmp_path / "r", *TINY,
+                       capsys=capsys)
+    assert_one_line_error(code, err, str(tmp_path / "latin1.csv"), "row 11 is not UTF-8", "0xe9")
+
+
+def test_an_unbalanced_quote_in_styles_csv_is_refused_with_its_row_and_span(tmp_path, capsys):
+    data = write_kaggle(tmp_path / "data", per_class=6)
+    lines = (data / "styles.csv").read_text().splitlines()
+    lines[4] = lines[4].replace("thing", '"thing')  # row 5: a quote opened and never closed
+    (data / "styles.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY_B0,
+                       capsys=capsys)
+    # without the check, rows 6..19 became one field and the run trained on 4 of the 18 images
+    assert_one_line_error(code, err, "styles.csv: row 5 opens a quote", "15 lines were read as one row")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unbalanced_quote_in_a_manifest_is_refused_the_same_way(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "list.csv").write_text('path,label\na.png,x\n"b.png,y\nc.png,z\n')
+    with pytest.raises(imgcls.UserError, match=r"row 3 opens a quote .* 2 lines were read as one row"):
+        load_index(str(tmp_path / "list.csv"))
+
+
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    long_name = "x" * 200_000  # the csv module's default limit is 131,072 characters per field
+    data = write_kaggle(tmp_path / "data", per_class=4, extra_rows=[f"13,Men,shirts,{long_name}"])
+    write_image(data / "images" / "13.jpg", seed=13)
+    index = load_index(str(data), log=lambda *a: None)
+    assert len(index.paths) == 13 and not index.skipped
+
+
+def test_folder_layout_lists_top_level_images_and_reads_a_linked_class_folder_once(tmp_path):
+    data = write_folder_dataset(tmp_path / "data", counts=(5, 4, 3))
+    write_image(data / "loose.png")                        # no class folder: no label
+    (data / "tops").symlink_to(data / "shirts", target_is_directory=True)  # the shirts again, as "tops"
+    (data / "watches" / "again.png").symlink_to(data / "shoes" / "shoes_000.png")  # one file, two labels
+    index = load_index(str(data), log=lambda *a: None)
+    assert index.class_names == ["shirts", "shoes", "watches"] and len(index.paths) == 12
+    reasons = dict(index.skipped)
+    assert reasons[str(data / "loose.png")] == "an image at the top level, not in a class folder: no label, not used"
+    assert "the same folder as class 'shirts'" in reasons[str(data / "tops")]
+    assert "the same file as one in class 'shoes'" in reasons[str(data / "watches" / "again.png")]
+
+
+def test_a_class_folder_whose_name_is_not_utf8_trains_and_plots(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+    os.rename(os.fsencode(data / "watches"), os.fsencode(data) + b"/caf\xe9")  # latin-1 bytes, not UTF-8
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY_B0,
+                       capsys=capsys)
+    assert code == 0, err
+    fold = tmp_path / "runs" / "v1" / "fold0"
+    assert (fold / "confusion.png").stat().st_size > 0 and (fold / "metrics.json").is_file()
+    assert os.fsdecode(b"caf\xe9") in checkpoint.read(fold / "shipped.pt").class_names

@@ -1,10 +1,20 @@
 """Splits: stratified holdout test, k-fold / holdout validation, tiny classes, save/load guard."""
 
+from __future__ import annotations
+
 import numpy as np
 import pytest
 
+import train as train_script
 from imgcls.data.splits import auto_num_folds, load_split, make_split, save_split
 from imgcls.errors import UserError
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+)
+
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 # a long tail: 60, 30, 12, 5, 3, 2, 1 images
 COUNTS = [60, 30, 12, 5, 3, 2, 1]
@@ -110,3 +120,10 @@ def test_a_moved_data_set_keeps_its_split(tmp_path):
     renamed = new[:5] + ["/mnt/copy/set/1/other.jpg"]
     with pytest.raises(UserError, match="different data set"):
         load_split(str(tmp_path / "split.json"), renamed)
+
+
+def test_an_empty_validation_split_is_refused_before_anything_is_written(tmp_path, capsys):
+    code, _, err = cli(train_script, "--version", "v1", "--out", tmp_path / "runs", *TINY, "--val-frac", "0.0001",
+                       capsys=capsys)
+    assert_one_line_error(code, err, "--val-frac 0.0001: fold 0's validation split", "is empty")
+    assert not (tmp_path / "runs").exists()

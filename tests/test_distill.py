@@ -13,6 +13,8 @@ import imgcls
 from imgcls.distill import DISTILL, Distillation, soft_term
 from tests.helpers import assert_one_line_error, cli, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 LOGITS_S = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
 LOGITS_T = np.array([[1.0, 1.5, -0.5], [3.0, -1.0, 0.0]])
 

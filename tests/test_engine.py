@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +16,24 @@ import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
+import train as train_script
 from imgcls import checkpoint, engine
-from imgcls.presets import resolve
 from imgcls.data import load_dataset
 from imgcls.data.augment import eval_transform
 from imgcls.decision import adjust
 from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
-from tests.helpers import tiny_overrides, write_folder_dataset
+from imgcls.presets import resolve
+from tests.helpers import (
+    cli,
+    tiny_overrides,
+    write_folder_dataset,
+)
+
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"v1": "tiny_efficientnet", "v2": "tiny_convnext", "v2.1": "tiny_convnext",
@@ -155,7 +166,7 @@ def test_killed_run_resumes_to_identical_weights(data_dir, tmp_path):
     assert a["progress"]["lr_history"] == b["progress"]["lr_history"]
 
 
-def test_a_run_killed_before_the_model_pt_rename_resumes_from_its_best_pt(data_dir, tmp_path):
+def test_a_run_killed_before_the_shipped_pt_rename_resumes_from_its_best_pt(data_dir, tmp_path):
     """Runs saved before 2026-12-06 kept the best epoch so far in best.pt: resumed, they finish to the same
     shipped.pt as a run trained at once, and leave no stale best.pt beside it."""
     extra = dict(epochs=3, lr=0.0, scheduler="constant", swa_start=None, mix_prob=0.0, early_stop=None)  # best: 1
@@ -263,3 +274,77 @@ def test_fp16_on_cpu_skips_overflowing_updates_and_resumes_exactly(data_dir, tmp
     assert a["scaler"] == b["scaler"] and a["schedule"] == b["schedule"]
     for key in ("num_updates", "skipped_updates", "lr_history", "best_epoch", "best_metric"):
         assert progress[key] == b["progress"][key], key
+
+
+def test_the_plots_follow_every_epoch_only_when_epochs_are_long(data_dir, tmp_path, monkeypatch):
+    """lr.png and curves.png are drawn after an epoch once PLOTS_EVERY_S have passed since the last drawing,
+    and always after the last epoch: a short run draws them once, a run of long epochs after each epoch."""
+    drawn = []
+    monkeypatch.setattr(engine, "plot_lr", lambda lrs, path: drawn.append(len(lrs)))
+    _fit("v1", data_dir, tmp_path / "short", epochs=3, early_stop=None)
+    per_epoch = drawn[0] // 3
+    assert drawn == [3 * per_epoch]
+    drawn.clear()
+    monkeypatch.setattr(engine, "PLOTS_EVERY_S", 0.0)
+    _fit("v1", data_dir, tmp_path / "long", epochs=3, early_stop=None)
+    assert drawn == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+
+
+def _weights(path: Path) -> dict:
+    return {k: v for k, v in checkpoint.read(path).model.items() if v.is_floating_point() and "running" not in k}
+
+
+def test_init_from_starts_from_a_runs_weights_with_a_fresh_schedule(tmp_path, capsys):
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "a", *TINY,
+                       capsys=capsys)
+    assert code == 0, err
+    start = _weights(tmp_path / "a" / "v1" / "fold0" / "shipped.pt")
+    # same classes: every weight; an lr of 1e-9 leaves them where they started, so what started is visible
+    code, out, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "b", *TINY,
+                         "--init-from", tmp_path / "a" / "v1", "--lr", "1e-9", "--scheduler", "constant",
+                         capsys=capsys)
+    assert code == 0, err
+    assert "weights loaded (epoch 1 of that run); a fresh schedule" in out
+    after = _weights(tmp_path / "b" / "v1" / "fold0" / "last.pt")
+    for key, value in start.items():
+        torch.testing.assert_close(after[key], value, atol=1e-6, rtol=0)
+    assert checkpoint.read(tmp_path / "b" / "v1" / "fold0" / "last.pt").progress.epoch == 1
+    # other classes (fine-tuning on new data): the backbone, and a new classifier
+    shutil.rmtree(data / "watches")
+    code, out, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "c", *TINY,
+                         "--init-from", tmp_path / "a" / "v1" / "fold0" / "shipped.pt", "--lr", "1e-9",
+                         "--scheduler", "constant", capsys=capsys)
+    assert code == 0, err
+    assert "its 3 classes differ from these 2: backbone loaded, new classifier" in out
+    tuned = _weights(tmp_path / "c" / "v1" / "fold0" / "last.pt")
+    head = {k for k in tuned if tuned[k].shape != start[k].shape}
+    assert head and all(k.startswith("classifier") for k in head)
+    for key in set(start) - head:
+        torch.testing.assert_close(tuned[key], start[key], atol=1e-6, rtol=0)
+
+
+def test_a_run_and_its_data_moved_to_other_folders_resume_to_the_same_result(tmp_path):
+    data = write_folder_dataset(tmp_path / "data", counts=(8, 6, 6))
+
+    def config(data_dir, out):
+        return resolve("v1", tiny_overrides(data_dir, out, model="tiny_efficientnet", epochs=3))
+
+    engine.fit(config(data, tmp_path / "ref"), 0, log=lambda *a, **k: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(line, *args, **kwargs):
+        if str(line).startswith("epoch 2/3"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        engine.fit(config(data, tmp_path / "run"), 0, log=kill_in_epoch_2)
+    shutil.move(tmp_path / "data", tmp_path / "moved-data")
+    shutil.move(tmp_path / "run", tmp_path / "moved-run")
+    engine.fit(config(tmp_path / "moved-data", tmp_path / "moved-run"), 0, log=lambda *a, **k: None)
+    ours = checkpoint.read(tmp_path / "moved-run" / "v1" / "fold0" / "shipped.pt").model
+    reference = checkpoint.read(tmp_path / "ref" / "v1" / "fold0" / "shipped.pt").model
+    for key, value in reference.items():
+        assert torch.equal(ours[key], value), key

@@ -4,24 +4,41 @@ the int8 model keeps fp32's top-1."""
 from __future__ import annotations
 
 import json
+import os
+import resource
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import export as export_script
 import imgcls
-from imgcls import engine
+from export import main as export_main
+from imgcls import checkpoint, engine
 from imgcls import export as export_mod
-from imgcls.presets import resolve
 from imgcls.data.augment import resize
 from imgcls.errors import UserError
 from imgcls.export import axis_matrices, view_matrices
 from imgcls.models import create_model
+from imgcls.presets import resolve
 from imgcls.tta import TTA_VIEWS, tta_view
-from export import main as export_main
-from tests.helpers import tiny_overrides, write_folder_dataset
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+    snapshot,
+    tiny_overrides,
+    write_folder_dataset,
+)
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+AS_ROOT = os.geteuid() == 0
 ort = pytest.importorskip("onnxruntime", reason="ONNX parity needs onnxruntime (requirements-dev.txt)")
 QUIET = dict(log=lambda *a, **k: None)
 
@@ -111,7 +128,6 @@ def test_export_errors(runs, tmp_path):
 def test_a_runs_decision_tau_is_inside_the_exported_graph(runs, tmp_path):
     """A checkpoint with a logit-adjustment tau (v4 stores one): the API applies decision.adjust per member,
     the ONNX graph does the same as prior-weighted, renormalised probabilities."""
-    from imgcls import checkpoint
     from imgcls.decision import adjust
     fold = tmp_path / "v4" / "fold0"
     fold.mkdir(parents=True)
@@ -170,3 +186,40 @@ def test_a_tf_same_padding_model_exports_without_tracer_warnings_and_matches(fmt
                 warnings.simplefilter("ignore", FutureWarning)
                 got = torch.jit.load(str(path))(x).detach().numpy()
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_export_over_an_earlier_one_on_a_full_disk_keeps_the_earlier_export_whole(finished_v1, tmp_path, capsys):
+    out = tmp_path / "export"
+    code, _, err = cli(export_script, "--run", finished_v1 / "v1", "--out", out, capsys=capsys)
+    assert code == 0, err
+    before = snapshot(out)
+    assert "model.onnx" in before
+    limit = 8 * 1024  # `ulimit -f`: writes past it fail with EFBIG (Python ignores SIGXFSZ), like a full disk
+    proc = subprocess.run([sys.executable, str(ROOT / "export.py"), "--run", str(finished_v1 / "v1"), "--out",
+                           str(out), "--logit-adjust", "0.5"], env=ENV, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: --out {out}: could not write the export (") and "File too large" in line, line
+    assert line.endswith("GiB free there); the earlier export there is unchanged"), line
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.mark.parametrize("kind", ["an existing file", "a read-only folder"])
+def test_export_to_an_out_it_cannot_use_is_refused_before_any_work(finished_v1, kind, tmp_path, capsys):
+    if kind == "an existing file":
+        out = tmp_path / "taken"
+        out.write_text("mine")
+        fragment = "is a file, not a folder"
+    else:
+        if AS_ROOT:
+            pytest.skip("root writes through any permission bits")
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        out = locked / "export"
+        fragment = "not writable"
+    code, _, err = cli(export_script, "--run", finished_v1 / "v1", "--out", out, capsys=capsys)
+    assert_one_line_error(code, err, f"--out {out}", fragment)
+    if kind == "an existing file":
+        assert out.read_text() == "mine"

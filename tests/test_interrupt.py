@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from imgcls import checkpoint, interrupt
-from tests.helpers import write_folder_dataset
+from imgcls import checkpoint, engine, interrupt
+from imgcls.plots import plot_curves
+from tests.helpers import (
+    write_folder_dataset,
+)
+
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
 EPOCHS = 3
 AT_EPOCH = 2  # the boundary after epoch 2: epoch 1's last.pt exists, so a stop keeps a real checkpoint
@@ -31,7 +37,6 @@ def _argv(data: Path, out: Path) -> list[str]:
 
 def _interrupt_at(moment: str, stamp: Path) -> None:
     """Patch the training code so that SIGINT is sent to this process at `moment` of epoch AT_EPOCH's end."""
-    from imgcls import engine
     calls = {"n": 0}
 
     def send():
@@ -54,6 +59,7 @@ def _interrupt_at(moment: str, stamp: Path) -> None:
     elif moment == "summary":
         engine._write_summary = nth(engine._write_summary)
     elif moment == "plots":
+        engine.PLOTS_EVERY_S = 0.0  # plots after every epoch, as a run with long epochs draws them
         engine.plot_curves = nth(engine.plot_curves)
     elif moment == "garbage collection":
         def collect_with_interrupt(*args, **kwargs):
@@ -138,3 +144,28 @@ def test_a_swallowed_interrupt_is_raised_at_the_next_check():
             interrupt.check()
         interrupt.check()  # raised once, then clear
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_plot_is_written_stops_after_it_instead_of_being_swallowed(tmp_path):
+    """SIGINT during savefig: the PNG is finished whole, then KeyboardInterrupt reaches the caller (the
+    training loop stops there and its last.pt resumes); before, it was printed as "Exception ignored"."""
+    rows = [{"epoch": 1, "lr": 1e-3, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.5, "val_macro_f1": 0.4}]
+    sent = []
+
+    def interrupting_write(original):
+        def write(self, data):
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)  # lands inside the PNG writer's callback
+            return original(self, data)
+        return write
+
+    from imgcls.fsio import _Recording
+    original = _Recording.write
+    _Recording.write = interrupting_write(original)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            plot_curves(rows, tmp_path / "curves.png")
+    finally:
+        _Recording.write = original
+    assert sent and Image.open(tmp_path / "curves.png").size[0] > 0  # written whole before the stop

@@ -6,6 +6,7 @@ never was, and leave no temp file anywhere (run folder or decode cache).
 
 from __future__ import annotations
 
+import pytest
 import csv
 import json
 import multiprocessing
@@ -19,6 +20,8 @@ import torch
 
 from imgcls import checkpoint
 from tests.helpers import write_folder_dataset
+
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"train_time_s", "peak_memory_mb", "train_img_s", "time_s"}  # wall-clock numbers, never identical

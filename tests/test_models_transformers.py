@@ -22,6 +22,8 @@ from imgcls.models.vit import CONFIGS as VIT
 from imgcls.models.weights import load_pretrained, to_project_keys, vit_from_timm
 from tests.helpers import cli, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 timm = pytest.importorskip("timm")
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a, **k: None)
@@ -43,9 +45,25 @@ def _reference(name: str, num_classes: int = 5) -> torch.nn.Module:
 
 
 def _ours_from(ref: torch.nn.Module, name: str, num_classes: int = 5) -> torch.nn.Module:
-    ours = create_model(name, num_classes, **QUIET)
+    # built without its own random init (every weight is the reference's; seconds for the largest ViTs), then
+    # its buffers computed at construction copied from a CPU build of the same model
+    with torch.device("meta"):
+        ours = create_model(name, num_classes, **QUIET)
+    ours.to_empty(device="cpu")
+    _recompute_buffers(ours, name, num_classes)
     load_pretrained(ours, ref.state_dict(), "vit" if name.startswith("vit") else "swin", "reference", **QUIET)
     return ours
+
+
+def _recompute_buffers(model: torch.nn.Module, name: str, num_classes: int) -> None:
+    """Buffers that are not in the state dict (index tables computed in __init__) come from a real build."""
+    persistent = set(model.state_dict())
+    missing = [n for n, _ in model.named_buffers() if n not in persistent]
+    if missing:
+        real = dict(create_model(name, num_classes, **QUIET).named_buffers())
+        own = dict(model.named_buffers())
+        for n in missing:
+            own[n].copy_(real[n])
 
 
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor, mode: str) -> float:

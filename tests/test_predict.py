@@ -23,6 +23,8 @@ from imgcls.predict import predict
 from predict import build_parser
 from tests.helpers import tiny_overrides, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 QUIET = dict(log=lambda *a, **k: None)
 
 

@@ -5,22 +5,38 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import imgcls
+import predict as predict_script
+import train as train_script
 from imgcls import engine
-from imgcls.presets import resolve
 from imgcls.errors import UserError
 from imgcls.predict import predict
+from imgcls.presets import resolve
 from predict import build_parser
-from tests.helpers import tiny_overrides, write_folder_dataset
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+    file_size_limit,
+    skipped_entries,
+    tiny_overrides,
+    write_folder_dataset,
+    write_kaggle,
+)
+
+TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 LOGS: list[str] = []
 
 
@@ -146,3 +162,99 @@ def test_predict_int8_writes_its_own_folder_and_keeps_the_fp32_labels(run):
     a = [r["label"] for r in csv.DictReader(open(fp32["predictions"], newline=""))]
     b = [r["label"] for r in csv.DictReader(open(int8["predictions"], newline=""))]
     assert len(a) == len(b) > 0 and np.mean(np.array(a) == np.array(b)) >= 0.9
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_predict_device_cuda_without_cuda_is_one_line(folder_run, capsys):
+    code, _, err = cli(predict_script, "--run", folder_run[0], "--device", "cuda", capsys=capsys)
+    assert_one_line_error(code, err, "--device cuda", "CUDA is not available")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--batch-size", "0"], ["--batch-size 0"]),
+    (["--logit-adjust", "nan"], ["--decision-tau nan", "[-10, 10]"]),  # the old name, refused under the new one
+    (["--device", "foo"], ["--device foo"]),
+])
+def test_bad_predict_flags_are_one_line(folder_run, capsys, args, fragments):
+    code, _, err = cli(predict_script, "--run", folder_run[0], *args, capsys=capsys)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_predict_out_that_is_a_folder_is_one_line_and_leaves_nothing(folder_run, tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    code, _, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", "--out", tmp_path / "dir",
+                       capsys=capsys)
+    assert_one_line_error(code, err, f"--out {tmp_path / 'dir'}", "is a folder")
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "dir"]
+
+
+def test_logit_adjust_nan_writes_nothing(folder_run, capsys):
+    out = folder_run[0] / "predict-test" / "predictions.csv"
+    code, _, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", capsys=capsys)
+    assert code == 0, err
+    before = out.read_bytes()
+    code, _, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", "--decision-tau", "nan",
+                       capsys=capsys)
+    assert_one_line_error(code, err, "--decision-tau nan")
+    assert out.read_bytes() == before
+
+
+def test_predict_on_an_unfinished_run_warns(folder_run, tmp_path, capsys):
+    metrics = folder_run[0] / "fold0" / "metrics.json"
+    saved = metrics.read_bytes()
+    metrics.unlink()  # what a run killed before its end looks like: last.pt, best_epoch.pt, no metrics.json
+    try:
+        code, out, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", "--out",
+                             tmp_path / "p.csv", capsys=capsys)
+    finally:
+        metrics.write_bytes(saved)
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "training has not finished" in warnings[0]
+    assert str(folder_run[0] / "fold0") in warnings[0]
+    code, out, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert "warning:" not in out
+
+
+def test_old_skipped_json_is_replaced_or_removed(folder_run, tmp_path, capsys):
+    good = folder_run[1] / "shoes" / "shoes_000.png"
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "p" / "predictions.csv"
+    code, _, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", "--out", out, "--images", good,
+                       tmp_path / "broken.png", capsys=capsys)
+    assert code == 0, err
+    assert [e["item"] for e in skipped_entries(out.with_suffix("") / "skipped.json")] == [str(tmp_path / "broken.png")]
+    code, _, err = cli(predict_script, "--run", folder_run[0], "--device", "cpu", "--out", out, "--images", good,
+                       capsys=capsys)
+    assert code == 0, err
+    assert not (out.with_suffix("") / "skipped.json").exists()
+
+
+@pytest.mark.slow  # a subprocess or a large file
+def test_a_full_disk_while_predicting_keeps_the_earlier_predictions(finished_v1, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    code, _, err = cli(predict_script, "--run", finished_v1 / "v1", "--out", out, capsys=capsys)
+    assert code == 0, err
+    before = out.read_bytes()
+    assert len(before) > 4096
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--run", str(finished_v1 / "v1"), "--out",
+                           str(out), "--logit-adjust", "1"], env=ENV, capture_output=True, text=True, timeout=300,
+                          preexec_fn=file_size_limit(4096))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {out}: File too large while writing; the file there is unchanged. Free some space (or raise the "
+        "limit) and rerun the same command: a training run resumes from its last epoch"]
+    assert out.read_bytes() == before
+
+
+def test_predict_on_the_runs_test_split_counts_no_skipped_image_for_rows_without_one(tmp_path, capsys):
+    data = write_kaggle(tmp_path / "data", per_class=6, extra_rows=["901,Men,shirts,gone", "902,Men,shoes,gone"])
+    code, _, err = cli(train_script, "--version", "v1", "--data", data, "--out", tmp_path / "runs", *TINY,
+                       capsys=capsys)
+    assert code == 0, err
+    code, out, err = cli(predict_script, "--run", tmp_path / "runs" / "v1", "--out", tmp_path / "p.csv",
+                         capsys=capsys)
+    assert code == 0, err
+    assert "input(s) (missing or unreadable)" not in out and not (tmp_path / "p" / "skipped.json").exists()
+    assert "note: 2 row(s) of the run's data have no readable image and are in no split" in out

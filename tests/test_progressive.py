@@ -19,6 +19,8 @@ from imgcls.errors import UserError
 from imgcls.progressive import plan
 from tests.helpers import tiny_overrides, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 QUIET = dict(log=lambda *a, **k: None)
 STAGES = "0.5:0.5:0.25,1:1:1"
 

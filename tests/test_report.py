@@ -9,14 +9,22 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import confusion_matrix as sk_confusion
 
 import predict as predict_script
 import train as train_script
-from tests.helpers import cli, write_folder_dataset
+from imgcls.metrics import classification_metrics
+from imgcls.plots import plot_confusion
+from tests.helpers import (
+    write_folder_dataset,
+)
+
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (.ci/run installs Debian's "
@@ -110,3 +118,22 @@ def test_the_training_run_and_the_prediction_each_write_a_self_contained_report(
         assert not re.search(r"""(src|href)=['"]https?:""", text)  # everything is inlined
     assert "<h2>Curves</h2>" in trained and "<h2>Settings</h2>" in trained
     assert "id='reliability'" in predictions and "Highest loss" in predictions
+
+
+def test_two_thousand_classes_report_in_bounded_memory_with_the_full_matrix_in_sparse_form(tmp_path):
+    """A dense 2,000 x 2,000 matrix (and scikit-learn's balanced accuracy, which builds one) is what 20,000
+    classes ran out of memory on; the cells kept are every non-zero one, checked against scikit-learn."""
+    rng = np.random.default_rng(0)
+    num_classes = 2000
+    y_true = rng.integers(0, num_classes, 6000)
+    y_pred = np.where(rng.random(6000) < 0.7, y_true, rng.integers(0, num_classes, 6000))
+    names = [f"c{i}" for i in range(num_classes)]
+    m = classification_metrics(y_true, y_pred, names)
+    reference = sk_confusion(y_true, y_pred, labels=np.arange(num_classes))
+    cells = m["confusion_matrix"]["cells"]
+    assert m["confusion_matrix"]["shape"] == [num_classes, num_classes] and len(cells) == np.count_nonzero(reference)
+    assert all(reference[t, p] == n for t, p, n in cells)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-12)
+    plot_confusion(m["confusion_matrix"], names, tmp_path / "confusion.png")  # the 60 largest classes
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    assert len(json.dumps(m)) < 2_000_000

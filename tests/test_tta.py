@@ -1,9 +1,19 @@
+
+
+from __future__ import annotations
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import export as export_script
+import predict as predict_script
 from imgcls.errors import UserError
 from imgcls.tta import TTA_VIEWS, predict_probs, tta_view
+from tests.helpers import (
+    assert_one_line_error,
+    cli,
+)
 
 
 def _model(num_classes=5):
@@ -111,3 +121,19 @@ def test_empty_or_string_views_are_rejected_with_a_user_message():
         predict_probs(_model(), torch.zeros(1, 3, 4, 4), ())
     with pytest.raises(UserError):
         predict_probs(_model(), torch.zeros(1, 3, 4, 4), "hflip")
+
+
+def test_a_tta_view_scale_far_from_one_is_refused_up_front(finished_v1, tmp_path, capsys):
+    code, _, err = cli(predict_script, "--run", finished_v1 / "v1", "--tta", "--views", "identity,scale1000",
+                       "--out", tmp_path / "p.csv", capsys=capsys)
+    assert_one_line_error(code, err, "--tta view 'scale1000'", "above 4")
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("script", ["export", "predict"])
+def test_tta_with_no_view_is_one_line(finished_v1, script, tmp_path, capsys):
+    module = export_script if script == "export" else predict_script
+    code, _, err = cli(module, "--run", finished_v1 / "v1", "--tta", "--views", ",", "--out",
+                       tmp_path / ("e" if script == "export" else "p.csv"), capsys=capsys)
+    assert_one_line_error(code, err, "--views: no view given")
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,8 @@ from imgcls.inference import predict_dataset
 from imgcls.models import create_model
 from tests.helpers import tiny_overrides, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

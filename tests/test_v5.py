@@ -28,6 +28,8 @@ from imgcls.models import create_model
 from imgcls.selection import make_ema, pick
 from tests.helpers import tiny_overrides, write_folder_dataset
 
+pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *a, **k: None)
 REFIT = dict(refit=True, folds="1")  # v5 as one model: choose on validation, then train on train + validation
