@@ -41,7 +41,7 @@ from .fsio import atomic_write, clean_stale_temps
 from .progressive import describe, phase_at
 from .plots import objective_label, plot_curves, plot_lr
 from .run import (BEST_EPOCH, CONFIG, CONFUSION, CURVES, LAST, LR_PLOT, METRICS, SELECT, SKIPPED, SPLIT, SUMMARY,
-                  TENSORBOARD, check_restart, fold_model, reads_inputs_inside)
+                  TENSORBOARD, check_restart, fold_model, is_finished, reads_inputs_inside)
 from .tblog import TensorBoardLog
 
 from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, prepare_data,
@@ -86,18 +86,17 @@ def _fit(cfg: Config, fold: int, log, data) -> dict:
         shutil.rmtree(rdir)
     if not cfg.refit:
         saved = open_run(cfg, rdir, say)
-        if saved is not None and saved.finished:
+        if saved is not None and is_finished(rdir):
             return _already_finished(cfg, rdir, saved, say)
         data = data if data is not None else prepare_data(cfg, say)
         return train_stage(cfg, data, Stage(rdir, *fold_indices(data[1], fold)), saved, say)
-    finished = _finished_run(rdir)
-    if finished is not None:
-        return _already_finished(cfg, rdir, finished, say)
+    if is_finished(rdir):
+        return _already_finished(cfg, rdir, checkpoint.read(rdir / LAST), say)
     data = data if data is not None else prepare_data(cfg, say)
     train_idx, val_idx = fold_indices(data[1], fold)
     select_dir = rdir / SELECT
     saved = open_run(cfg, select_dir, say)
-    if saved is None or not saved.finished:
+    if saved is None or not is_finished(select_dir):
         say(f"refit, stage 1 of 2: choose the model candidate and tau on {len(val_idx)} validation images")
         train_stage(cfg, data, Stage(select_dir, train_idx, val_idx), saved, say)
     else:
@@ -115,8 +114,9 @@ def _fit(cfg: Config, fold: int, log, data) -> dict:
 def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | None, say,
                 ship=ship_chosen) -> dict:
     """One training pass into stage.rdir, resumed from `saved` (its last.pt) when given; `ship` (shipping.py)
-    decides what the pass ships once its epochs are done."""
-    if saved is not None and saved.finished:
+    decides what the pass ships once its epochs are done. A pass killed after its last epoch but before
+    metrics.json (run.is_finished) runs the shipping steps again on resume."""
+    if saved is not None and is_finished(stage.rdir):
         return _already_finished(cfg, stage.rdir, saved, say)
     t = setup(cfg, data, stage, saved, say)
     state = restore(t, saved) if saved is not None else RunState()
@@ -152,12 +152,6 @@ def train_stage(cfg: Config, data, stage: Stage, saved: checkpoint.Checkpoint | 
 def _already_finished(cfg: Config, rdir: Path, saved: checkpoint.Checkpoint, say) -> dict:
     say(f"{rdir}: already finished ({cfg.metric} {saved.result['metric']:.4f}); --restart to train again")
     return saved.result
-
-
-def _finished_run(rdir: Path) -> checkpoint.Checkpoint | None:
-    last = rdir / LAST
-    saved = checkpoint.read(last) if last.exists() else None
-    return saved if saved is not None and saved.finished else None
 
 
 def read_carried(select_dir: Path) -> Carried:

@@ -114,7 +114,8 @@ def test_metrics_file(root: str | Path) -> Path | None:
 
 
 def is_finished(folder: str | Path) -> bool:
-    """A fold's training finished: train.py writes metrics.json only at its very end."""
+    """A fold's training finished: train.py writes metrics.json only at its very end, after last.pt is marked
+    finished (the one definition: training, predict, export and the API all ask this)."""
     return (Path(folder) / METRICS).is_file()
 
 

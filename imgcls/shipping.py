@@ -191,7 +191,6 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         record = make_record(t, net, _epoch_of(state, selected), result["metric"], selected)
         record.decision_tau = tau
         checkpoint.save(record, rdir / SHIPPED)
-        atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
         plot_confusion(metrics["confusion_matrix"], t.class_names, rdir / CONFUSION)
         stages = after_training(cfg, metrics, tau) if len(t.val_idx) else []
         # the curves end where the run's reported score is: after cRT and the tau (when there are any)
@@ -205,9 +204,11 @@ def finish(t: Trainer, state: RunState, net: nn.Module, selected: str, metrics: 
         last = checkpoint.read(rdir / LAST)
         last.finished, last.result = True, result
         checkpoint.save(last, rdir / LAST)
-        # Only once the run is marked finished (a resume before that reads the best epoch again):
-        # best_epoch.pt is kept for inspection with --select last; with --select best it is shipped.pt or lost to
-        # SWA, as before. An older run resumed here leaves no stale best.pt beside its model.
+        # metrics.json last: its presence is run.is_finished, the one definition of a finished fold. A kill
+        # before it reruns these steps on resume, from best_epoch.pt and before_crt.pt, which are still there.
+        atomic_write(rdir / METRICS, json.dumps(metrics, indent=2) + "\n")
+        # best_epoch.pt is kept for inspection with --select last; with --select best it is shipped.pt or lost
+        # to SWA, as before. An older run resumed here leaves no stale best.pt beside its model.
         for path in [rdir / OLD_SHIPPED] + ([rdir / BEST_EPOCH] if cfg.select == "best" else []):
             path.unlink(missing_ok=True)
         t.say(final_line(rdir, selected, metrics, cfg.metric, refit=bool(refit),

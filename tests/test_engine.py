@@ -348,3 +348,35 @@ def test_a_run_and_its_data_moved_to_other_folders_resume_to_the_same_result(tmp
     reference = checkpoint.read(tmp_path / "ref" / "v1" / "fold0" / "shipped.pt").model
     for key, value in reference.items():
         assert torch.equal(ours[key], value), key
+
+
+def test_a_run_killed_before_metrics_json_ships_again_on_resume_to_the_same_model(data_dir, tmp_path, monkeypatch):
+    """metrics.json is written last and is the one sign of a finished fold (run.is_finished): a run killed after
+    last.pt was marked finished but before metrics.json runs the shipping steps again (candidate, cRT from
+    before_crt.pt, tau) and ends with the model and scores of a run that was never killed."""
+    from imgcls import run, shipping
+    extra = dict(model="tiny_efficientnet", epochs=2, crt_steps=50)
+    _, full = _fit("v4", data_dir, tmp_path / "a", **extra)
+
+    class Killed(Exception):
+        pass
+
+    real_write = shipping.atomic_write
+
+    def killed_at_metrics(path, data):
+        if Path(path).name == "metrics.json":
+            raise Killed
+        return real_write(path, data)
+    monkeypatch.setattr(shipping, "atomic_write", killed_at_metrics)
+    with pytest.raises(Killed):
+        _fit("v4", data_dir, tmp_path / "b", **extra)
+    fold = tmp_path / "b" / "v4" / "fold0"
+    assert checkpoint.read(fold / "last.pt").finished and not run.is_finished(fold)
+    monkeypatch.setattr(shipping, "atomic_write", real_write)
+    _, resumed = _fit("v4", data_dir, tmp_path / "b", **extra)
+    assert run.is_finished(fold)
+    a, b = (checkpoint.read(Path(r["run_dir"]) / "shipped.pt") for r in (full, resumed))
+    assert a.decision_tau == b.decision_tau and all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    ma, mb = (json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) for r in (full, resumed))
+    assert (ma["accuracy"], ma["macro_f1"]) == (mb["accuracy"], mb["macro_f1"])
+    assert sorted(p.name for p in fold.iterdir()) == sorted(p.name for p in Path(full["run_dir"]).iterdir())
