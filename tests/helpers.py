@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -12,6 +13,16 @@ import pytest
 from PIL import Image
 
 from imgcls.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+# subprocesses of the tests: one thread each, the checkout importable
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+AS_ROOT = os.geteuid() == 0
+needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
+# train.py flags of a one-epoch tiny v1 run (random init, 32x32, CPU)
+TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
+TINY_B0 = [*TINY[:3], "tiny_efficientnet", *TINY[4:]]
 
 # Three imbalanced classes with distinct colours, so that a tiny model learns something in one epoch.
 COLOURS = {"shirts": (220, 40, 40), "shoes": (40, 200, 60), "watches": (50, 60, 230)}

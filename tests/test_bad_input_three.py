@@ -3,23 +3,18 @@ export writers on a full disk, a teacher gone on resume. Each ends in one line a
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import predict as predict_script
 from imgcls.errors import UserError
 from imgcls.teacher import teacher_test
-from tests.helpers import assert_one_line_error, cli, snapshot
+from tests.helpers import ENV, ROOT, assert_one_line_error, cli, snapshot
 
 pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def test_predict_checks_its_default_output_folder_before_predicting(finished_v1, capsys):

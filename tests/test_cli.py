@@ -7,22 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import train as train_script
 from imgcls.presets import VERSIONS
 from tests.helpers import (
+    ENV,
+    ROOT,
     assert_one_line_error,
     cli,
     write_folder_dataset,
 )
 
 pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def run(*args, timeout=300, cwd=ROOT):

@@ -21,19 +21,13 @@ from imgcls.data import cache as cache_mod
 from imgcls.data.cache import decode_images, default_cache_dir, resolve_cache_dir
 from imgcls.presets import resolve
 from tests.helpers import (
+    ENV,
+    TINY,
+    TINY_B0,
     cli,
+    needs_non_root,
     write_folder_dataset,
 )
-
-TINY_B0 = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs",
-           "1", "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-AS_ROOT = os.geteuid() == 0
-needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
-TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 QUIET = dict(log=lambda *_: None)
 

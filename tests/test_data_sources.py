@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,24 +21,19 @@ from imgcls.data.splits import load_split
 from imgcls.errors import UserError
 from tests.helpers import (
     COLOURS,
+    ENV,
+    TINY,
+    TINY_B0,
     assert_one_line_error,
     cli,
+    needs_non_root,
     skipped_entries,
     write_folder_dataset,
     write_image,
     write_kaggle,
 )
 
-TINY_B0 = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs",
-           "1", "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-AS_ROOT = os.geteuid() == 0
-needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
 QUIET = dict(log=lambda *a, **k: None)
-TINY = ["--version", "v1", "--model", "tiny_convnext", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName\n"
 

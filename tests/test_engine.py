@@ -25,17 +25,16 @@ from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
 from imgcls.presets import resolve
 from tests.helpers import (
+    ROOT,
     cli,
     tiny_overrides,
     write_folder_dataset,
 )
+from tests.helpers import TINY_B0 as TINY
 
 pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
-TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"v1": "tiny_efficientnet", "v2": "tiny_convnext", "v2.1": "tiny_convnext",
               "v3": "tiny_efficientnet_v2", "v4": "tiny_efficientnet"}
 RUN_FILES = ["config.json", "split.json", "summary.csv", "shipped.pt", "last.pt", "metrics.json", "lr.png",

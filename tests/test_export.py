@@ -4,12 +4,10 @@ the int8 model keeps fp32's top-1."""
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +25,9 @@ from imgcls.models import create_model
 from imgcls.presets import resolve
 from imgcls.tta import TTA_VIEWS, tta_view
 from tests.helpers import (
+    AS_ROOT,
+    ENV,
+    ROOT,
     assert_one_line_error,
     cli,
     snapshot,
@@ -36,9 +37,6 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-AS_ROOT = os.geteuid() == 0
 ort = pytest.importorskip("onnxruntime", reason="ONNX parity needs onnxruntime (requirements-dev.txt)")
 QUIET = dict(log=lambda *a, **k: None)
 

@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,16 +17,14 @@ from imgcls.data.splits import load_split, save_split
 from imgcls.fsio import atomic_write, clean_stale_temps
 from imgcls.presets import resolve
 from tests.helpers import (
+    ENV,
+    ROOT,
     file_size_limit,
     temps,
     tiny_overrides,
     write_folder_dataset,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
+from tests.helpers import TINY_B0 as TINY
 
 QUIET = dict(log=lambda *a, **k: None)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from imgcls.predict import predict
 from imgcls.presets import resolve
 from predict import build_parser
 from tests.helpers import (
+    ENV,
     assert_one_line_error,
     cli,
     file_size_limit,
@@ -31,12 +31,9 @@ from tests.helpers import (
     write_folder_dataset,
     write_kaggle,
 )
-
-TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
+from tests.helpers import TINY_B0 as TINY
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 LOGS: list[str] = []
 
 

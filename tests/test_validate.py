@@ -11,17 +11,13 @@ import export as export_script
 import imgcls
 import predict as predict_script
 import train as train_script
+from tests.helpers import TINY_B0 as TINY
 from tests.helpers import (
     assert_one_line_error,
     cli,
+    needs_non_root,
     snapshot,
 )
-
-TINY = ["--version", "v1", "--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--workers", "1", "--eval-batch-size", "64", "--device", "cpu"]
-
-AS_ROOT = os.geteuid() == 0
-needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes through any permission bits")
 
 
 @pytest.mark.parametrize("args,fragments", [
