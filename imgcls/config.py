@@ -158,8 +158,8 @@ class Config:
     model: str = _opt("efficientnet_b0", "backbone name (python train.py --list-models)")
     pretrained: str | None = _opt("default", "none | default | PATH to a checkpoint", parse_optional_str)
     init_from: str | None = _opt(None, "start from a trained run's weights (run folder, fold folder or "
-                                       "shipped.pt) with a fresh schedule: to continue a finished run for more epochs, or to "
-                                       "fine-tune on new data (other classes: all but the classifier)",
+                                       "shipped.pt) with a fresh schedule: to continue a finished run for more "
+                                       "epochs, or to fine-tune on new data (other classes: all but the classifier)",
                                  parse_optional_str)
     drop_path: float = _opt(0.0, "stochastic depth rate")
     img_size: tuple | None = _opt(None, "model input HxW; none = the storage size", parse_size)

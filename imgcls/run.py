@@ -66,7 +66,7 @@ def fold_model(folder: str | Path) -> Path | None:
 
 def fold_models(root: str | Path) -> list[Path]:
     """The model of each fold folder under a run folder, in fold order."""
-    folders = sorted((p for p in Path(root).glob("fold*") if p.is_dir()), key=lambda p: _fold_of(p / SHIPPED))
+    folders = sorted((p for p in Path(root).glob("fold*") if p.is_dir()), key=_fold_number)
     return [m for m in map(fold_model, folders) if m is not None]
 
 
@@ -140,8 +140,8 @@ def run_versions(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and fold_models(p))
 
 
-def _fold_of(path: Path) -> int:
-    digits = path.parent.name[len("fold"):]
+def _fold_number(folder: Path) -> int:
+    digits = folder.name[len("fold"):]
     return int(digits) if digits.isdigit() else 0
 
 
