@@ -69,7 +69,7 @@ from imgcls import checkpoint  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402
 from imgcls.data.splits import make_split  # noqa: E402
 from imgcls.decision import adjust, choose_tau  # noqa: E402
-from imgcls.decoupling import extract_features, replace_classifier, retrain_classifier  # noqa: E402
+from imgcls.decoupling import crt  # noqa: E402
 from imgcls.inference import predict_dataset  # noqa: E402
 from imgcls.metrics import classification_metrics, group_f1  # noqa: E402
 from imgcls.models import create_model  # noqa: E402
@@ -311,12 +311,8 @@ class Scorer:
         train_idx, val_idx = np.array(split["folds"][0]["train"]), np.array(split["folds"][0]["val"])
         test_idx, cfg, data = np.array(split["test"]), record.config, dataset(self.args)
         net, pre = self.model(record, weights), record.preprocessing
-        feats = extract_features(net, data.images, train_idx, img_size=pre.img_size, mean=pre.mean, std=pre.std,
-                                 device=torch.device("cpu"), batch_size=256)
-        head = retrain_classifier(feats, data.labels[train_idx], record.num_classes, sampler=cfg["crt_sampler"],
-                                  settings=cfg, steps=cfg["crt_steps"], batch_size=cfg["crt_batch_size"],
-                                  lr=cfg["crt_lr"], seed=cfg["seed"])
-        replace_classifier(net, head)
+        crt(net, data.images, train_idx, data.labels, cfg, img_size=pre.img_size, mean=pre.mean, std=pre.std,
+            device=torch.device("cpu"))
         counts = record.train_class_counts
         tau = choose_tau(self.probs(record, net, val_idx), data.labels.numpy()[val_idx], counts)[0]
         return self.row(self.probs(record, net, test_idx), test_idx, counts, tau, train_s)

@@ -100,3 +100,17 @@ def replace_classifier(model: nn.Module, new: nn.Linear) -> None:
     with torch.no_grad():
         head.weight.copy_(new.weight)
         head.bias.copy_(new.bias)
+
+
+def crt(model: nn.Module, images: torch.Tensor, train_idx, labels: torch.Tensor, settings: dict, *, img_size, mean,
+        std, device, batch_size: int = 256, channels_last: bool = False) -> nn.Module:
+    """cRT as train.py runs it, in place: the model's features of its training images, a new classifier fitted to
+    them by the run's settings (a config as a dict: crt_sampler, crt_steps, crt_batch_size, crt_lr, seed), copied
+    into the model's classifier layer. The one call for training (shipping.retrain_head) and the benchmarks."""
+    features = extract_features(model, images, train_idx, img_size=img_size, mean=mean, std=std, device=device,
+                                batch_size=batch_size, channels_last=channels_last)
+    head = retrain_classifier(features, labels[train_idx], final_linear(model).out_features,
+                              sampler=settings["crt_sampler"], settings=settings, steps=settings["crt_steps"],
+                              batch_size=settings["crt_batch_size"], lr=settings["crt_lr"], seed=settings["seed"])
+    replace_classifier(model, head.to(device))
+    return model

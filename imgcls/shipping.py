@@ -25,7 +25,7 @@ from .checkpoint import RunState
 from . import distributed as dist
 from .config import Config
 from .decision import adjust, choose_tau
-from .decoupling import extract_features, replace_classifier, retrain_classifier
+from .decoupling import crt
 from .fsio import atomic_write
 from .plots import objective_label, plot_confusion, plot_curves
 from .report import write_report
@@ -130,13 +130,8 @@ def retrain_head(t: Trainer, state: RunState, net: nn.Module, selected: str,
     start = time.time()
     t.say(f"cRT: features of {len(t.train_idx)} training images, then {cfg.crt_steps} steps of a new classifier "
           f"({cfg.crt_sampler} sampling)")
-    features = extract_features(net, t.images, t.train_idx, img_size=t.pre.img_size, mean=t.pre.mean,
-                                std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size,
-                                channels_last=t.channels_last)
-    head = retrain_classifier(features, t.labels[t.train_idx], len(t.class_names), sampler=cfg.crt_sampler,
-                              settings=cfg.to_dict(), steps=cfg.crt_steps, batch_size=cfg.crt_batch_size,
-                              lr=cfg.crt_lr, seed=cfg.seed)
-    replace_classifier(net, head.to(t.device))
+    crt(net, t.images, t.train_idx, t.labels, cfg.to_dict(), img_size=t.pre.img_size, mean=t.pre.mean,
+        std=t.pre.std, device=t.device, batch_size=cfg.eval_batch_size, channels_last=t.channels_last)
     if metrics is None:
         t.say(f"classifier re-trained on {len(t.train_idx)} images ({cfg.crt_sampler} sampling, {cfg.crt_steps} "
               f"steps, {time.time() - start:.0f}s)")
