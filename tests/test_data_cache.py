@@ -17,7 +17,6 @@ from PIL import Image
 import predict as predict_script
 import train as train_script
 from imgcls.data import cache, load_index
-from imgcls.data import cache as cache_mod
 from imgcls.data.cache import decode_images, default_cache_dir, resolve_cache_dir
 from imgcls.presets import resolve
 from tests.helpers import (
@@ -346,7 +345,7 @@ def test_jpeg_draft_matches_a_full_decode_and_resize(tmp_path):
     base = rng.integers(0, 256, size=(12, 16, 3)).astype(np.uint8)
     big = Image.fromarray(base).resize((640, 480), Image.BICUBIC)
     big.save(tmp_path / "big.jpg", quality=95)
-    ours = cache_mod._decode_file(str(tmp_path / "big.jpg"), (60, 80))
+    ours = cache._decode_file(str(tmp_path / "big.jpg"), (60, 80))
     with Image.open(tmp_path / "big.jpg") as im:
         full = np.asarray(im.convert("RGB").resize((80, 60), Image.BILINEAR)).transpose(2, 0, 1)
     diff = np.abs(ours.astype(int) - full.astype(int))
