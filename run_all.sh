@@ -38,13 +38,13 @@ done
 # A quick smoke run keeps to its own folder and table, so it never meets a real run's split or results.
 if [ "$QUICK" = 1 ]; then OUT=${OUT:-runs-quick}; TABLE=comparison-quick.md; else OUT=${OUT:-runs}; TABLE=comparison.md; fi
 
-VERSIONS=(v1 v2 v2.1 v3 v4 v5)
+VERSIONS=(v1 v2 v2.1 v3 v4 v5 v6)
 # --quick keeps each preset's recipe (sampler, loss, schedule, SWA, folds, TTA) but swaps in a tiny model
 # of the same family, random init, 32x32 input and 5 short epochs (256 draws each).
 declare -A QUICK_MODEL=([v1]=tiny_efficientnet [v2]=tiny_convnext [v2.1]=tiny_convnext [v3]=tiny_efficientnet_v2
-                   [v4]=tiny_efficientnet [v5]=tiny_efficientnet)
+                   [v4]=tiny_efficientnet [v5]=tiny_efficientnet [v6]=tiny_efficientnet)
 declare -A QUICK_FLAGS=([v1]="" [v2]="--swa-start 3 --swa-freq 1 --warmup-epochs 1"
-                        [v2.1]="--swa-start 3 --swa-freq 1 --warmup-epochs 1" [v3]="" [v4]="" [v5]="")
+                        [v2.1]="--swa-start 3 --swa-freq 1 --warmup-epochs 1" [v3]="" [v4]="" [v5]="" [v6]="")
 
 for v in "${VERSIONS[@]}"; do
   flags=(--version "$v" --fold all --out "$OUT" --device "$DEVICE" "${DATA[@]}")

@@ -23,6 +23,9 @@ test split and seed:
                the three predict together (imgcls.load, as predict.py)
     v5-refit   the other way to use every image: v5's recipe as one model (`--refit true --folds 1`): choose
                on a 20% validation split, then train again on train + validation with the chosen settings
+    v6         train.py --version v6: one model for twice the bench's epochs (BUDGET), compared with what a user
+               would do with the same minutes: plain-2x (the plain script for 2x the epochs, its OneCycle over
+               the longer run) and plain-ens2 (two plain models, probabilities averaged)
     v1..v3     the write-up's recipes on the budget's backbone (optional)
     student-kd, student-kd-e4
                the distilled students bench/distill.py trains from each seed's v5 (2 and 4 epochs; scored
@@ -89,12 +92,15 @@ class Plain(NamedTuple):
     line: str | None = None  # the figure's line that joins this budget with the recipe's others
     members: int = 1  # an ensemble: this many plain models (seeds seed, seed + 1000, ...), probabilities averaged
     v5_minutes: bool = False  # trained for --v5-factor x --epochs epochs: the plain script given v5's minutes
+    factor: float | None = None  # trained for factor x --epochs epochs (v6's budget: BUDGET)
 
 
 def plain_epochs(args, plain: Plain) -> float:
     """The epochs a plain recipe trains: its own budget, v5's minutes (--v5-factor x --epochs), or the bench's."""
     if plain.v5_minutes:
         return round(args.v5_factor * args.epochs, 2)
+    if plain.factor:
+        return round(plain.factor * args.epochs, 2)
     return plain.epochs or args.epochs
 
 
@@ -129,7 +135,14 @@ PLAIN = {"plain": Plain(64, LITE0),
          # what a user would do with v5's minutes instead (issue 33): the plain script trained longer (its
          # OneCycle schedule over the longer run), or as many plain models as v5 has members, averaged
          "plain-eq": Plain(64, "plain for v5's minutes (more epochs)", v5_minutes=True, line=LITE0),
-         "plain-ens3": Plain(64, "plain x3, probabilities averaged (v5's member count)", members=3)}
+         "plain-ens3": Plain(64, "plain x3, probabilities averaged (v5's member count)", members=3),
+         # ... and with v6's budget (BUDGET: twice the plain script's epochs): trained twice as long, or two
+         # plain models averaged
+         "plain-2x": Plain(64, "plain for v6's minutes (2x the epochs)", factor=2, line=LITE0),
+         "plain-ens2": Plain(64, "plain x2, probabilities averaged (v6's minutes)", members=2)}
+# train.py recipes that train a multiple of the bench's --epochs: v6 is one model given twice the plain
+# script's epochs (its minutes are its budget: at most 2x the plain script's, issue 33)
+BUDGET = {"v6": 2}
 # distilled students, trained by bench/distill.py into the same runs folder (its teacher: the seed's v5 run);
 # the recipe is the folder distill.py writes. Their time includes the teacher's: no student without its teacher.
 STUDENTS = ("student-kd", "student-kd-e4")
@@ -139,7 +152,7 @@ LINES = {**{plain.name: plain.line for plain in PLAIN.values() if plain.line},
 THRESHOLDS = (0.75, 0.80)
 ORDER = [*(plain.name for plain in PLAIN.values()), "v4 stage 1 (best epoch, 80%)", "v4",
          "v5 select: best epoch + cRT + tau", "v5 select: last epoch + cRT + tau", "v5 select: EMA + cRT + tau",
-         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", *STUDENTS,
+         "v5 select: as chosen + cRT + tau", "v5 refit, stage 1 (100%, no cRT/tau)", "v5-refit", "v5", "v6", *STUDENTS,
          "v1", "v2", "v3"]
 
 
@@ -198,7 +211,7 @@ def train(args, init: str, seed: int, recipe: str) -> None:
     out = os.path.dirname(os.path.dirname(run_dir(args, init, seed, recipe)))  # train.py's OUT/<version>/fold0
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--version", version, *folds,
            "--model", args.model, "--pretrained", INITS[init], "--img-size", args.img_size,
-           "--epochs", str(args.epochs), "--seed", str(seed), "--data", args.data,
+           "--epochs", f"{BUDGET.get(recipe, 1) * args.epochs:g}", "--seed", str(seed), "--data", args.data,
            "--out", out, "--device", "cpu", "--workers", "1", *args.extra]
     run_logged(cmd, log, args.threads)
 
@@ -461,7 +474,7 @@ def main(argv=None) -> int:
     for init, seed, recipe in sorted(plan, key=lambda job: (job[0], job[1])):
         for name, row in scorer.rows_of_run(args, init, seed, recipe).items():
             results.setdefault((init, name), []).append(dict(row, seed=seed))
-        if recipe in ("v4", "v5", "v5-refit"):
+        if recipe in ("v4", "v5", "v5-refit", "v6"):
             notes.append(check_against_predict(run_dir(args, init, seed, recipe), results[(init, recipe)][-1], args))
     results = {k: results[k] for init in args.inits.split(",") for name in ORDER if (k := (init, name)) in results}
     text = [f"# Long-tail recipes on {os.path.basename(os.path.normpath(args.data))}: {args.model} at "
@@ -473,6 +486,8 @@ def main(argv=None) -> int:
             summarise(results), ""]
     for init in args.inits.split(","):
         text += [line for line in (*(paired(results, init, plain.name, "v5") for plain in PLAIN.values()),
+                                   *(paired(results, init, plain.name, "v6") for plain in PLAIN.values()),
+                                   paired(results, init, "v5", "v6"),
                                    *(paired(results, init, LITE0, plain.name)
                                      for key, plain in PLAIN.items() if key != "plain"),
                                    paired(results, init, LITE0, "v4"),

@@ -140,7 +140,7 @@ def predict(args, log=print) -> dict:
         disable=not sys.stderr.isatty()))
     if any(clf.decision_taus):
         log(f"decision rule: tau {', '.join(f'{t:+.1f}' for t in clf.decision_taus)} "
-            f"({'--decision-tau' if args.decision_tau is not None else 'chosen in training'})")
+            f"({'--decision-tau' if args.decision_tau is not None else 'stored with the model'})")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_csv.parent)
     write_predictions(out_csv, paths, probs, clf.classes, labels)

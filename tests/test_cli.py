@@ -94,7 +94,7 @@ def test_run_all_quick_on_demo_data_writes_the_comparison_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     table = (tmp_path / "results" / "comparison-quick.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| v") and "version" not in line]
-    assert [r.split("|")[1].strip() for r in rows] == ["v1", "v2", "v2.1", "v3", "v4", "v5"]
+    assert [r.split("|")[1].strip() for r in rows] == ["v1", "v2", "v2.1", "v3", "v4", "v5", "v6"]
     header = next(line for line in table.splitlines() if line.startswith("| version"))
     for column in ("accuracy", "macro-F1", "training time", "peak memory", "weighted-F1", "balanced acc",
                    "smallest-class F1", "std per-class F1", "write-up acc"):
