@@ -1,4 +1,4 @@
-"""The presets: the write-up's four versions (V1, V2, V2.1, V3) and this project's v4 and v5, as one table of
+"""The presets: the write-up's four versions (V1, V2, V2.1, V3) and this project's v4, v5 and v6, as one table of
 overrides on Config's defaults (data, not branches), and how a run's settings are resolved from them.
 
 "chosen" marks values the write-up does not state; docs/presets.md lists the write-up's own values and the
@@ -89,7 +89,7 @@ VERSIONS: dict[str, dict[str, Any]] = {
         hflip=0.5, rotation=0.0, brightness=0.0, scale=0.0,
         select="last", ema_decay=0.9998, ema_warmup=True,
         sampler="sqrt", crt_sampler=None, decision_tau=-0.3,
-        batch_size=64, epochs=10, folds="1", val_frac=0.05, refit=False,
+        batch_size=64, folds="1", val_frac=0.05,           # batch 64: v4's, not v5's 16
     ),
 }
 
