@@ -351,8 +351,9 @@ class Scorer:
             train_images = tuple(split["folds"][0]["train"])
             train_s += ensemble_train_s(teacher) + self.teacher_pass_s(teacher, train_images)
         best = checkpoint.read(layout.fold_model(rdir))
+        tau = best.decision_tau if args.decision_tau is None else args.decision_tau
         rows = {recipe: self.row(self.probs(best, self.model(best), test_idx), test_idx, best.train_class_counts,
-                                 best.decision_tau, train_s)}
+                                 tau, train_s)}
         if recipe == "v4":
             stage1 = checkpoint.read(os.path.join(rdir, layout.BEFORE_CRT))
             rows["v4 stage 1 (best epoch, 80%)"] = self.row(self.probs(stage1, self.model(stage1), test_idx),
@@ -384,10 +385,11 @@ class Scorer:
 
 
 def check_against_predict(rdir: str, row: dict, args) -> str:
-    """predict.py's metrics for a run (its default: the stored tau, the test split) must equal the bench's row."""
+    """predict.py's metrics for a run (the stored tau or --decision-tau, the test split) must equal the bench's
+    row."""
     out = os.path.join(os.path.dirname(rdir), "bench-predict", layout.PREDICTIONS)
     cmd = [sys.executable, os.path.join(REPO, "predict.py"), "--run", os.path.dirname(rdir), "--device", "cpu",
-           "--out", out]
+           "--out", out, *(["--decision-tau", str(args.decision_tau)] if args.decision_tau is not None else [])]
     subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     metrics_path = next(p for p in (os.path.join(os.path.dirname(out), layout.METRICS),
                                     os.path.join(out[:-4], layout.METRICS)) if os.path.exists(p))
@@ -445,6 +447,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--seeds-for", nargs="+", default=[], metavar="RECIPE:SEEDS",
                    help="a recipe on fewer seeds than --seeds, e.g. v5-refit:0,1 student-kd:0,1")
+    p.add_argument("--decision-tau", type=float, default=None, metavar="TAU",
+                   help="score the one-model runs (v4, v6, students) at this tau instead of the one in their "
+                        "shipped.pt: re-scores finished runs after a preset's fixed tau changed, without training")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (each gets --threads threads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=os.path.join(REPO, "runs-longtail"))
@@ -480,7 +485,9 @@ def main(argv=None) -> int:
     text = [f"# Long-tail recipes on {os.path.basename(os.path.normpath(args.data))}: {args.model} at "
             f"{args.img_size}, {args.epochs} epochs, one test split per seed, seeds {' '.join(map(str, args.seeds))}",
             "", "Command: `" + shlex.join(["python", "bench/longtail.py"] + (argv if argv is not None else sys.argv[1:]))
-            + "`", "", f"Trainings took {wall / 60:.0f} min wall ({args.jobs} at a time, {args.threads} threads each).",
+            + "`", "", f"Trainings took {wall / 60:.0f} min wall ({args.jobs} at a time, {args.threads} threads each)"
+            + (f"; one-model runs re-scored at tau {args.decision_tau:+g} (train s: from each run's metrics, as "
+               "trained)." if args.decision_tau is not None else "."),
             "Scored on the held-out test split (never trained on or tuned on); cells are the median over seeds "
             "[min, max]. train s: the training loops plus cRT (v5: its three folds; v5-refit: both stages).", "",
             summarise(results), ""]

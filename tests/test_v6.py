@@ -1,4 +1,4 @@
-"""v6: one model with square-root sampling and a fixed decision tau of -0.3 (no cRT, no tau search). What it
+"""v6: one model with square-root sampling and a fixed decision tau of -0.4 (no cRT, no tau search). What it
 ships is checked against the formula of post-hoc logit adjustment written out here by hand (Menon et al.
 2021, eq. 9: argmax of log p(y|x) - tau * log prior(y)) and scikit-learn's metrics."""
 
@@ -29,11 +29,11 @@ def v6_run(tmp_path_factory):
     return cfg, root / "runs" / "v6" / "fold0"
 
 
-def test_v6_ships_the_last_weights_or_ema_with_tau_minus_0_3_and_no_crt(v6_run):
+def test_v6_ships_the_last_weights_or_ema_with_tau_minus_0_4_and_no_crt(v6_run):
     cfg, rdir = v6_run
     record = checkpoint.read(rdir / "shipped.pt")
     metrics = json.loads((rdir / "metrics.json").read_text())
-    assert record.decision_tau == -0.3 and metrics["decision_tau"] == -0.3
+    assert record.decision_tau == -0.4 and metrics["decision_tau"] == -0.4
     assert metrics["selected"] in ("last", "ema")
     assert "crt_seconds" not in metrics and not (rdir / "before_crt.pt").exists()
     assert "decision_tau_scores" not in metrics  # fixed, not searched
@@ -48,7 +48,7 @@ def test_v6s_predictions_and_scores_are_the_prior_added_back_by_hand(v6_run):
     for part in (split["test"], split["folds"][0]["val"]):
         images = data.images[torch.as_tensor(part)]
         raw = imgcls.load(rdir.parent, device="cpu", decision_tau=0.0).probabilities(images)
-        logits = np.log(raw.astype(np.float64)) + 0.3 * log_prior  # tau -0.3: log p(y|x) - (-0.3) log prior(y)
+        logits = np.log(raw.astype(np.float64)) + 0.4 * log_prior  # tau -0.4: log p(y|x) - (-0.4) log prior(y)
         expected = np.exp(logits - logits.max(1, keepdims=True))
         expected /= expected.sum(1, keepdims=True)
         np.testing.assert_allclose(imgcls.load(rdir.parent, device="cpu").probabilities(images), expected,
