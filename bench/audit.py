@@ -194,6 +194,24 @@ def torch_blank(like):
     return like * 0 + 255
 
 
+def report(rows: list[dict], argv, path: str) -> None:
+    """The table of the settings measured so far: written after each one, so a bench stopped early (or
+    `--table-only`) still has its table."""
+    lines = ["# The audit against injected label noise (`bench/audit.py`)", "",
+             "    python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]), "",
+             "| setting | seeds | flagged F1: imgcls | cleanlab | argmax baseline | identical to cleanlab | "
+             "test macro-F1 clean / noisy / excluded | recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in dict.fromkeys(r["setting"] for r in rows):
+        sub = [r for r in rows if r["setting"] == name]
+        cell = lambda key, i=2: spread([r[key][i] for r in sub])  # noqa: E731
+        rec = [r["recovered"] for r in sub if r["recovered"] is not None]
+        lines.append(f"| {name} | {len(sub)} | {cell('ours')} | {cell('cleanlab')} | {cell('argmax')} | "
+                     f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | "
+                     f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} / "
+                     f"{spread([r['excluded_f1'] for r in sub])} | {spread(rec) if rec else '-'} |")
+    publish(lines, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "fashion-small"))
@@ -208,7 +226,12 @@ def main(argv=None) -> int:
                    "12 random near-duplicate groups) into --pictures, and its test scores without the leaked images")
     p.add_argument("--pictures", default=os.path.join(REPO, "docs"), help="folder for --look's pictures")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
+    p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
+                   "rows.json (a bench stopped early)")
     args = p.parse_args(argv)
+    if args.table_only:
+        report(json.load(open(os.path.join(args.out, "rows.json"))), argv, args.report)
+        return 0
     from cleanlab.filter import find_label_issues  # the reference (a dev requirement)
     if args.look:
         look(args.look, args.pictures)
@@ -271,19 +294,8 @@ def main(argv=None) -> int:
                              "excluded_f1": excl_test["macro_f1"],
                              "recovered": (excl_test["macro_f1"] - noisy_test["macro_f1"]) / cost if cost > 0 else None})
                 json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=1)
-    lines = ["# The audit against injected label noise (`bench/audit.py`)", "",
-             "    python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]), "",
-             "| setting | seeds | flagged F1: imgcls | cleanlab | argmax baseline | identical to cleanlab | "
-             "test macro-F1 clean / noisy / excluded | recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in dict.fromkeys(r["setting"] for r in rows):
-        sub = [r for r in rows if r["setting"] == name]
-        cell = lambda key, i=2: spread([r[key][i] for r in sub])  # noqa: E731
-        rec = [r["recovered"] for r in sub if r["recovered"] is not None]
-        lines.append(f"| {name} | {len(sub)} | {cell('ours')} | {cell('cleanlab')} | {cell('argmax')} | "
-                     f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | "
-                     f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} / "
-                     f"{spread([r['excluded_f1'] for r in sub])} | {spread(rec) if rec else '-'} |")
-    publish(lines, args.report)
+                report(rows, argv, args.report)
+    report(rows, argv, args.report)
     return 0
 
 

@@ -81,6 +81,16 @@ def parse_bool(text: str | bool) -> bool:
     raise UserError(f"'{text}': expected true/false")
 
 
+def parse_bool_or_auto(text: str | bool) -> bool | str:
+    """true / false as parse_bool, or auto (the program decides and says what it chose)."""
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(text)
+    except UserError:
+        raise UserError(f"'{text}': expected true/false or auto") from None
+
+
 def parse_betas(text: str) -> tuple:
     return tuple(float(v) for v in str(text).split(","))
 
@@ -235,7 +245,10 @@ class Config:
     amp: str = _opt("auto", "auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off",
                     choices=("auto", "fp16", "bf16", "off"))
     channels_last: str = _opt("auto", "auto (on for CUDA and CPU: measured faster) | on | off", choices=("auto", "on", "off"))
-    compile: bool = _opt(False, "torch.compile the model", parse_bool)
+    compile: bool | str = _opt("auto", "torch.compile the training model; auto = on where it was measured to "
+                               "pay (bench/loop.py): on a CPU, batch <= 16, at least 100,000 training images "
+                               "(epochs x images) to earn back the compile's ~1.5 min, a C++ compiler found; "
+                               "off on GPUs (not measured)", parse_bool_or_auto)
     eval_batch_size: int = _opt(256, "batch size for evaluation")
     # --- logging ---
     tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN/foldK/tensorboard/ (per-epoch "

@@ -44,8 +44,8 @@ from .run import (BEST_EPOCH, CONFIG, CONFUSION, CURVES, LAST, LR_PLOT, METRICS,
                   TENSORBOARD, check_restart, fold_model, is_finished, reads_inputs_inside)
 from .tblog import TensorBoardLog
 
-from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, prepare_data,
-                      run_dir, run_root)
+from .trainer import (Carried, Stage, Trainer, build_trainer, evaluate, fold_indices, make_record, planned_images,
+                      prepare_data, run_dir, run_root, use_compile)
 from .shipping import ship_carried, ship_chosen
 # the training parts under the names lr_find.py, bench scripts and tests have always used (engine.X)
 from .trainer import make_optimizer, weight_span_warning  # noqa: F401
@@ -203,7 +203,8 @@ def _log_start(t: Trainer) -> None:
             t.say(warning)
     t.say(f"{t.rdir}: {cfg.model} on {len(t.train_idx)} train / {len(t.val_idx)} val images, "
           f"{len(t.class_names)} classes, input {t.pre.img_size[0]}x{t.pre.img_size[1]}, {cfg.epochs} epochs x "
-          f"{t.steps_per_epoch} steps, device {t.device}, amp {t.amp_dtype}, world size {dist.world_size()}")
+          f"{t.steps_per_epoch} steps, device {t.device}, amp {t.amp_dtype}, world size {dist.world_size()}, "
+          + use_compile(cfg.compile, planned_images(cfg, t.steps_per_epoch), cfg.batch_size, t.device)[1])
     if t.phases is not None:
         t.say(describe(t.phases))
 

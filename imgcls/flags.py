@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import RENAMED, RUN_STATE, Config, parse_bool, parse_size, renamed
+from .config import RENAMED, RUN_STATE, Config, parse_bool, parse_bool_or_auto, parse_size, renamed
 from .errors import UserError
 from .presets import VERSIONS
 
@@ -81,7 +81,7 @@ def field_parser(f: dataclasses.Field):
             raise argparse.ArgumentTypeError(str(err)) from None
 
     convert.__name__ = parse.__name__  # argparse's "invalid int value: '1.5'"
-    convert.is_bool = parse is parse_bool
+    convert.is_bool = parse in (parse_bool, parse_bool_or_auto)
     return convert
 
 

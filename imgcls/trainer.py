@@ -4,7 +4,9 @@ validation split. engine.py runs the loop over them; shipping.py decides what th
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -306,11 +308,41 @@ def _optimisation_parts(cfg: Config, parts: dict) -> dict:
     train_model = model
     if dist.world_size() > 1:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if cfg.compile:
+    if use_compile(cfg.compile, planned_images(cfg, parts["steps_per_epoch"]), cfg.batch_size, device)[0]:
         train_model = torch.compile(train_model)
     return dict(optimizer=optimizer, schedule=schedule, scaler=scaler, amp_dtype=amp_dtype,
                 swa=AveragedModel(model) if cfg.swa_start is not None else None, train_model=train_model,
                 ema=make_ema(model, cfg.ema_decay, cfg.ema_warmup))
+
+
+# bench/loop.py, Lite0 on 2 CPU cores, two runs: compiled, the engine's step at batch 16 ran 1.24x and 1.38x
+# the eager images/s and paid back its ~85-100 s compile after 24-41k images; at batch 64 it ran 1.09x and
+# 0.84x (never paid back). Nothing was measured on a GPU, so auto leaves GPUs eager (--compile true there).
+COMPILE_MIN_IMAGES = 100_000
+COMPILE_MAX_BATCH = 16
+
+
+def planned_images(cfg: Config, steps_per_epoch: int) -> int:
+    """The images the run's training steps will see, over every process."""
+    return cfg.epochs * steps_per_epoch * cfg.batch_size * dist.world_size()
+
+
+def use_compile(setting: bool | str, train_images: int, batch_size: int, device: torch.device) -> tuple[bool, str]:
+    """--compile's decision and why, for the start line. auto compiles where it was measured to pay: on a CPU,
+    small batches (where per-operator overhead, which compiling fuses away, is a large part of a step), in a
+    run long enough to earn back the compile, with a C++ compiler for TorchInductor to build kernels with."""
+    if setting != "auto":
+        return bool(setting), f"compile {'on' if setting else 'off'}"
+    if device.type != "cpu":
+        return False, "compile off (auto: not measured on this device; --compile true to try)"
+    if batch_size > COMPILE_MAX_BATCH:
+        return False, f"compile off (auto: batch {batch_size} > {COMPILE_MAX_BATCH}, where it did not pay)"
+    if train_images < COMPILE_MIN_IMAGES:
+        return False, f"compile off (auto: {train_images:,} training images, under {COMPILE_MIN_IMAGES:,})"
+    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(compiler) is None:
+        return False, f"compile off (auto: no C++ compiler '{compiler}' for TorchInductor)"
+    return True, f"compile on (auto: batch {batch_size}, {train_images:,} training images)"
 
 
 def weight_span_warning(loss: str, weights: torch.Tensor) -> str | None:

@@ -53,3 +53,8 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     excluded = json.loads((seed / "uniform-0.15" / "excluded" / "v5" / "split.json").read_text())
     assert len(excluded["test"]) == len(clean["test"])  # the same test images, renumbered
     assert "| uniform-0.15 | 1 |" in report.read_text()
+    # the table again from rows.json alone (a bench stopped early), the same rows
+    again = tmp_path / "again.md"
+    assert bench.main(["--out", str(tmp_path / "runs"), "--table-only", "--report", str(again)]) == 0
+    table = [line for line in report.read_text().splitlines() if line.startswith("|")]
+    assert [line for line in again.read_text().splitlines() if line.startswith("|")] == table

@@ -16,6 +16,7 @@ import timm.utils
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from imgcls import checkpoint, engine
 from imgcls.presets import resolve
@@ -25,7 +26,7 @@ from imgcls.decoupling import extract_features, retrain_classifier
 from imgcls.inference import predict_dataset
 from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
-from imgcls.selection import make_ema, pick
+from imgcls.selection import ema_multi_avg_fn, make_ema, pick
 from tests.helpers import tiny_overrides, write_folder_dataset
 
 pytestmark = pytest.mark.slow  # trains runs or starts processes: outside the fast lane (pytest -m "not slow")
@@ -310,3 +311,27 @@ def test_predict_on_the_validation_split_of_a_refit_run_says_it_was_trained_on(v
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refitted on train + validation (--refit): these validation images were trained on" in proc.stdout
+
+
+def test_the_ema_with_its_pairs_kept_equals_averaged_model_step_for_step_and_across_a_resume():
+    """selection.EMA keeps its tensor pairs between updates; torch's AveragedModel with the same multi_avg_fn
+    (which walks the modules every time) must give the same weights, before and after a load_state_dict."""
+    net, decay = _tiny_net(), 0.95
+    ours = make_ema(net, decay, warmup=True)
+    reference = AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(decay, True), use_buffers=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for step in range(1, 31):
+        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(step))
+        loss = net(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ours.update_parameters(net)
+        reference.update_parameters(net)
+        if step == 12:  # a resume: a fresh EMA loads the saved state and goes on
+            saved = ours.state_dict()
+            ours = make_ema(_tiny_net(), decay, warmup=True)
+            ours.load_state_dict(saved)
+        for key, value in reference.state_dict().items():
+            assert torch.equal(ours.state_dict()[key], value), (step, key)
+    assert int(ours.n_averaged) == 30 and int(ours.module[1].num_batches_tracked) == 30
