@@ -194,11 +194,10 @@ def torch_blank(like):
     return like * 0 + 255
 
 
-def report(rows: list[dict], argv, path: str) -> None:
+def report(rows: list[dict], command: str, path: str) -> None:
     """The table of the settings measured so far: written after each one, so a bench stopped early (or
     `--table-only`) still has its table."""
-    lines = ["# The audit against injected label noise (`bench/audit.py`)", "",
-             "    python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]), "",
+    lines = ["# The audit against injected label noise (`bench/audit.py`)", "", command, "",
              "| setting | seeds | flagged F1: imgcls | cleanlab | argmax baseline | identical to cleanlab | "
              "test macro-F1 clean / noisy / excluded | recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name in dict.fromkeys(r["setting"] for r in rows):
@@ -230,7 +229,9 @@ def main(argv=None) -> int:
                    "rows.json (a bench stopped early)")
     args = p.parse_args(argv)
     if args.table_only:
-        report(json.load(open(os.path.join(args.out, "rows.json"))), argv, args.report)
+        report(json.load(open(os.path.join(args.out, "rows.json"))),
+               f"The rows in {os.path.join(args.out, 'rows.json')}, measured by an earlier `bench/audit.py` run "
+               "(`--table-only`).", args.report)
         return 0
     from cleanlab.filter import find_label_issues  # the reference (a dev requirement)
     if args.look:
@@ -239,6 +240,7 @@ def main(argv=None) -> int:
                  "    python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:]), "",
                  *leak_effect(args.look)], args.report)
         return 0
+    command = "    python bench/audit.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, "bench.log")
@@ -294,8 +296,8 @@ def main(argv=None) -> int:
                              "excluded_f1": excl_test["macro_f1"],
                              "recovered": (excl_test["macro_f1"] - noisy_test["macro_f1"]) / cost if cost > 0 else None})
                 json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=1)
-                report(rows, argv, args.report)
-    report(rows, argv, args.report)
+                report(rows, command, args.report)
+    report(rows, command, args.report)
     return 0
 
 
