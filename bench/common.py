@@ -29,10 +29,12 @@ def spread(values, fmt: str = "{:.3f}") -> str:
     return med if len(values) == 1 else f"{med} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
 
-def publish(lines: list[str], path: str) -> str:
-    """Print the report and write it to path (its folder made as needed); returns the text."""
+def publish(lines: list[str], path: str | None) -> str:
+    """Print the report and write it to path (its folder made as needed; None: print only); returns the text."""
     text = "\n".join(lines) + "\n"
     print(text)
+    if path is None:
+        return text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
         fh.write(text)

@@ -144,10 +144,7 @@ def main(argv=None) -> int:
              "no measure of a compile.", "",
              "| batch | compile | first step s: imgcls | reference | imgcls img/s | reference img/s | "
              "imgcls / reference |", "|---:|---|---:|---:|---:|---:|---:|", *rows, "", *paid]
-    if args.out:
-        publish(lines, args.out)
-    else:
-        print("\n".join(lines))
+    publish(lines, args.out)
     return 0
 
 

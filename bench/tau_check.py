@@ -80,10 +80,7 @@ def main(argv=None) -> int:
                      + ", ".join(f"{f:.3f}" for f in f1s[tau]) + " |")
     lines += ["", f"Rule: the best median macro-F1 among the taus within {args.acc_slack:g} of the best pooled "
               f"accuracy ({max(a for a, _ in table.values()):.4f}): tau {chosen:+.1f}."]
-    if args.out:
-        publish(lines, args.out)
-    else:
-        print("\n".join(lines))
+    publish(lines, args.out)
     return 0
 
 

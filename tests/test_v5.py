@@ -46,18 +46,24 @@ def _tiny_net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def test_ema_equals_a_hand_rolled_exponential_average_and_timms_model_ema_v3():
-    net, decay = _tiny_net(), 0.9
-    ema = make_ema(net, decay, warmup=True)
-    reference = timm.utils.ModelEmaV3(net, decay=decay, use_warmup=True)
-    hand = None
+def _sgd_steps(net: nn.Module, steps: int):
+    """Train net by SGD on random inputs, yielding the 1-based step after each update."""
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    for step in range(1, 41):
+    for step in range(1, steps + 1):
         x = torch.randn(16, 4, generator=torch.Generator().manual_seed(step))
         loss = net(x).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        yield step
+
+
+def test_ema_equals_a_hand_rolled_exponential_average_and_timms_model_ema_v3():
+    net, decay = _tiny_net(), 0.9
+    ema = make_ema(net, decay, warmup=True)
+    reference = timm.utils.ModelEmaV3(net, decay=decay, use_warmup=True)
+    hand = None
+    for step in _sgd_steps(net, 40):
         ema.update_parameters(net)
         reference.update(net, step=step)
         current = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -319,13 +325,7 @@ def test_the_ema_with_its_pairs_kept_equals_averaged_model_step_for_step_and_acr
     net, decay = _tiny_net(), 0.95
     ours = make_ema(net, decay, warmup=True)
     reference = AveragedModel(net, multi_avg_fn=ema_multi_avg_fn(decay, True), use_buffers=True)
-    opt = torch.optim.SGD(net.parameters(), lr=0.5)
-    for step in range(1, 31):
-        x = torch.randn(16, 4, generator=torch.Generator().manual_seed(step))
-        loss = net(x).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    for step in _sgd_steps(net, 30):
         ours.update_parameters(net)
         reference.update_parameters(net)
         if step == 12:  # a resume: a fresh EMA loads the saved state and goes on
