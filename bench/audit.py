@@ -199,13 +199,15 @@ def report(rows: list[dict], command: str, path: str) -> None:
     `--table-only`) still has its table."""
     lines = ["# The audit against injected label noise (`bench/audit.py`)", "", command, "",
              "| setting | seeds | flagged F1: imgcls | cleanlab | argmax baseline | identical to cleanlab | "
-             "test macro-F1 clean / noisy / excluded | recovered |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "imgcls --filter-by both | test macro-F1 clean / noisy / excluded | recovered |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in dict.fromkeys(r["setting"] for r in rows):
         sub = [r for r in rows if r["setting"] == name]
         cell = lambda key, i=2: spread([r[key][i] for r in sub])  # noqa: E731
         rec = [r["recovered"] for r in sub if r["recovered"] is not None]
+        both = [r["both"][2] for r in sub if "both" in r]  # rows of runs before the column: none
         lines.append(f"| {name} | {len(sub)} | {cell('ours')} | {cell('cleanlab')} | {cell('argmax')} | "
-                     f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | "
+                     f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | {spread(both) if both else '-'} | "
                      f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} / "
                      f"{spread([r['excluded_f1'] for r in sub])} | {spread(rec) if rec else '-'} |")
     publish(lines, path)
@@ -276,6 +278,8 @@ def main(argv=None) -> int:
                 truth = np.isin(positions, flipped)
                 ours = confident.label_issues(oof_labels, probs)
                 reference = find_label_issues(oof_labels, probs)
+                both = confident.label_issues(oof_labels, probs, filter_by="both")  # audit.py --filter-by both
+                same_both = bool((both == find_label_issues(oof_labels, probs, filter_by="both")).all())
                 baseline = confident.argmax_disagrees(oof_labels, probs)
                 # train again without the flagged images, on the same test split
                 issues = os.path.join(noisy_run, run.AUDIT, run.LABEL_ISSUES)
@@ -292,6 +296,7 @@ def main(argv=None) -> int:
                 rows.append({"seed": seed, "setting": name, "flips": int(truth.sum()),
                              "ours": prf(ours, truth), "cleanlab": prf(reference, truth),
                              "argmax": prf(baseline, truth), "same_as_cleanlab": bool((ours == reference).all()),
+                             "both": prf(both, truth), "both_same_as_cleanlab": same_both,
                              "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
                              "excluded_f1": excl_test["macro_f1"],
                              "recovered": (excl_test["macro_f1"] - noisy_test["macro_f1"]) / cost if cost > 0 else None})

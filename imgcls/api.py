@@ -196,12 +196,12 @@ class Classifier:
         return self.decide(self.probabilities(images.pixels), images.sources, top_k)
 
     def audit(self, threshold: float | None = None, top_outliers: int | None = None, batch_size: int | None = None,
-              log=print) -> Path:
+              filter_by: str = "prune_by_noise_rate", log=print) -> Path:
         """Audit the run's data with these members (audit.py): writes RUN/audit/ and returns that folder."""
         from .audit import BATCH, THRESHOLD, TOP_OUTLIERS, audit
         return audit(self.members, threshold=THRESHOLD if threshold is None else threshold,
                      top_outliers=TOP_OUTLIERS if top_outliers is None else top_outliers, device=self.device,
-                     batch_size=batch_size or BATCH, log=log)
+                     batch_size=batch_size or BATCH, filter_by=filter_by, log=log)
 
     def decide(self, probs: np.ndarray, sources: list[str], top_k: int = 5) -> list[Prediction]:
         top_k = max(1, min(int(top_k), len(self.classes)))

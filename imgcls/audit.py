@@ -121,9 +121,10 @@ def gather(members: list[Member], dataset, split: dict, device, batch_size: int 
 
 # ---------------------------------------------------------------- the three findings, as tables
 
-def label_issue_rows(ev: Evidence, labels: np.ndarray, paths, class_names) -> list[dict]:
+def label_issue_rows(ev: Evidence, labels: np.ndarray, paths, class_names,
+                     filter_by: str = "prune_by_noise_rate") -> list[dict]:
     sub_labels, sub_probs = labels[ev.covered], ev.probs[ev.covered]
-    order = confident.ranked_issues(sub_labels, sub_probs)
+    order = confident.ranked_issues(sub_labels, sub_probs, filter_by=filter_by)
     others = sub_probs.copy()
     others[np.arange(len(sub_labels)), sub_labels] = -1
     rows = []
@@ -182,7 +183,7 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: int = TOP_OUTLIERS,
-          device="cpu", batch_size: int = BATCH, log=print) -> Path:
+          device="cpu", batch_size: int = BATCH, filter_by: str = "prune_by_noise_rate", log=print) -> Path:
     """Write RUN/audit/ for these members (a run's folds) and return the folder."""
     from .report import write_audit_page
     root = members[0].folder.parent  # the run folder (a holdout run too: its audit covers the run's images)
@@ -193,7 +194,7 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
     labels, paths, names = dataset.labels.numpy(), dataset.paths, dataset.class_names
     parts = split_names(len(paths), split, members)
 
-    issues = label_issue_rows(ev, labels, paths, names)
+    issues = label_issue_rows(ev, labels, paths, names, filter_by)
     groups = duplicate_groups(ev.features, ev.test, paths, dataset.images, threshold)
     dup_rows = [{"group": g, "kind": d["kind"], "path": paths[m], "split": parts[m], "label": names[labels[m]],
                  "similarity": round(s, 6), "crosses_test": d["crosses_test"]}

@@ -49,15 +49,20 @@ def round_rows(matrix: np.ndarray) -> np.ndarray:
     return np.apply_along_axis(round_keeping_sum, 1, matrix).astype(int)
 
 
+def confident_guess(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(some, guess): whether any class's probability reaches its threshold, and which class the image then
+    counts for in the joint (the largest probability when several do)."""
+    confident = probs >= thresholds(labels, probs) - EPS
+    count = confident.sum(1)
+    return count > 0, np.where(count > 1, probs.argmax(1), confident.argmax(1))
+
+
 def confident_joint(labels: np.ndarray, probs: np.ndarray, calibrate: bool = True) -> np.ndarray:
     """C[given][true] (K x K ints): step 2 of the module docstring. Each class keeps at least one image on the
     diagonal; calibrated, row i sums to the count of label i and the matrix to N."""
     labels = np.asarray(labels)
     k = probs.shape[1]
-    confident = probs >= thresholds(labels, probs) - EPS
-    count = confident.sum(1)
-    guess = np.where(count > 1, probs.argmax(1), confident.argmax(1))
-    some = count > 0
+    some, guess = confident_guess(labels, probs)
     joint = np.zeros((k, k), dtype=int)
     np.add.at(joint, (labels[some], guess[some]), 1)
     np.fill_diagonal(joint, np.maximum(joint.diagonal(), 1))
@@ -94,12 +99,22 @@ def normalized_margin(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 SCORES = {"self_confidence": self_confidence, "normalized_margin": normalized_margin}
 
 
-def label_issues(labels: np.ndarray, probs: np.ndarray, keep: int = 1) -> np.ndarray:
-    """Boolean mask N of the images confident learning flags (prune by noise rate, steps 1-4)."""
+FILTERS = ("prune_by_noise_rate", "both")
+
+
+def label_issues(labels: np.ndarray, probs: np.ndarray, keep: int = 1,
+                 filter_by: str = "prune_by_noise_rate") -> np.ndarray:
+    """Boolean mask N of the images confident learning flags: pruning by noise rate (steps 1-4), or with
+    filter_by="both" (cleanlab's name) only those that pruning by class flags too, i.e. that are also among
+    the images of their given class with the lowest self-confidence, as many as the joint says are
+    mislabelled there: fewer, more precise flags."""
+    if filter_by not in FILTERS:
+        raise ValueError(f"filter_by {filter_by!r}: expected one of {FILTERS}")
     labels = np.asarray(labels)
     k = probs.shape[1]
     to_prune = prune_counts(confident_joint(labels, probs), keep)
     flagged = np.zeros(len(labels), dtype=bool)
+    by_class = np.zeros(len(labels), dtype=bool)
     for given in range(k):
         rows = np.flatnonzero(labels == given)
         if len(rows) <= max(keep, 1):  # too few images to flag any and keep `keep`
@@ -111,15 +126,21 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, keep: int = 1) -> np.nda
                 margin = probs[rows, true] - probs[rows, given]
                 mask[np.argsort(-margin)[:n]] = True
         flagged[rows] = mask
+        lowest = len(rows) - to_prune[given, given]  # pruning by class: the least self-confident images
+        if lowest >= 1:
+            by_class[rows[np.argsort(probs[rows, given])[:lowest]]] = True
+    if filter_by == "both":
+        flagged &= by_class
     bumped = probs.copy()
     bumped[np.arange(len(labels)), labels] += EPS
     flagged[bumped.argmax(1) == labels] = False  # the model agrees with the label: not an issue
     return flagged
 
 
-def ranked_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = "self_confidence") -> np.ndarray:
+def ranked_issues(labels: np.ndarray, probs: np.ndarray, rank_by: str = "self_confidence",
+                  filter_by: str = "prune_by_noise_rate") -> np.ndarray:
     """Indices of the flagged images, most likely mislabelled first (lowest score)."""
-    flagged = np.flatnonzero(label_issues(labels, probs))
+    flagged = np.flatnonzero(label_issues(labels, probs, filter_by=filter_by))
     scores = SCORES[rank_by](np.asarray(labels), probs)
     return flagged[np.argsort(scores[flagged])]
 

@@ -38,7 +38,7 @@ def audited(finished_v5, tmp_path_factory):
     return run
 
 
-def test_label_issues_are_cleanlabs_on_the_out_of_fold_probabilities(audited):
+def test_label_issues_are_cleanlabs_on_the_out_of_fold_probabilities(audited, tmp_path):
     find_label_issues = pytest.importorskip("cleanlab.filter").find_label_issues
     data = load_dataset(None, size=(32, 32), log=lambda *a: None)
     split = load_split(str(audited / "split.json"), data.paths)
@@ -60,6 +60,14 @@ def test_label_issues_are_cleanlabs_on_the_out_of_fold_probabilities(audited):
         i = data.paths.index(r["path"])
         assert r["given"] == data.class_names[labels[i]] and r["suggested"] != r["given"]
         assert float(r["score"]) == pytest.approx(probs[i, labels[i]], abs=1e-5)
+    # --filter-by both: cleanlab's filter_by="both" on the same probabilities, a subset of the default's flags
+    both_run = tmp_path / "v5"
+    shutil.copytree(audited, both_run)
+    assert audit_script.main(["--run", str(both_run), "--device", "cpu", "--filter-by", "both"]) == 0
+    order = find_label_issues(labels[covered], probs[covered], filter_by="both",
+                              return_indices_ranked_by="self_confidence")
+    both = [r["path"] for r in _rows(both_run / "audit" / "label_issues.csv")]
+    assert both and both == [data.paths[covered[i]] for i in order] and set(both) <= {r["path"] for r in rows}
 
 
 def test_the_files_agree_with_the_summary(audited):

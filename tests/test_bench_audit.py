@@ -48,6 +48,7 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
                        "--workers", "1", "--device", "cpu", "--cache-dir", "none"]) == 0
     (row,) = json.loads((tmp_path / "runs" / "rows.json").read_text())
     assert row["same_as_cleanlab"] and row["flips"] > 0 and row["ours"] == row["cleanlab"]
+    assert row["both_same_as_cleanlab"]
     seed = tmp_path / "runs" / "s0"
     clean = json.loads((seed / "clean" / "v5" / "split.json").read_text())
     excluded = json.loads((seed / "uniform-0.15" / "excluded" / "v5" / "split.json").read_text())

@@ -40,6 +40,9 @@ def test_thresholds_joint_and_issues_equal_cleanlabs(n, k, noise, seed):
         np.testing.assert_array_equal(confident.confident_joint(labels, probs, calibrate=calibrate),
                                       compute_confident_joint(labels, probs, calibrate=calibrate))
     np.testing.assert_array_equal(confident.label_issues(labels, probs), find_label_issues(labels, probs))
+    both = confident.label_issues(labels, probs, filter_by="both")
+    np.testing.assert_array_equal(both, find_label_issues(labels, probs, filter_by="both"))
+    assert not (both & ~confident.label_issues(labels, probs)).any()  # a subset of the default's flags
     for rank_by in ("self_confidence", "normalized_margin"):
         np.testing.assert_allclose(confident.SCORES[rank_by](labels, probs),
                                    get_label_quality_scores(labels, probs, method=rank_by))
@@ -53,7 +56,9 @@ def test_a_class_no_image_is_labelled_with_and_a_class_of_one_image():
     labels[np.flatnonzero(labels == 3)[1:]] = 2  # class 3 has one image
     assert confident.thresholds(labels, probs)[5] == 2.0
     np.testing.assert_array_equal(confident.confident_joint(labels, probs), compute_confident_joint(labels, probs))
-    np.testing.assert_array_equal(confident.label_issues(labels, probs), find_label_issues(labels, probs))
+    for filter_by in confident.FILTERS:
+        np.testing.assert_array_equal(confident.label_issues(labels, probs, filter_by=filter_by),
+                                      find_label_issues(labels, probs, filter_by=filter_by))
 
 
 def test_a_hand_computed_case():

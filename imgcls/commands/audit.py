@@ -23,6 +23,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="cosine similarity of the features at or above which two images are near-duplicates "
                         "(default %(default)s)")
     p.add_argument("--top-outliers", type=int, default=TOP_OUTLIERS, help="outliers listed (default %(default)s)")
+    p.add_argument("--filter-by", default="prune_by_noise_rate", choices=("prune_by_noise_rate", "both"),
+                   help="which label issues confident learning flags, as cleanlab's filter_by: "
+                        "prune_by_noise_rate (default), or both (only those pruning by class flags too: fewer, "
+                        "more precise; on fashion-small's 15%% noise, F1 0.841 against 0.823)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=BATCH, help="images per forward pass (default %(default)s: "
                    "the fastest on a 2-core CPU)")
@@ -41,5 +45,6 @@ def main(argv=None, prog: str | None = None) -> int:
     if len(classifier.members) == 1 and not classifier.members[0].folder.name.startswith("fold"):
         raise UserError(f"--run {args.run}: audit needs a run folder (its split and data), not a checkpoint file "
                         "or an export")
-    classifier.audit(threshold=args.threshold, top_outliers=args.top_outliers, batch_size=args.batch_size, log=print)
+    classifier.audit(threshold=args.threshold, top_outliers=args.top_outliers, batch_size=args.batch_size,
+                     filter_by=args.filter_by, log=print)
     return 0
