@@ -247,8 +247,9 @@ class Config:
     channels_last: str = _opt("auto", "auto (on for CUDA and CPU: measured faster) | on | off", choices=("auto", "on", "off"))
     compile: bool | str = _opt("auto", "torch.compile the training model; auto = on where it was measured to "
                                "pay (bench/loop.py): on a CPU, batch <= 16, at least 100,000 training images "
-                               "(epochs x images) to earn back the compile's ~1.5 min, a C++ compiler found; "
-                               "off on GPUs (not measured)", parse_bool_or_auto)
+                               "(epochs x images) to earn back the compile's ~1.5 min, a C++ compiler found "
+                               "(a compile that fails then falls back to eager); off on GPUs (not measured)",
+                               parse_bool_or_auto)
     eval_batch_size: int = _opt(256, "batch size for evaluation")
     # --- logging ---
     tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN/foldK/tensorboard/ (per-epoch "

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +81,38 @@ def test_a_compiled_run_trains_to_the_eager_runs_weights(tmp_path):
     losses = {c: [float(row["train_loss"]) for row in csv.DictReader(
         open(tmp_path / f"runs-{c}" / "v6" / "fold0" / "summary.csv"))] for c in (False, True)}
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+AUTO_WITH_A_BROKEN_COMPILER = """
+import sys
+from pathlib import Path
+import imgcls.trainer as trainer
+from imgcls import checkpoint, engine
+from imgcls.presets import resolve
+from tests.helpers import tiny_overrides
+trainer.COMPILE_MIN_IMAGES = 1  # auto's threshold out of the way: this tiny run compiles under auto
+data, out = Path(sys.argv[1]), Path(sys.argv[2])
+said = []
+cfg = resolve("v6", tiny_overrides(data, out, model="tiny_efficientnet", epochs=1, compile="auto", batch_size=8))
+engine.fit(cfg, 0, log=lambda *a, **k: said.append(" ".join(map(str, a))))
+print([line for line in said if "world size" in line][0])
+"""
+
+
+@pytest.mark.slow  # a subprocess that tries (and fails) to build C++ kernels
+def test_an_auto_compile_that_fails_falls_back_to_eager_and_the_run_finishes(tmp_path):
+    """auto compiles without being asked, so a broken toolchain must not stop the run: the C++ compiler is
+    /bin/false here (in an empty kernel cache), and the run trains eagerly to the eager run's weights."""
+    data = write_folder_dataset(tmp_path / "data", counts=(24, 16, 8))
+    env = dict(os.environ, CXX="false", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", AUTO_WITH_A_BROKEN_COMPILER, str(data), str(tmp_path / "auto")],
+                          capture_output=True, text=True, cwd=root, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compile on (auto: batch 8" in done.stdout
+    eager = resolve("v6", tiny_overrides(data, tmp_path / "eager", model="tiny_efficientnet", epochs=1,
+                                         compile=False, batch_size=8))
+    engine.fit(eager, 0, log=lambda *a, **k: None)
+    ours = checkpoint.read(tmp_path / "auto" / "v6" / "fold0" / "last.pt").model
+    for key, value in checkpoint.read(tmp_path / "eager" / "v6" / "fold0" / "last.pt").model.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6)  # eager both: the same arithmetic
