@@ -13,3 +13,16 @@ def test_the_rule_keeps_accuracy_first_then_macro_f1_then_nearness_to_minus_half
     table[-0.6] = (0.9495, 0.8438)
     assert tau_check.choose(table, 0.001) == -0.4      # -0.6 and -0.4 are both 0.1 from -0.5: the more accurate
     assert tau_check.choose(table, 0.02) == 0.2
+
+
+def test_the_views_rule_keeps_macro_f1_then_takes_accuracy_then_the_fewest_views(monkeypatch):
+    tau_check = load_bench_script(monkeypatch, "tau_check")
+    one, two, four = "identity", "identity,hflip", "identity,hflip,scale0.9,scale1.1"
+    tables = {one: (0.9499, 0.8438), two: (0.9510, 0.8440), four: (0.9530, 0.8430)}
+    assert tau_check.choose_views(tables) == two        # four is more accurate but below one view's macro-F1
+    tables[four] = (0.9530, 0.8438)                      # equal macro-F1 is allowed: the more accurate wins
+    assert tau_check.choose_views(tables) == four
+    tables[four] = (0.9514, 0.8450)                      # within 0.0005 of the best accuracy: the cheaper
+    assert tau_check.choose_views(tables) == two
+    tables = {one: (0.9499, 0.8438), two: (0.9490, 0.8300), four: (0.9480, 0.8500)}
+    assert tau_check.choose_views(tables) == one        # nothing more accurate keeps the macro-F1: one view
