@@ -13,6 +13,9 @@ recovered share of the macro-F1 the noise cost.
     python bench/audit.py --data ../shared/data/fashion-small --out /work/runs-audit --seeds 0 1 2 \
         --rates 0.05 0.15 --kinds uniform confused -- --epochs 1
 
+Rows accumulate in OUT/rows.json: a run on other seeds or settings adds to the table, and a setting measured
+again replaces its earlier row.
+
 The data is read through a path,label manifest written from the data set's own index, so the clean and the
 noisy runs list the same files in the same order and share the split and the decode cache.
 """
@@ -106,6 +109,13 @@ def test_scores(run_dir: str, images, labels: np.ndarray, test: np.ndarray, clas
     mapped = np.array([names[c] for c in clf.classes])
     pred = mapped[probs.argmax(1)]
     return classification_metrics(labels[test], pred, class_names)
+
+
+def merged(previous: list[dict], rows: list[dict]) -> list[dict]:
+    """The rows of an earlier run of the bench (rows.json) that this run did not measure again, then this
+    run's: a bench run on other seeds or settings adds to the table instead of replacing it."""
+    again = {(r["seed"], r["setting"]) for r in rows}
+    return [r for r in previous if (r["seed"], r["setting"]) not in again] + rows
 
 
 def split_without(split: dict, dropped: np.ndarray, n: int) -> dict:
@@ -251,6 +261,8 @@ def main(argv=None) -> int:
     labels, k, n = clean.labels.numpy(), len(names), len(clean.paths)
     manifest = os.path.join(out, "clean.csv")
     write_manifest(manifest, paths, [names[c] for c in labels])
+    rows_path = os.path.join(out, "rows.json")
+    previous = json.load(open(rows_path)) if os.path.exists(rows_path) else []
     rows = []
     for seed in args.seeds:
         base = os.path.join(out, f"s{seed}")
@@ -300,9 +312,9 @@ def main(argv=None) -> int:
                              "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
                              "excluded_f1": excl_test["macro_f1"],
                              "recovered": (excl_test["macro_f1"] - noisy_test["macro_f1"]) / cost if cost > 0 else None})
-                json.dump(rows, open(os.path.join(out, "rows.json"), "w"), indent=1)
-                report(rows, command, args.report)
-    report(rows, command, args.report)
+                json.dump(merged(previous, rows), open(rows_path, "w"), indent=1)
+                report(merged(previous, rows), command, args.report)
+    report(merged(previous, rows), command, args.report)
     return 0
 
 

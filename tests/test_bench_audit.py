@@ -37,6 +37,15 @@ def test_most_confused_and_the_split_without_dropped_images(monkeypatch):
                                                             "notes": []}
 
 
+def test_a_later_run_adds_its_rows_and_replaces_only_the_settings_it_measured_again(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+    previous = [{"seed": 0, "setting": "uniform-0.15", "v": 1}, {"seed": 0, "setting": "uniform-0.05", "v": 1},
+                {"seed": 1, "setting": "uniform-0.15", "v": 1}]
+    rows = [{"seed": 0, "setting": "uniform-0.05", "v": 2}, {"seed": 0, "setting": "confused-0.15", "v": 2}]
+    assert bench.merged(previous, rows) == [previous[0], previous[2], *rows]
+    assert bench.merged([], rows) == rows
+
+
 def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     pytest.importorskip("cleanlab")
     bench = load_bench_script(monkeypatch, "audit")
