@@ -67,7 +67,7 @@ def test_a_compiled_run_trains_to_the_eager_runs_weights(tmp_path):
     weights, lines = {}, {}
     for compiled in (False, True):
         cfg = resolve("v6", tiny_overrides(data, tmp_path / f"runs-{compiled}", model="tiny_efficientnet",
-                                           epochs=1, compile=compiled))
+                                           epochs=1, compile=compiled, val_frac=0.05))
         said = []
         engine.fit(cfg, 0, log=lambda *a, **k: said.append(" ".join(map(str, a))))
         lines[compiled] = [line for line in said if "world size" in line]
@@ -93,7 +93,8 @@ from tests.helpers import tiny_overrides
 trainer.COMPILE_MIN_IMAGES = 1  # auto's threshold out of the way: this tiny run compiles under auto
 data, out = Path(sys.argv[1]), Path(sys.argv[2])
 said = []
-cfg = resolve("v6", tiny_overrides(data, out, model="tiny_efficientnet", epochs=1, compile="auto", batch_size=8))
+cfg = resolve("v6", tiny_overrides(data, out, model="tiny_efficientnet", epochs=1, compile="auto", batch_size=8,
+                                   val_frac=0.05))
 engine.fit(cfg, 0, log=lambda *a, **k: said.append(" ".join(map(str, a))))
 print([line for line in said if "world size" in line][0])
 """
@@ -111,7 +112,7 @@ def test_an_auto_compile_that_fails_falls_back_to_eager_and_the_run_finishes(tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert "compile on (auto: batch 8" in done.stdout
     eager = resolve("v6", tiny_overrides(data, tmp_path / "eager", model="tiny_efficientnet", epochs=1,
-                                         compile=False, batch_size=8))
+                                         compile=False, batch_size=8, val_frac=0.05))
     engine.fit(eager, 0, log=lambda *a, **k: None)
     ours = checkpoint.read(tmp_path / "auto" / "v6" / "fold0" / "last.pt").model
     for key, value in checkpoint.read(tmp_path / "eager" / "v6" / "fold0" / "last.pt").model.items():
