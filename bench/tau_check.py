@@ -9,7 +9,7 @@ sampling), then to the more accurate.
 
     python bench/tau_check.py --runs RUNS --seeds 0 1 2 3 4 --recipe v6 --out bench/results/v6_tau_check.md
 
---views with several candidates (each a comma-separated list of predict.py's --tta-views) checks test-time
+--views with several candidates (each a comma-separated list of predict.py's --views) checks test-time
 augmentation the same way: a table and a tau for each, then the views rule (written before v6's check was
 computed): among the candidates whose median macro-F1 at their tau is at least the first candidate's (one
 view, as shipped), the highest pooled accuracy; within 0.0005 of it, the one with fewer views (cheaper).
