@@ -35,6 +35,16 @@ def _argv(data: Path, out: Path) -> list[str]:
             "--workers", "1", "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """Python's own Ctrl-C handler, as a run in a terminal's foreground has it. A suite started as a background
+    job of a script (`pytest &`) inherits SIGINT ignored, which interrupt.recorded rightly keeps (nohup runs
+    must not stop on Ctrl-C), so these tests' interrupts would never arrive."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_at(moment: str, stamp: Path) -> None:
     """Patch the training code so that SIGINT is sent to this process at `moment` of epoch AT_EPOCH's end."""
     calls = {"n": 0}
@@ -82,6 +92,7 @@ def _interrupt_at(moment: str, stamp: Path) -> None:
 
 
 def _child(data: Path, out: Path, moment: str | None, stamp: Path) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see sigint_as_in_a_terminal)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
