@@ -309,9 +309,11 @@ def _optimisation_parts(cfg: Config, parts: dict) -> dict:
     if dist.world_size() > 1:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if use_compile(cfg.compile, planned_images(cfg, parts["steps_per_epoch"]), cfg.batch_size, device)[0]:
-        if cfg.compile == "auto":  # a compile the user did not ask for must not stop the run: eager if it fails
-            import torch._dynamo as dynamo
-            dynamo.config.suppress_errors = True
+        # a compile the user did not ask for must not stop the run (eager if it fails); one asked for with
+        # --compile true fails loudly. Set on every compile: the flag is process-wide, and a later run in the
+        # same process (the API, a notebook) must not inherit auto's
+        import torch._dynamo as dynamo
+        dynamo.config.suppress_errors = cfg.compile == "auto"
         train_model = torch.compile(train_model)
     return dict(optimizer=optimizer, schedule=schedule, scaler=scaler, amp_dtype=amp_dtype,
                 swa=AveragedModel(model) if cfg.swa_start is not None else None, train_model=train_model,
