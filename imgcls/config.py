@@ -172,6 +172,9 @@ class Config:
                                        "epochs, or to fine-tune on new data (other classes: all but the classifier)",
                                  parse_optional_str)
     drop_path: float = _opt(0.0, "stochastic depth rate")
+    freeze_features: int = _opt(0, "train without the first N blocks of the backbone (1 = the stem): their "
+                                "weights get no gradient and stay as loaded (their BatchNorm statistics still "
+                                "update); saves the backward pass through the largest feature maps")
     img_size: tuple | None = _opt(None, "model input HxW; none = the storage size", parse_size)
     # --- optimisation ---
     epochs: int = _opt(30, "epochs")

@@ -222,7 +222,23 @@ def _model_parts(cfg: Config, parts: dict, resuming: bool) -> dict:
         _load_starting_point(model, cfg, parts["class_names"], parts["say"])
     model.to(parts["device"], memory_format=torch.channels_last if parts["channels_last"]
              else torch.contiguous_format)
+    freeze_leading(model, cfg.freeze_features, cfg.model)
     return {"model": model}
+
+
+def freeze_leading(model: nn.Module, n: int, name: str) -> None:
+    """--freeze-features N: no gradient for the first N modules of the backbone's `features` (stem first).
+    Set before the optimizer is built, which takes only the parameters that require a gradient; reapplied on
+    every build, so a resumed run freezes the same blocks."""
+    if n == 0:
+        return
+    blocks = getattr(model, "features", None)
+    if not isinstance(blocks, nn.Sequential):
+        raise UserError(f"--freeze-features {n}: {name} has no sequence of feature blocks to freeze; pass 0")
+    if not 0 < n < len(blocks):
+        raise UserError(f"--freeze-features {n}: {name} has {len(blocks)} feature blocks; pass 0 to "
+                        f"{len(blocks) - 1}")
+    blocks[:n].requires_grad_(False)
 
 
 def _load_starting_point(model: nn.Module, cfg: Config, class_names: list, say) -> None:
