@@ -35,7 +35,7 @@ from .inference import autocast_dtype, predict_dataset, use_channels_last
 from .losses import build_loss
 from .metrics import classification_metrics
 from .progressive import Phase, build_phases, make_augment, make_mixer
-from .models import create_model, pretrained_cfg
+from .models import create_model, freeze_leading, pretrained_cfg
 from .run import LAST, SPLIT, fold_dir, starting_point
 from .schedules import PerEpoch, Schedule, Switch, build_schedule
 from .selection import make_ema
@@ -224,21 +224,6 @@ def _model_parts(cfg: Config, parts: dict, resuming: bool) -> dict:
              else torch.contiguous_format)
     freeze_leading(model, cfg.freeze_features, cfg.model)
     return {"model": model}
-
-
-def freeze_leading(model: nn.Module, n: int, name: str) -> None:
-    """--freeze-features N: no gradient for the first N modules of the backbone's `features` (stem first).
-    Set before the optimizer is built, which takes only the parameters that require a gradient; reapplied on
-    every build, so a resumed run freezes the same blocks."""
-    if n == 0:
-        return
-    blocks = getattr(model, "features", None)
-    if not isinstance(blocks, nn.Sequential):
-        raise UserError(f"--freeze-features {n}: {name} has no sequence of feature blocks to freeze; pass 0")
-    if not 0 < n < len(blocks):
-        raise UserError(f"--freeze-features {n}: {name} has {len(blocks)} feature blocks; pass 0 to "
-                        f"{len(blocks) - 1}")
-    blocks[:n].requires_grad_(False)
 
 
 def _load_starting_point(model: nn.Module, cfg: Config, class_names: list, say) -> None:

@@ -20,7 +20,7 @@ from .errors import UserError
 from .data import read_path_list
 from .data.samplers import SAMPLERS
 from .limits import DECISION_TAU_RANGE, MAX_BATCH, MAX_SEED, MAX_SIDE
-from .models import input_multiple, pretrained_cfg
+from .models import create_model, freeze_leading, input_multiple, pretrained_cfg
 from .progressive import plan
 
 # field -> (low, high, low inclusive, high inclusive); None means unbounded. NaN and inf always fail.
@@ -200,6 +200,10 @@ def check_config(cfg) -> None:
     if cfg.exclude:  # unreadable or missing: refused now, before --restart deletes anything
         read_path_list(cfg.exclude)
     pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
+    if cfg.freeze_features:  # the block count is the architecture's: built on the meta device, without weights
+        with torch.device("meta"):
+            freeze_leading(create_model(cfg.model, 2, pretrained=None, log=lambda *a: None), cfg.freeze_features,
+                           cfg.model)
     check_patch_sizes(cfg)
     check_device(cfg.device)
     check_out_folder("--out", cfg.out)

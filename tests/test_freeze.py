@@ -14,7 +14,7 @@ from imgcls.engine import train_step
 from imgcls.errors import UserError
 from imgcls.presets import resolve
 from imgcls.trainer import Stage, build_trainer, fold_indices, prepare_data
-from tests.helpers import assert_one_line_error, cli, tiny_overrides, write_folder_dataset
+from tests.helpers import assert_one_line_error, cli, snapshot, tiny_overrides, write_folder_dataset
 
 
 def trained_blocks(tmp_path: Path, freeze: int, model: str = "tiny_efficientnet", steps: int = 3):
@@ -77,3 +77,17 @@ def test_the_command_line_refuses_it_in_one_line(tmp_path, capsys):
                        "--val-frac", "0.2", "--cache-dir", tmp_path / "cache", "--freeze-features", "12",
                        capsys=capsys)
     assert_one_line_error(code, err, "--freeze-features 12", "tiny_efficientnet")
+
+
+def test_a_bad_value_with_restart_is_refused_before_the_run_folder_is_touched(tmp_path, capsys):
+    data_dir = write_folder_dataset(tmp_path / "data", counts=(12, 8, 6))
+    run = tmp_path / "runs" / "v6" / "fold0"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"an earlier run's weights")
+    before = snapshot(tmp_path / "runs")
+    code, _, err = cli(train, "--version", "v6", "--data", data_dir, "--out", tmp_path / "runs", "--model",
+                       "tiny_efficientnet", "--pretrained", "none", "--img-size", "32x32", "--epochs", "1",
+                       "--val-frac", "0.2", "--cache-dir", tmp_path / "cache", "--freeze-features", "5",
+                       "--restart", capsys=capsys)
+    assert_one_line_error(code, err, "--freeze-features 5", "pass 0 to 4")
+    assert snapshot(tmp_path / "runs") == before
