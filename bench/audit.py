@@ -38,7 +38,7 @@ from common import REPO, publish, spread  # noqa: E402,F401  (first: it puts the
 from imgcls import confident, run  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402
 from imgcls.data.splits import save_split  # noqa: E402
-from imgcls.metrics import classification_metrics  # noqa: E402
+from imgcls.metrics import GROUPS, classification_metrics  # noqa: E402
 
 KINDS = ("uniform", "confused")
 
@@ -109,6 +109,20 @@ def test_scores(run_dir: str, images, labels: np.ndarray, test: np.ndarray, clas
     mapped = np.array([names[c] for c in clf.classes])
     pred = mapped[probs.argmax(1)]
     return classification_metrics(labels[test], pred, class_names)
+
+
+def flags_by_group(flagged: np.ndarray, truth: np.ndarray, true_labels: np.ndarray, train_counts) -> dict:
+    """Where the flagged set falls, by the group (head / medium / tail, imgcls.metrics.GROUPS) of each image's
+    true class: flagged images, how many of them were injected flips, and how many of the group's clean images
+    were flagged (what an exclusion takes from the group). Pure; counts over the images given."""
+    counts = np.asarray(train_counts)[true_labels]
+    out = {}
+    for name, low, high in GROUPS:
+        member = (counts >= low) & (counts < (high if high is not None else np.inf))
+        clean = member & ~truth
+        out[name] = {"flagged": int((flagged & member).sum()), "flips_flagged": int((flagged & truth & member).sum()),
+                     "clean": int(clean.sum()), "clean_flagged": int((flagged & clean).sum())}
+    return out
 
 
 def merged(previous: list[dict], rows: list[dict]) -> list[dict]:
@@ -220,6 +234,17 @@ def report(rows: list[dict], command: str, path: str) -> None:
                      f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | {spread(both) if both else '-'} | "
                      f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} / "
                      f"{spread([r['excluded_f1'] for r in sub])} | {spread(rec) if rec else '-'} |")
+    grouped = [r for r in rows if "groups" in r]  # rows of runs before the column have none
+    if grouped:
+        lines += ["", "Where imgcls's flagged set falls, by the true class's group (training images: head >= 500, "
+                  "medium 50-499, tail < 50): flagged images (of them injected flips) / clean images flagged of "
+                  "the group's clean images with an out-of-fold probability.", "",
+                  "| setting | seed | " + " | ".join(name for name, _, _ in GROUPS) + " |",
+                  "|---|---:|" + "---:|" * len(GROUPS)]
+        for r in grouped:
+            cells = [f"{g['flagged']} ({g['flips_flagged']}) / {g['clean_flagged']} of {g['clean']}"
+                     for g in (r["groups"][name] for name, _, _ in GROUPS)]
+            lines.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells) + " |")
     publish(lines, path)
 
 
@@ -309,6 +334,8 @@ def main(argv=None) -> int:
                              "ours": prf(ours, truth), "cleanlab": prf(reference, truth),
                              "argmax": prf(baseline, truth), "same_as_cleanlab": bool((ours == reference).all()),
                              "both": prf(both, truth), "both_same_as_cleanlab": same_both,
+                             "groups": flags_by_group(ours, truth, labels[positions],
+                                                      np.bincount(labels[candidates], minlength=k)),
                              "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
                              "excluded_f1": excl_test["macro_f1"],
                              "recovered": (excl_test["macro_f1"] - noisy_test["macro_f1"]) / cost if cost > 0 else None})

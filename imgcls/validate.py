@@ -201,9 +201,12 @@ def check_config(cfg) -> None:
         read_path_list(cfg.exclude)
     pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
     if cfg.freeze_features:  # the block count is the architecture's: built on the meta device, without weights
+        from .presets import VERSIONS
+        preset = VERSIONS.get(cfg.version, {}).get("freeze_features")
+        source = f" ({cfg.version}'s preset value)" if preset == cfg.freeze_features else ""
         with torch.device("meta"):
             freeze_leading(create_model(cfg.model, 2, pretrained=None, log=lambda *a: None), cfg.freeze_features,
-                           cfg.model)
+                           cfg.model, source)
     check_patch_sizes(cfg)
     check_device(cfg.device)
     check_out_folder("--out", cfg.out)

@@ -37,6 +37,18 @@ def test_most_confused_and_the_split_without_dropped_images(monkeypatch):
                                                             "notes": []}
 
 
+def test_the_flagged_set_by_group_of_the_true_class_counted_by_hand(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+    train_counts = np.array([600, 60, 5])  # one class per group: head, medium, tail
+    true_labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    truth = np.array([1, 0, 0, 0, 1, 0, 0, 1], bool)  # injected flips
+    flagged = np.array([1, 1, 0, 0, 0, 1, 1, 1], bool)
+    assert bench.flags_by_group(flagged, truth, true_labels, train_counts) == {
+        "head": {"flagged": 2, "flips_flagged": 1, "clean": 2, "clean_flagged": 1},
+        "medium": {"flagged": 0, "flips_flagged": 0, "clean": 1, "clean_flagged": 0},
+        "tail": {"flagged": 3, "flips_flagged": 1, "clean": 2, "clean_flagged": 2}}
+
+
 def test_a_later_run_adds_its_rows_and_replaces_only_the_settings_it_measured_again(monkeypatch):
     bench = load_bench_script(monkeypatch, "audit")
     previous = [{"seed": 0, "setting": "uniform-0.15", "v": 1}, {"seed": 0, "setting": "uniform-0.05", "v": 1},
@@ -58,6 +70,8 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     (row,) = json.loads((tmp_path / "runs" / "rows.json").read_text())
     assert row["same_as_cleanlab"] and row["flips"] > 0 and row["ours"] == row["cleanlab"]
     assert row["both_same_as_cleanlab"]
+    # the groups split the flagged flips without losing or double-counting one
+    assert sum(g["flips_flagged"] for g in row["groups"].values()) == round(row["ours"][1] * row["flips"])
     seed = tmp_path / "runs" / "s0"
     clean = json.loads((seed / "clean" / "v5" / "split.json").read_text())
     excluded = json.loads((seed / "uniform-0.15" / "excluded" / "v5" / "split.json").read_text())

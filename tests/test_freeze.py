@@ -91,3 +91,11 @@ def test_a_bad_value_with_restart_is_refused_before_the_run_folder_is_touched(tm
                        "--restart", capsys=capsys)
     assert_one_line_error(code, err, "--freeze-features 5", "pass 0 to 4")
     assert snapshot(tmp_path / "runs") == before
+
+
+def test_v6s_preset_value_on_a_model_without_feature_blocks_says_the_preset_set_it(tmp_path, capsys):
+    data_dir = write_folder_dataset(tmp_path / "data", counts=(12, 8, 6))
+    code, _, err = cli(train, "--version", "v6", "--data", data_dir, "--out", tmp_path / "runs", "--model",
+                       "tiny_vit", "--pretrained", "none", "--img-size", "32x32", "--epochs", "1",
+                       "--val-frac", "0.2", "--cache-dir", tmp_path / "cache", capsys=capsys)
+    assert_one_line_error(code, err, "--freeze-features 3 (v6's preset value)", "pass --freeze-features 0")

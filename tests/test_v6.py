@@ -38,6 +38,7 @@ def test_v6_ships_the_last_weights_or_ema_with_tau_minus_0_4_and_no_crt(v6_run):
     assert metrics["selected"] in ("last", "ema")
     assert "crt_seconds" not in metrics and not (rdir / "before_crt.pt").exists()
     assert "decision_tau_scores" not in metrics  # fixed, not searched
+    assert cfg.freeze_features == 3 and json.loads((rdir / "config.json").read_text())["freeze_features"] == 3
 
 
 def test_v6s_predictions_and_scores_are_the_prior_added_back_by_hand(v6_run):

@@ -137,17 +137,19 @@ def create_model(name: str, num_classes: int, pretrained: str | None = None, dro
     return model
 
 
-def freeze_leading(model: nn.Module, n: int, name: str) -> None:
+def freeze_leading(model: nn.Module, n: int, name: str, source: str = "") -> None:
     """--freeze-features N: no gradient for the first N modules of the backbone's `features` (stem first).
     Set before the optimizer is built, which takes only the parameters that require a gradient; reapplied on
     every build, so a resumed run freezes the same blocks. validate.check_config calls it on a model on the meta
-    device (no memory, no weights), so a bad N is refused before --restart deletes anything."""
+    device (no memory, no weights), so a bad N is refused before --restart deletes anything. `source` follows
+    the flag in an error (e.g. that a preset set it, not the user)."""
     if n == 0:
         return
     blocks = getattr(model, "features", None)
     if not isinstance(blocks, nn.Sequential):
-        raise UserError(f"--freeze-features {n}: {name} has no sequence of feature blocks to freeze; pass 0")
+        raise UserError(f"--freeze-features {n}{source}: {name} has no sequence of feature blocks to freeze; "
+                        "pass --freeze-features 0")
     if not 0 < n < len(blocks):
-        raise UserError(f"--freeze-features {n}: {name} has {len(blocks)} feature blocks; pass 0 to "
+        raise UserError(f"--freeze-features {n}{source}: {name} has {len(blocks)} feature blocks; pass 0 to "
                         f"{len(blocks) - 1}")
     blocks[:n].requires_grad_(False)
