@@ -12,6 +12,8 @@ test split and seed:
     plain-e1, plain-lite1-e1, plain-lite2-e1
                the plain script for 1 epoch, with Lite0, Lite1 and Lite2 (other budgets for the figure)
     plain-e2.2 Lite0 for 2.2 epochs: Lite1's 1.7 epochs' minutes
+    plain-e1.75
+               Lite0 for 1.75 epochs: v6's measured minutes (three frozen blocks, 2 epochs) at --epochs 1
     plain-lite1-e1.3, plain-lite1-e1.7, plain-lite2-e1.2, plain-lite2-e1.45
                Lite1 and Lite2 for fractions of an epoch more, up to Lite0's 2-epoch minutes (the larger
                backbones at equal wall-clock)
@@ -139,7 +141,10 @@ PLAIN = {"plain": Plain(64, LITE0),
          # ... and with v6's budget (BUDGET: twice the plain script's epochs): trained twice as long, or two
          # plain models averaged
          "plain-2x": Plain(64, "plain for v6's minutes (2x the epochs)", factor=2, line=LITE0),
-         "plain-ens2": Plain(64, "plain x2, probabilities averaged (v6's minutes)", members=2)}
+         "plain-ens2": Plain(64, "plain x2, probabilities averaged (v6's minutes)", members=2),
+         # ... and for exactly v6's measured minutes at one bench epoch: v6 with three frozen blocks took 1.75x
+         # the 1-epoch plain script (ratio of the medians, bench/results/longtail_v6_freeze3.md)
+         "plain-e1.75": Plain(64, "plain, 1.75 epochs (v6's measured minutes)", epochs=1.75, line=LITE0)}
 # train.py recipes that train a multiple of the bench's --epochs: v6 is one model given twice the plain
 # script's epochs (its minutes are its budget: at most 2x the plain script's, issue 33)
 BUDGET = {"v6": 2}
