@@ -21,6 +21,7 @@ from .data import read_path_list
 from .data.samplers import SAMPLERS
 from .limits import DECISION_TAU_RANGE, MAX_BATCH, MAX_SEED, MAX_SIDE
 from .models import create_model, freeze_leading, input_multiple, pretrained_cfg
+from .presets import VERSIONS
 from .progressive import plan
 
 # field -> (low, high, low inclusive, high inclusive); None means unbounded. NaN and inf always fail.
@@ -201,7 +202,6 @@ def check_config(cfg) -> None:
         read_path_list(cfg.exclude)
     pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
     if cfg.freeze_features:  # the block count is the architecture's: built on the meta device, without weights
-        from .presets import VERSIONS
         preset = VERSIONS.get(cfg.version, {}).get("freeze_features")
         source = f" ({cfg.version}'s preset value)" if preset == cfg.freeze_features else ""
         with torch.device("meta"):
