@@ -76,6 +76,30 @@ def inject(labels: np.ndarray, candidates: np.ndarray, rate: float, kind: str, k
     return noisy, np.sort(flipped)
 
 
+SUGGESTION = 0.5  # a suggested label the model gives at least even odds
+
+
+def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, truth: np.ndarray) -> dict:
+    """Candidate sets to train again without, each a part of the flagged set (masks over the images given).
+    Why: excluding every flag drops the clean images of the tail classes that a model trained on noisy labels
+    is unsure of (docs/audit.md), and a tail class cannot spare them. Measured side by side:
+    - all: every flagged image (what `train.py --exclude audit/label_issues.csv` does);
+    - confident-suggestion: only flags whose suggested label (the likeliest other class) has p >= 0.5;
+    - not-own-class: only flags that are not confidently their given class (p_given below the class's
+      confident-learning threshold t_given): a tail class swamped by flips into it has a low t, and its real
+      images clear it while the flips do not;
+    - oracle: exactly the injected flips (what exclusion can recover at best; not available to a user)."""
+    rows = np.arange(len(labels))
+    others = probs.copy()
+    others[rows, labels] = -1
+    own = probs[rows, labels] < confident.thresholds(labels, probs)[labels] - confident.EPS
+    return {"all": flagged, "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
+            "not-own-class": flagged & own, "oracle": truth.copy()}
+
+
+RULES = ("all", "confident-suggestion", "not-own-class", "oracle")
+
+
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     hit = int((flagged & truth).sum())
     p = hit / max(int(flagged.sum()), 1)
@@ -127,8 +151,17 @@ def flags_by_group(flagged: np.ndarray, truth: np.ndarray, true_labels: np.ndarr
 
 def merged(previous: list[dict], rows: list[dict]) -> list[dict]:
     """The rows of an earlier run of the bench (rows.json) that this run did not measure again, then this
-    run's: a bench run on other seeds or settings adds to the table instead of replacing it."""
-    again = {(r["seed"], r["setting"]) for r in rows}
+    run's: a bench run on other seeds or settings adds to the table instead of replacing it. A setting measured
+    again keeps (filled into this run's row) the scores of exclusion rules trained again only before."""
+    again = {(r["seed"], r["setting"]): r for r in rows}
+    for old in previous:  # a rule trained again before but not now keeps its earlier score
+        new = again.get((old["seed"], old["setting"]))
+        for name, rule in (new or {}).get("rules", {}).items():
+            before = old.get("rules", {}).get(name, {})
+            if rule.get("excluded_f1") is None and before.get("excluded_f1") is not None:
+                rule.update(excluded_f1=before["excluded_f1"], recovered=before["recovered"])
+        if new and "all" in new.get("rules", {}):
+            new.update(excluded_f1=new["rules"]["all"]["excluded_f1"], recovered=new["rules"]["all"]["recovered"])
     return [r for r in previous if (r["seed"], r["setting"]) not in again] + rows
 
 
@@ -229,11 +262,12 @@ def report(rows: list[dict], command: str, path: str) -> None:
         sub = [r for r in rows if r["setting"] == name]
         cell = lambda key, i=2: spread([r[key][i] for r in sub])  # noqa: E731
         rec = [r["recovered"] for r in sub if r["recovered"] is not None]
+        excl = [r["excluded_f1"] for r in sub if r["excluded_f1"] is not None]
         both = [r["both"][2] for r in sub if "both" in r]  # rows of runs before the column: none
         lines.append(f"| {name} | {len(sub)} | {cell('ours')} | {cell('cleanlab')} | {cell('argmax')} | "
                      f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | {spread(both) if both else '-'} | "
                      f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} / "
-                     f"{spread([r['excluded_f1'] for r in sub])} | {spread(rec) if rec else '-'} |")
+                     f"{spread(excl) if excl else '-'} | {spread(rec) if rec else '-'} |")
     grouped = [r for r in rows if "groups" in r]  # rows of runs before the column have none
     if grouped:
         lines += ["", "Where imgcls's flagged set falls, by the true class's group (training images: head >= 500, "
@@ -245,6 +279,21 @@ def report(rows: list[dict], command: str, path: str) -> None:
             cells = [f"{g['flagged']} ({g['flips_flagged']}) / {g['clean_flagged']} of {g['clean']}"
                      for g in (r["groups"][name] for name, _, _ in GROUPS)]
             lines.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells) + " |")
+    ruled = [r for r in rows if "rules" in r]
+    if ruled:
+        tail = GROUPS[-1][0]
+        lines += ["", f"Exclusion rules (bench/audit.py `exclusion_rules`): the images each would drop, its F1 "
+                  f"against the injected flips, the {tail} group's clean images it drops, and, where trained "
+                  "again without them, the clean test macro-F1 and the share of the noise's cost recovered.", "",
+                  "| setting | seed | rule | dropped | F1 vs flips | clean " + tail + " images dropped | "
+                  "macro-F1 trained again | recovered |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for r in ruled:
+            for rule, v in r["rules"].items():
+                g = v["groups"][tail]
+                f1 = "-" if v["excluded_f1"] is None else f"{v['excluded_f1']:.4f}"
+                rec = "-" if v["recovered"] is None else f"{v['recovered']:.3f}"
+                lines.append(f"| {r['setting']} | {r['seed']} | {rule} | {v['flagged']} | {v['prf'][2]:.3f} | "
+                             f"{g['clean_flagged']} of {g['clean']} | {f1} | {rec} |")
     publish(lines, path)
 
 
@@ -261,6 +310,9 @@ def main(argv=None) -> int:
     p.add_argument("--look", metavar="RUN", help="instead: pictures of an audited run (the top 30 label issues, "
                    "12 random near-duplicate groups) into --pictures, and its test scores without the leaked images")
     p.add_argument("--pictures", default=os.path.join(REPO, "docs"), help="folder for --look's pictures")
+    p.add_argument("--retrain", nargs="*", default=["all"], choices=RULES, metavar="RULE",
+                   help=f"which exclusion rules to train again without, of {', '.join(RULES)} (none: only the "
+                   "flagged sets' scores; default: all, every flagged image)")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")
@@ -318,29 +370,40 @@ def main(argv=None) -> int:
                 both = confident.label_issues(oof_labels, probs, filter_by="both")  # audit.py --filter-by both
                 same_both = bool((both == find_label_issues(oof_labels, probs, filter_by="both")).all())
                 baseline = confident.argmax_disagrees(oof_labels, probs)
-                # train again without the flagged images, on the same test split
-                issues = os.path.join(noisy_run, run.AUDIT, run.LABEL_ISSUES)
-                excluded = np.asarray(positions[ours], dtype=np.int64)
-                kept = [paths[i] for i in np.setdiff1d(np.arange(n), excluded)]
-                again = os.path.join(folder, "excluded", "v5")
-                os.makedirs(again, exist_ok=True)
-                save_split(os.path.join(again, run.SPLIT), split_without(split, excluded, n), kept)
-                excluded_run = train(noisy_csv, os.path.join(folder, "excluded"), seed,
-                                     [*args.train_flags, "--exclude", issues], log)
+                counts = np.bincount(labels[candidates], minlength=k)
                 noisy_test = test_scores(noisy_run, clean.images, labels, test, names)
-                excl_test = test_scores(excluded_run, clean.images, labels, test, names)
                 cost = clean_test["macro_f1"] - noisy_test["macro_f1"]
-                rows.append({"seed": seed, "setting": name, "flips": int(truth.sum()),
-                             "ours": prf(ours, truth), "cleanlab": prf(reference, truth),
-                             "argmax": prf(baseline, truth), "same_as_cleanlab": bool((ours == reference).all()),
-                             "both": prf(both, truth), "both_same_as_cleanlab": same_both,
-                             "groups": flags_by_group(ours, truth, labels[positions],
-                                                      np.bincount(labels[candidates], minlength=k)),
-                             "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
-                             "excluded_f1": excl_test["macro_f1"],
-                             "recovered": (excl_test["macro_f1"] - noisy_test["macro_f1"]) / cost if cost > 0 else None})
-                json.dump(merged(previous, rows), open(rows_path, "w"), indent=1)
-                report(merged(previous, rows), command, args.report)
+                rules = {rule: {"flagged": int(mask.sum()), "prf": prf(mask, truth), "mask": mask,
+                                "groups": flags_by_group(mask, truth, labels[positions], counts),
+                                "excluded_f1": None, "recovered": None}
+                         for rule, mask in exclusion_rules(oof_labels, probs, ours, truth).items()}
+                masks = {rule: v.pop("mask") for rule, v in rules.items()}
+                row = {"seed": seed, "setting": name, "flips": int(truth.sum()),
+                       "ours": prf(ours, truth), "cleanlab": prf(reference, truth),
+                       "argmax": prf(baseline, truth), "same_as_cleanlab": bool((ours == reference).all()),
+                       "both": prf(both, truth), "both_same_as_cleanlab": same_both,
+                       "groups": rules["all"]["groups"], "rules": rules,
+                       "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
+                       "excluded_f1": None, "recovered": None}
+                rows.append(row)
+                for rule in [None, *args.retrain]:  # None: the flagged sets' scores first (a stopped run keeps them)
+                    if rule is not None:  # train again without this rule's images, on the same test split
+                        excluded = np.asarray(positions[masks[rule]], dtype=np.int64)
+                        listing = os.path.join(noisy_run, run.AUDIT, run.LABEL_ISSUES)  # the user's path for "all"
+                        if rule != "all":
+                            listing = os.path.join(folder, f"exclude-{rule}.csv")
+                            write_manifest(listing, [paths[i] for i in excluded], [names[noisy[i]] for i in excluded])
+                        kept = [paths[i] for i in np.setdiff1d(np.arange(n), excluded)]
+                        where = os.path.join(folder, "excluded" if rule == "all" else f"excluded-{rule}")
+                        os.makedirs(os.path.join(where, "v5"), exist_ok=True)
+                        save_split(os.path.join(where, "v5", run.SPLIT), split_without(split, excluded, n), kept)
+                        again = train(noisy_csv, where, seed, [*args.train_flags, "--exclude", listing], log)
+                        f1 = test_scores(again, clean.images, labels, test, names)["macro_f1"]
+                        gained = (f1 - row["noisy_f1"]) / cost if cost > 0 else None
+                        rules[rule].update(excluded_f1=f1, recovered=gained)
+                        row.update(excluded_f1=rules["all"]["excluded_f1"], recovered=rules["all"]["recovered"])
+                    json.dump(merged(previous, rows), open(rows_path, "w"), indent=1)
+                    report(merged(previous, rows), command, args.report)
     report(merged(previous, rows), command, args.report)
     return 0
 

@@ -49,6 +49,36 @@ def test_the_flagged_set_by_group_of_the_true_class_counted_by_hand(monkeypatch)
         "tail": {"flagged": 3, "flips_flagged": 1, "clean": 2, "clean_flagged": 2}}
 
 
+def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    probs = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.3, 0.4, 0.3],
+                      [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    # thresholds: t0 = (0.9 + 0.8 + 0.3) / 3 = 0.667, t1 = (0.8 + 0.3) / 2 = 0.55, t2 = 0.6
+    flagged = np.array([1, 0, 1, 0, 1, 0], bool)
+    truth = np.array([0, 0, 0, 0, 1, 0], bool)
+    rules = {k: v.astype(int).tolist() for k, v in bench.exclusion_rules(labels, probs, flagged, truth).items()}
+    assert rules == {"all": [1, 0, 1, 0, 1, 0],
+                     "confident-suggestion": [0, 0, 0, 0, 1, 0],  # only image 4's other class reaches 0.5 (0.6)
+                     "not-own-class": [0, 0, 1, 0, 1, 0],  # image 0's 0.9 clears t0: confidently its own class
+                     "oracle": [0, 0, 0, 0, 1, 0]}
+    assert list(rules) == list(bench.RULES)
+
+
+def test_a_setting_measured_again_keeps_the_rules_trained_again_only_before(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+    before = {"seed": 0, "setting": "uniform-0.15", "excluded_f1": 0.6, "recovered": 0.2,
+              "rules": {"all": {"excluded_f1": 0.6, "recovered": 0.2},
+                        "oracle": {"excluded_f1": 0.7, "recovered": 0.9}}}
+    now = {"seed": 0, "setting": "uniform-0.15", "excluded_f1": None, "recovered": None,
+           "rules": {"all": {"excluded_f1": None, "recovered": None},
+                     "oracle": {"excluded_f1": 0.71, "recovered": 0.95}}}
+    (row,) = bench.merged([before], [now])
+    assert row["rules"] == {"all": {"excluded_f1": 0.6, "recovered": 0.2},
+                            "oracle": {"excluded_f1": 0.71, "recovered": 0.95}}  # the new score wins
+    assert (row["excluded_f1"], row["recovered"]) == (0.6, 0.2)
+
+
 def test_a_later_run_adds_its_rows_and_replaces_only_the_settings_it_measured_again(monkeypatch):
     bench = load_bench_script(monkeypatch, "audit")
     previous = [{"seed": 0, "setting": "uniform-0.15", "v": 1}, {"seed": 0, "setting": "uniform-0.05", "v": 1},
@@ -70,6 +100,9 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     (row,) = json.loads((tmp_path / "runs" / "rows.json").read_text())
     assert row["same_as_cleanlab"] and row["flips"] > 0 and row["ours"] == row["cleanlab"]
     assert row["both_same_as_cleanlab"]
+    assert list(row["rules"]) == list(bench.RULES) and row["rules"]["all"]["prf"] == row["ours"]
+    assert row["rules"]["oracle"]["prf"] == [1.0, 1.0, 1.0] and row["rules"]["oracle"]["excluded_f1"] is None
+    assert row["excluded_f1"] == row["rules"]["all"]["excluded_f1"] is not None  # trained again: --retrain all
     # the groups split the flagged flips without losing or double-counting one
     assert sum(g["flips_flagged"] for g in row["groups"].values()) == round(row["ours"][1] * row["flips"])
     seed = tmp_path / "runs" / "s0"
