@@ -156,6 +156,8 @@ def merged(previous: list[dict], rows: list[dict]) -> list[dict]:
     again = {(r["seed"], r["setting"]): r for r in rows}
     for old in previous:  # a rule trained again before but not now keeps its earlier score
         new = again.get((old["seed"], old["setting"]))
+        if new and "rules" in new:  # rules trained again only before (e.g. with --same-steps) keep their rows
+            new["rules"].update({k: v for k, v in old.get("rules", {}).items() if k not in new["rules"]})
         for name, rule in (new or {}).get("rules", {}).items():
             before = old.get("rules", {}).get(name, {})
             if rule.get("excluded_f1") is None and before.get("excluded_f1") is not None:
@@ -313,6 +315,9 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", nargs="*", default=["all"], choices=RULES, metavar="RULE",
                    help=f"which exclusion rules to train again without, of {', '.join(RULES)} (none: only the "
                    "flagged sets' scores; default: all, every flagged image)")
+    p.add_argument("--same-steps", action="store_true", help="train again with as many draws per epoch as the "
+                   "noisy run (--epoch-samples), so that an exclusion removes images but not optimiser steps; its "
+                   "rows are named '<rule>, same steps'")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")
@@ -386,6 +391,7 @@ def main(argv=None) -> int:
                        "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
                        "excluded_f1": None, "recovered": None}
                 rows.append(row)
+                steps = max(len(f["train"]) for f in split["folds"])  # draws per epoch of the noisy run
                 for rule in [None, *args.retrain]:  # None: the flagged sets' scores first (a stopped run keeps them)
                     if rule is not None:  # train again without this rule's images, on the same test split
                         excluded = np.asarray(positions[masks[rule]], dtype=np.int64)
@@ -395,12 +401,17 @@ def main(argv=None) -> int:
                             write_manifest(listing, [paths[i] for i in excluded], [names[noisy[i]] for i in excluded])
                         kept = [paths[i] for i in np.setdiff1d(np.arange(n), excluded)]
                         where = os.path.join(folder, "excluded" if rule == "all" else f"excluded-{rule}")
+                        extra, key = ["--exclude", listing], rule
+                        if args.same_steps:  # as many draws per epoch as the noisy run: fewer images, not fewer steps
+                            extra, key, where = [*extra, "--epoch-samples", str(steps)], f"{rule}, same steps", \
+                                where + "-same-steps"
+                            rules[key] = dict(rules[rule])
                         os.makedirs(os.path.join(where, "v5"), exist_ok=True)
                         save_split(os.path.join(where, "v5", run.SPLIT), split_without(split, excluded, n), kept)
-                        again = train(noisy_csv, where, seed, [*args.train_flags, "--exclude", listing], log)
+                        again = train(noisy_csv, where, seed, [*args.train_flags, *extra], log)
                         f1 = test_scores(again, clean.images, labels, test, names)["macro_f1"]
                         gained = (f1 - row["noisy_f1"]) / cost if cost > 0 else None
-                        rules[rule].update(excluded_f1=f1, recovered=gained)
+                        rules[key].update(excluded_f1=f1, recovered=gained)
                         row.update(excluded_f1=rules["all"]["excluded_f1"], recovered=rules["all"]["recovered"])
                     json.dump(merged(previous, rows), open(rows_path, "w"), indent=1)
                     report(merged(previous, rows), command, args.report)

@@ -69,13 +69,15 @@ def test_a_setting_measured_again_keeps_the_rules_trained_again_only_before(monk
     bench = load_bench_script(monkeypatch, "audit")
     before = {"seed": 0, "setting": "uniform-0.15", "excluded_f1": 0.6, "recovered": 0.2,
               "rules": {"all": {"excluded_f1": 0.6, "recovered": 0.2},
-                        "oracle": {"excluded_f1": 0.7, "recovered": 0.9}}}
+                        "oracle": {"excluded_f1": 0.7, "recovered": 0.9},
+                        "all, same steps": {"excluded_f1": 0.65, "recovered": 0.5}}}
     now = {"seed": 0, "setting": "uniform-0.15", "excluded_f1": None, "recovered": None,
            "rules": {"all": {"excluded_f1": None, "recovered": None},
                      "oracle": {"excluded_f1": 0.71, "recovered": 0.95}}}
     (row,) = bench.merged([before], [now])
     assert row["rules"] == {"all": {"excluded_f1": 0.6, "recovered": 0.2},
-                            "oracle": {"excluded_f1": 0.71, "recovered": 0.95}}  # the new score wins
+                            "oracle": {"excluded_f1": 0.71, "recovered": 0.95},  # the new score wins
+                            "all, same steps": {"excluded_f1": 0.65, "recovered": 0.5}}  # trained only before
     assert (row["excluded_f1"], row["recovered"]) == (0.6, 0.2)
 
 
