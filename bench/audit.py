@@ -85,6 +85,8 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     is unsure of, and a tail class cannot spare them (measured since: sparing them did not help, the oracle
     recovers 67% and every flag 29%, docs/audit.md "Which images to exclude"). Side by side:
     - all: every flagged image (what `train.py --exclude audit/label_issues.csv` does);
+    - both: confident learning's filter_by="both" (`audit.py --filter-by both`): the flags that pruning by
+      class flags too, fewer and more precise (with `flagged` the default's flags, a part of them);
     - confident-suggestion: only flags whose suggested label (the likeliest other class) has p >= 0.5;
     - not-own-class: only flags that are not confidently their given class (p_given below the class's
       confident-learning threshold t_given): a tail class swamped by flips into it has a low t, and its real
@@ -94,11 +96,12 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     others = probs.copy()
     others[rows, labels] = -1
     own = probs[rows, labels] < confident.thresholds(labels, probs)[labels] - confident.EPS
-    return {"all": flagged, "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
+    return {"all": flagged, "both": confident.label_issues(labels, probs, filter_by="both"),
+            "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
             "not-own-class": flagged & own, "oracle": truth.copy()}
 
 
-RULES = ("all", "confident-suggestion", "not-own-class", "oracle")
+RULES = ("all", "both", "confident-suggestion", "not-own-class", "oracle")
 
 
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:

@@ -44,8 +44,9 @@ def test_label_issues_are_cleanlabs_on_the_out_of_fold_probabilities(audited, tm
     split = load_split(str(audited / "split.json"), data.paths)
     labels = data.labels.numpy()
     probs = np.full((len(labels), len(data.class_names)), np.nan)
-    for k in range(3):  # each member on the third it did not train on, through the prediction API
-        clf = imgcls.load(audited / f"fold{k}", device="cpu", decision_tau=0.0)
+    for k in range(3):  # each member on the third it did not train on, through the prediction API: the mean of
+        # the image's and its mirror image's probabilities (predict.py --tta --views identity,hflip)
+        clf = imgcls.load(audited / f"fold{k}", device="cpu", decision_tau=0.0, tta=True, views="identity,hflip")
         val = np.asarray(split["folds"][k]["val"])
         probs[val] = clf.probabilities(data.images[val])
     covered = np.flatnonzero(~np.isnan(probs[:, 0]))

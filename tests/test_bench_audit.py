@@ -59,6 +59,7 @@ def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
     truth = np.array([0, 0, 0, 0, 1, 0], bool)
     rules = {k: v.astype(int).tolist() for k, v in bench.exclusion_rules(labels, probs, flagged, truth).items()}
     assert rules == {"all": [1, 0, 1, 0, 1, 0],
+                     "both": [0, 0, 0, 0, 0, 0],  # cleanlab's filter_by="both" flags none here either
                      "confident-suggestion": [0, 0, 0, 0, 1, 0],  # only image 4's other class reaches 0.5 (0.6)
                      "not-own-class": [0, 0, 1, 0, 1, 0],  # image 0's 0.9 clears t0: confidently its own class
                      "oracle": [0, 0, 0, 0, 1, 0]}
@@ -103,6 +104,7 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     assert row["same_as_cleanlab"] and row["flips"] > 0 and row["ours"] == row["cleanlab"]
     assert row["both_same_as_cleanlab"]
     assert list(row["rules"]) == list(bench.RULES) and row["rules"]["all"]["prf"] == row["ours"]
+    assert row["rules"]["both"]["prf"] == row["both"]  # the rule is audit.py --filter-by both's set
     assert row["rules"]["oracle"]["prf"] == [1.0, 1.0, 1.0] and row["rules"]["oracle"]["excluded_f1"] is None
     assert row["excluded_f1"] == row["rules"]["all"]["excluded_f1"] is not None  # trained again: --retrain all
     # the groups split the flagged flips without losing or double-counting one
