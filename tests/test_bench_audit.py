@@ -96,11 +96,15 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     bench = load_bench_script(monkeypatch, "audit")
     data = write_folder_dataset(tmp_path / "data", counts=(40, 30, 20), size=(20, 16))
     report = tmp_path / "audit.md"
-    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "--rates", "0.15",
+    # two seeds at once (--jobs 2), each training on one thread: both rows land in rows.json and the table
+    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "1", "--jobs", "2",
+                       "--threads", "1", "--rates", "0.15",
                        "--kinds", "uniform", "--report", str(report), "--", "--model", "tiny_efficientnet",
                        "--pretrained", "none", "--img-size", "32", "--epochs", "1", "--crt-steps", "5",
                        "--workers", "1", "--device", "cpu", "--cache-dir", "none"]) == 0
-    (row,) = json.loads((tmp_path / "runs" / "rows.json").read_text())
+    rows = json.loads((tmp_path / "runs" / "rows.json").read_text())
+    assert sorted(r["seed"] for r in rows) == [0, 1] and all(r["excluded_f1"] is not None for r in rows)
+    row = next(r for r in rows if r["seed"] == 0)
     assert row["same_as_cleanlab"] and row["flips"] > 0 and row["ours"] == row["cleanlab"]
     assert row["both_same_as_cleanlab"]
     assert list(row["rules"]) == list(bench.RULES) and row["rules"]["all"]["prf"] == row["ours"]
@@ -113,7 +117,8 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     clean = json.loads((seed / "clean" / "v5" / "split.json").read_text())
     excluded = json.loads((seed / "uniform-0.15" / "excluded" / "v5" / "split.json").read_text())
     assert len(excluded["test"]) == len(clean["test"])  # the same test images, renumbered
-    assert "| uniform-0.15 | 1 |" in report.read_text()
+    assert "| uniform-0.15 | 2 |" in report.read_text()
+    assert (tmp_path / "runs" / "s1" / "bench.log").read_text().count("done;") >= 9  # its own log: 3 runs x 3 folds
     # the table again from rows.json alone (a bench stopped early), the same rows
     again = tmp_path / "again.md"
     assert bench.main(["--out", str(tmp_path / "runs"), "--table-only", "--report", str(again)]) == 0
