@@ -93,6 +93,9 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     - all: every flagged image (what `train.py --exclude audit/label_issues.csv` does);
     - both: confident learning's filter_by="both" (`audit.py --filter-by both`): the flags that pruning by
       class flags too, fewer and more precise (with `flagged` the default's flags, a part of them);
+    - below-chance: the "both" flags whose given label has an out-of-fold probability below chance (1/K):
+      a label the members find less likely than a guess; the hard clean images a flag set takes along (the
+      ones a tail or medium class cannot spare) mostly get more than that, a flip under uniform noise less;
     - confident-suggestion: only flags whose suggested label (the likeliest other class) has p >= 0.5;
     - not-own-class: only flags that are not confidently their given class (p_given below the class's
       confident-learning threshold t_given): a tail class swamped by flips into it has a low t, and its real
@@ -102,12 +105,13 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     others = probs.copy()
     others[rows, labels] = -1
     own = probs[rows, labels] < confident.thresholds(labels, probs)[labels] - confident.EPS
-    return {"all": flagged, "both": confident.label_issues(labels, probs, filter_by="both"),
+    both = confident.label_issues(labels, probs, filter_by="both")
+    return {"all": flagged, "both": both, "below-chance": both & (probs[rows, labels] < 1 / probs.shape[1]),
             "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
             "not-own-class": flagged & own, "oracle": truth.copy()}
 
 
-RULES = ("all", "both", "confident-suggestion", "not-own-class", "oracle")
+RULES = ("all", "both", "below-chance", "confident-suggestion", "not-own-class", "oracle")
 
 
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -130,8 +134,10 @@ def train(data: str, out: str, seed: int, extra: list[str], log: str, threads: i
     return os.path.join(out, "v5")
 
 
-def audit(run_dir: str, extra: list[str], log: str, threads: int | None = None) -> dict:
-    _run([sys.executable, os.path.join(REPO, "audit.py"), "--run", run_dir, *extra], log, threads)
+def audit(run_dir: str, extra: list[str], log: str, threads: int | None = None, reuse: bool = False) -> dict:
+    """The run's out-of-fold probabilities from audit.py (reuse: those of an audit already in the run)."""
+    if not (reuse and os.path.exists(os.path.join(run_dir, run.AUDIT, run.OUT_OF_FOLD))):
+        _run([sys.executable, os.path.join(REPO, "audit.py"), "--run", run_dir, *extra], log, threads)
     oof = np.load(os.path.join(run_dir, run.AUDIT, run.OUT_OF_FOLD))
     return {k: oof[k] for k in ("probs", "positions", "labels")}
 
@@ -334,6 +340,9 @@ def main(argv=None) -> int:
                    "its log OUT/s<seed>/bench.log)")
     p.add_argument("--threads", type=int, default=None, help="threads of each training and audit (OMP_NUM_THREADS; "
                    "default: torch's own choice; with --jobs 2 on 2 cores, 1)")
+    p.add_argument("--reuse-audit", action="store_true", help="take the noisy runs' out-of-fold probabilities "
+                   "from an audit already in them (one this checkout's audit.py made: not checked) instead of "
+                   "auditing again")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")
@@ -386,7 +395,7 @@ def main(argv=None) -> int:
                 os.makedirs(os.path.join(folder, "noisy", "v5"), exist_ok=True)
                 shutil.copy(os.path.join(clean_run, run.SPLIT), os.path.join(folder, "noisy", "v5", run.SPLIT))
                 noisy_run = train(noisy_csv, os.path.join(folder, "noisy"), seed, args.train_flags, log, args.threads)
-                oof = audit(noisy_run, args.audit_flags.split(), log, args.threads)
+                oof = audit(noisy_run, args.audit_flags.split(), log, args.threads, args.reuse_audit)
                 positions, oof_labels, probs = oof["positions"], oof["labels"], oof["probs"]
                 truth = np.isin(positions, flipped)
                 ours = confident.label_issues(oof_labels, probs)

@@ -60,6 +60,7 @@ def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
     rules = {k: v.astype(int).tolist() for k, v in bench.exclusion_rules(labels, probs, flagged, truth).items()}
     assert rules == {"all": [1, 0, 1, 0, 1, 0],
                      "both": [0, 0, 0, 0, 0, 0],  # cleanlab's filter_by="both" flags none here either
+                     "below-chance": [0, 0, 0, 0, 0, 0],  # a part of "both"
                      "confident-suggestion": [0, 0, 0, 0, 1, 0],  # only image 4's other class reaches 0.5 (0.6)
                      "not-own-class": [0, 0, 1, 0, 1, 0],  # image 0's 0.9 clears t0: confidently its own class
                      "oracle": [0, 0, 0, 0, 1, 0]}
