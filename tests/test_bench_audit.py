@@ -67,6 +67,22 @@ def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
     assert list(rules) == list(bench.RULES)
 
 
+def test_below_chance_is_cleanlabs_both_flags_whose_given_label_gets_less_than_a_guess(monkeypatch):
+    find_label_issues = pytest.importorskip("cleanlab.filter").find_label_issues
+    bench = load_bench_script(monkeypatch, "audit")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    probs = rng.dirichlet(np.ones(5) * 0.3, 400)
+    probs[np.arange(200), labels[:200]] += 2  # half the images confidently their label
+    probs /= probs.sum(1, keepdims=True)
+    truth = np.zeros(400, bool)
+    rules = bench.exclusion_rules(labels, probs, find_label_issues(labels, probs), truth)
+    both = find_label_issues(labels, probs, filter_by="both")
+    expected = both & (probs[np.arange(400), labels] < 0.2)
+    assert 0 < expected.sum() < both.sum()  # the case separates the two sets
+    assert (rules["both"] == both).all() and (rules["below-chance"] == expected).all()
+
+
 def test_a_setting_measured_again_keeps_the_rules_trained_again_only_before(monkeypatch):
     bench = load_bench_script(monkeypatch, "audit")
     before = {"seed": 0, "setting": "uniform-0.15", "excluded_f1": 0.6, "recovered": 0.2,

@@ -26,7 +26,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--filter-by", default="prune_by_noise_rate", choices=("prune_by_noise_rate", "both"),
                    help="which label issues confident learning flags, as cleanlab's filter_by: "
                         "prune_by_noise_rate (default), or both (only those pruning by class flags too: fewer, "
-                        "more precise; on fashion-small's 15%% noise, F1 0.841 against 0.823)")
+                        "more precise; on fashion-small's uniform 15%% noise, F1 0.849 and 0.845 against 0.835 "
+                        "and 0.828, seeds 0 and 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=BATCH, help="images per forward pass (default %(default)s: "
                    "the fastest on a 2-core CPU)")
