@@ -31,14 +31,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from common import REPO, publish, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
+from common import REPO, publish, run_logged, spread  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
 
 from imgcls import confident, run  # noqa: E402
@@ -121,23 +120,18 @@ def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
-def _run(cmd: list[str], log: str, threads: int | None) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
-    with open(log, "a") as fh:
-        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-
-
 def train(data: str, out: str, seed: int, extra: list[str], log: str, threads: int | None = None) -> str:
     """train.py --version v5 --fold all into out; returns the run folder (skips a finished run)."""
-    _run([sys.executable, os.path.join(REPO, "train.py"), "--version", "v5", "--fold", "all", "--data", data,
-          "--out", out, "--seed", str(seed), *extra], log, threads)
+    run_logged([sys.executable, os.path.join(REPO, "train.py"), "--version", "v5", "--fold", "all", "--data", data,
+                "--out", out, "--seed", str(seed), *extra], log, threads, cwd=REPO)
     return os.path.join(out, "v5")
 
 
 def audit(run_dir: str, extra: list[str], log: str, threads: int | None = None, reuse: bool = False) -> dict:
     """The run's out-of-fold probabilities from audit.py (reuse: those of an audit already in the run)."""
     if not (reuse and os.path.exists(os.path.join(run_dir, run.AUDIT, run.OUT_OF_FOLD))):
-        _run([sys.executable, os.path.join(REPO, "audit.py"), "--run", run_dir, *extra], log, threads)
+        run_logged([sys.executable, os.path.join(REPO, "audit.py"), "--run", run_dir, *extra], log, threads,
+                   cwd=REPO)
     oof = np.load(os.path.join(run_dir, run.AUDIT, run.OUT_OF_FOLD))
     return {k: oof[k] for k in ("probs", "positions", "labels")}
 
@@ -399,9 +393,10 @@ def main(argv=None) -> int:
                 positions, oof_labels, probs = oof["positions"], oof["labels"], oof["probs"]
                 truth = np.isin(positions, flipped)
                 ours = confident.label_issues(oof_labels, probs)
-                reference = find_label_issues(oof_labels, probs)
                 both = confident.label_issues(oof_labels, probs, filter_by="both")  # audit.py --filter-by both
-                same_both = bool((both == find_label_issues(oof_labels, probs, filter_by="both")).all())
+                with lock:  # cleanlab shares module globals with its worker processes: one call at a time
+                    reference = find_label_issues(oof_labels, probs)
+                    same_both = bool((both == find_label_issues(oof_labels, probs, filter_by="both")).all())
                 baseline = confident.argmax_disagrees(oof_labels, probs)
                 counts = np.bincount(labels[candidates], minlength=k)
                 noisy_test = test_scores(noisy_run, clean.images, labels, test, names)

@@ -5,7 +5,9 @@ a run's file names through imgcls.run (`layout.SHIPPED`, `layout.fold_dir(...)`:
 from __future__ import annotations
 
 import os
+import shlex
 import statistics
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,3 +41,15 @@ def publish(lines: list[str], path: str | None) -> str:
     with open(path, "w") as fh:
         fh.write(text)
     return text
+
+
+def run_logged(cmd: list[str], log: str, threads: int | None = None, cwd: str | None = None) -> None:
+    """Run a command with its output appended to log (threads: its OMP_NUM_THREADS; None: torch's own
+    choice); a failure ends the bench with one line naming the log."""
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    print("$ " + shlex.join(cmd), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    with open(log, "a") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    if done.returncode != 0:
+        raise SystemExit(f"{cmd[1]} failed (exit {done.returncode}); its output is in {log}")

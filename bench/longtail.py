@@ -64,7 +64,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-from common import REPO, layout  # noqa: E402,F401  (first: it puts the checkout on the import path)
+from common import REPO, layout, run_logged  # noqa: E402,F401  (first: it puts the checkout on the import path)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -174,16 +174,6 @@ def run_dir(args, init: str, seed: int, recipe: str) -> str:
         return str(layout.fold_dir(os.path.join(seed_dir(args, init, seed), recipe, "v5"), 0))
     version = "v5" if recipe == "v5-refit" else recipe
     return str(layout.fold_dir(os.path.join(seed_dir(args, init, seed), version), 0))
-
-
-def run_logged(cmd: list[str], log: str, threads: int) -> None:
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    print("$ " + shlex.join(cmd), flush=True)
-    with open(log, "a") as fh:
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    if done.returncode != 0:
-        raise SystemExit(f"{cmd[1]} failed (exit {done.returncode}); its output is in {log}")
 
 
 def train(args, init: str, seed: int, recipe: str) -> None:
