@@ -84,7 +84,8 @@ def inject(labels: np.ndarray, candidates: np.ndarray, rate: float, kind: str, k
 SUGGESTION = 0.5  # a suggested label the model gives at least even odds
 
 
-def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, truth: np.ndarray) -> dict:
+def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, truth: np.ndarray,
+                    to_exclude: np.ndarray) -> dict:
     """Candidate sets to train again without, each a part of the flagged set (masks over the images given).
     Why: excluding every flag drops the clean images of the tail classes that a model trained on noisy labels
     is unsure of, and a tail class cannot spare them (measured since: sparing them did not help, the oracle
@@ -99,6 +100,9 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     - not-own-class: only flags that are not confidently their given class (p_given below the class's
       confident-learning threshold t_given): a tail class swamped by flips into it has a low t, and its real
       images clear it while the flips do not;
+    - neighbours: audit.py's exclude.csv (`to_exclude`), every flag but those with at least 2 of their 20
+      nearest images under their own label: a flip sits among look-alikes of its true class, a real image of a
+      tail class swamped by flips among its own few (the rule audit.py ships, chosen on these flags);
     - oracle: exactly the injected flips (what exclusion can recover at best; not available to a user)."""
     rows = np.arange(len(labels))
     others = probs.copy()
@@ -107,10 +111,10 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     both = confident.label_issues(labels, probs, filter_by="both")
     return {"all": flagged, "both": both, "below-chance": both & (probs[rows, labels] < 1 / probs.shape[1]),
             "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
-            "not-own-class": flagged & own, "oracle": truth.copy()}
+            "not-own-class": flagged & own, "neighbours": to_exclude.copy(), "oracle": truth.copy()}
 
 
-RULES = ("all", "both", "below-chance", "confident-suggestion", "not-own-class", "oracle")
+RULES = ("all", "both", "below-chance", "confident-suggestion", "not-own-class", "neighbours", "oracle")
 
 
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -133,7 +137,13 @@ def audit(run_dir: str, extra: list[str], log: str, threads: int | None = None, 
         run_logged([sys.executable, os.path.join(REPO, "audit.py"), "--run", run_dir, *extra], log, threads,
                    cwd=REPO)
     oof = np.load(os.path.join(run_dir, run.AUDIT, run.OUT_OF_FOLD))
-    return {k: oof[k] for k in ("probs", "positions", "labels")}
+    out = {k: oof[k] for k in ("probs", "positions", "labels")}
+    listing = os.path.join(run_dir, run.AUDIT, run.EXCLUDE)
+    if os.path.exists(listing):  # an audit older than exclude.csv (reused) has none: so has no "neighbours" rule
+        with open(listing, newline="") as fh:
+            listed = {r["path"] for r in csv.DictReader(fh)}
+        out["to_exclude"] = np.isin(oof["paths"], list(listed))  # audit.py's exclude.csv, over the same images
+    return out
 
 
 def test_scores(run_dir: str, images, labels: np.ndarray, test: np.ndarray, class_names) -> dict:
@@ -334,9 +344,9 @@ def main(argv=None) -> int:
                    "its log OUT/s<seed>/bench.log)")
     p.add_argument("--threads", type=int, default=None, help="threads of each training and audit (OMP_NUM_THREADS; "
                    "default: torch's own choice; with --jobs 2 on 2 cores, 1)")
-    p.add_argument("--reuse-audit", action="store_true", help="take the noisy runs' out-of-fold probabilities "
-                   "from an audit already in them (one this checkout's audit.py made: not checked) instead of "
-                   "auditing again")
+    p.add_argument("--reuse-audit", action="store_true", help="take the runs' out-of-fold probabilities "
+                   "from an audit already in them (one this checkout's audit.py made: not checked; one without "
+                   "exclude.csv leaves the neighbours rule empty) instead of auditing again")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")
@@ -375,7 +385,7 @@ def main(argv=None) -> int:
         test = np.asarray(split["test"], dtype=np.int64)
         confused_with = None
         if "confused" in args.kinds:  # the clean run's confusions choose the noisy labels
-            clean_oof = audit(clean_run, args.audit_flags.split(), log, args.threads)
+            clean_oof = audit(clean_run, args.audit_flags.split(), log, args.threads, args.reuse_audit)
             confused_with = most_confused(clean_oof["labels"], clean_oof["probs"], k)
         clean_test = test_scores(clean_run, clean.images, labels, test, names)
         candidates = np.setdiff1d(np.arange(n), test)
@@ -391,6 +401,9 @@ def main(argv=None) -> int:
                 noisy_run = train(noisy_csv, os.path.join(folder, "noisy"), seed, args.train_flags, log, args.threads)
                 oof = audit(noisy_run, args.audit_flags.split(), log, args.threads, args.reuse_audit)
                 positions, oof_labels, probs = oof["positions"], oof["labels"], oof["probs"]
+                if "neighbours" in args.retrain and "to_exclude" not in oof:
+                    raise SystemExit(f"{noisy_run}: its audit has no {run.EXCLUDE} (older than the rule); "
+                                     "audit again (leave out --reuse-audit)")
                 truth = np.isin(positions, flipped)
                 ours = confident.label_issues(oof_labels, probs)
                 both = confident.label_issues(oof_labels, probs, filter_by="both")  # audit.py --filter-by both
@@ -404,7 +417,8 @@ def main(argv=None) -> int:
                 rules = {rule: {"flagged": int(mask.sum()), "prf": prf(mask, truth), "mask": mask,
                                 "groups": flags_by_group(mask, truth, labels[positions], counts),
                                 "excluded_f1": None, "recovered": None}
-                         for rule, mask in exclusion_rules(oof_labels, probs, ours, truth).items()}
+                         for rule, mask in exclusion_rules(oof_labels, probs, ours, truth,
+                                                           oof.get("to_exclude", np.zeros_like(truth))).items()}
                 masks = {rule: v.pop("mask") for rule, v in rules.items()}
                 row = {"seed": seed, "setting": name, "flips": int(truth.sum()),
                        "ours": prf(ours, truth), "cleanlab": prf(reference, truth),

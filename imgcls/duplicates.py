@@ -5,7 +5,8 @@ at or above a threshold, searched in blocks of rows so that memory stays bounded
 (a block of B rows against N features costs B x N floats; the full N x N matrix for 35k images would be
 4.9 GB). Groups are the connected components of the similar pairs. The features are made flip-invariant by
 summing those of the image and of its mirror image, so a mirrored copy has exactly its original's features.
-Outliers: images whose features are far from every class's mean direction.
+Outliers: images whose features are far from every class's mean direction. Nearest images: the k most
+similar to each of some images, searched in the same blocks.
 """
 
 from __future__ import annotations
@@ -57,6 +58,33 @@ def similar_pairs(features: torch.Tensor, threshold: float, block_bytes: int = B
     if not found_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+
+
+def nearest(features: torch.Tensor, queries, pool, k: int, block_bytes: int = BLOCK_BYTES):
+    """The k rows of `pool` (indices into features) most cosine-similar to each query row, the query itself
+    left out, most similar first: (indices, similarities), each len(queries) x k. Queries are compared with
+    the whole pool in blocks, so memory stays bounded as in similar_pairs."""
+    unit = normalise(features)
+    pool = torch.as_tensor(np.asarray(pool, dtype=np.int64))
+    queries = np.asarray(queries, dtype=np.int64)
+    k = min(k, len(pool) - 1)  # a query in the pool cannot be its own neighbour
+    column = torch.full((len(unit),), -1, dtype=torch.long)  # where each image sits in the pool, -1: not in it
+    column[pool] = torch.arange(len(pool))
+    candidates = unit[pool]
+    rows = max(1, block_bytes // max(1, 4 * len(pool)))
+    found_i, found_s = [], []
+    for start in range(0, len(queries), rows):
+        q = torch.as_tensor(queries[start:start + rows])
+        sims = unit[q] @ candidates.T
+        own = column[q]
+        inside = torch.nonzero(own >= 0).squeeze(1)
+        sims[inside, own[inside]] = -float("inf")
+        s, j = sims.topk(k, dim=1)
+        found_i.append(pool[j].numpy())
+        found_s.append(s.numpy())
+    if not found_i:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(found_i), np.concatenate(found_s)
 
 
 def connected_groups(n: int, pairs_i, pairs_j) -> list[list[int]]:

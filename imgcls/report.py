@@ -200,14 +200,16 @@ def write_audit_page(folder: str | Path, *, title: str, summary: dict, images: t
                   "<style>.group{border:1px solid #ccc;margin:6px 0;padding:4px}.leak{border-color:#c00}</style>"
                   "</head><body>", f"<h1>{_e(title)}</h1>",
                   f"<p>{summary['images']} images. <b id='issues'>{summary['label_issues']}</b> label issue(s) by "
-                  f"confident learning on {_e(summary['out_of_fold'])}. <b id='groups'>{dup['exact']}</b> exact and "
+                  f"confident learning on {_e(summary['out_of_fold'])}; <b id='exclude'>{summary['to_exclude']}</b> of "
+                  f"them in exclude.csv ({_e(summary['to_exclude_rule'])}). <b id='groups'>{dup['exact']}</b> exact and "
                   f"<b>{dup['near']}</b> near-duplicate group(s) (cosine >= {summary['threshold']}), "
                   f"<b id='leaks'>{summary['groups_crossing_test']}</b> of them across the test split "
                   f"({summary['test_images_in_crossing_groups']} test images). The CSVs beside this page list "
                   "everything.</p>"]
     parts_html += ["<h2>Label issues (most likely first)</h2>", gallery(
         (_thumb(images[r["position"]]), f"#{r['rank']} {r['path']}: given {r['given']}, suggested "
-         f"{r['suggested']} (p {r['p_suggested']:.2f}; p given {r['score']:.2f})") for r in issues[:AUDIT_SHOWN])]
+         f"{r['suggested']} (p {r['p_suggested']:.2f}; p given {r['score']:.2f}; {r['neighbours']} look-alikes "
+         "under the given label)") for r in issues[:AUDIT_SHOWN])]
     parts_html.append("<h2>Duplicate groups (those across the test split first)</h2>")
     for g, d in sorted(enumerate(groups, 1), key=lambda x: not x[1]["crosses_test"])[:AUDIT_SHOWN]:
         caption = f"group {g}: {d['kind']}" + (", across the test split" if d["crosses_test"] else "")

@@ -45,7 +45,7 @@ PREDICTIONS = "predictions.csv"
 INT8_DIR = "export-int8"
 # audit.py's folder in the run: label issues, duplicate groups, outliers, the page, the counts
 AUDIT, LABEL_ISSUES, DUPLICATES, OUTLIERS = "audit", "label_issues.csv", "duplicates.csv", "outliers.csv"
-AUDIT_PAGE, AUDIT_SUMMARY, OUT_OF_FOLD = "audit.html", "summary.json", "out_of_fold.npz"
+AUDIT_PAGE, AUDIT_SUMMARY, OUT_OF_FOLD, EXCLUDE = "audit.html", "summary.json", "out_of_fold.npz", "exclude.csv"
 # train.py's leak line at the end of training, kept so that a finished run trained again does not recompute it
 LEAK_CHECK = "leak_check.json"
 # export.py --format safetensors (the Hugging Face Hub layout, hub.py): weights, their config, the model card

@@ -11,6 +11,7 @@ import re
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 import audit as audit_script
@@ -69,6 +70,28 @@ def test_label_issues_are_cleanlabs_on_the_out_of_fold_probabilities(audited, tm
                               return_indices_ranked_by="self_confidence")
     both = [r["path"] for r in _rows(both_run / "audit" / "label_issues.csv")]
     assert both and both == [data.paths[covered[i]] for i in order] and set(both) <= {r["path"] for r in rows}
+
+
+def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_those_without(audited):
+    # the search itself is checked against scikit-learn's in test_duplicates.py on well-separated features; the
+    # tiny model here has nearly parallel features (cosines 0.99999), where float rounding orders the neighbours,
+    # so this checks the wiring: the first member's features, the pool without the test split, the rule
+    from imgcls.audit import AGREEING, NEIGHBOURS, flip_features, same_label_neighbours
+    data = load_dataset(None, size=(32, 32), log=lambda *a: None)
+    split = load_split(str(audited / "split.json"), data.paths)
+    labels = data.labels.numpy()
+    members = imgcls.load(audited, device="cpu").members
+    features = flip_features(members[0], data.images, torch.device("cpu"))
+    pool = np.setdiff1d(np.arange(len(labels)), split["test"])
+    rows = _rows(audited / "audit" / "label_issues.csv")
+    flagged = np.array([data.paths.index(r["path"]) for r in rows])
+    counts = [int(r["neighbours"]) for r in rows]
+    assert counts == same_label_neighbours(features, labels, flagged, pool).tolist()
+    assert min(counts) >= 0 and max(counts) <= NEIGHBOURS
+    listed = _rows(audited / "audit" / "exclude.csv")
+    assert [r["path"] for r in listed] == [r["path"] for r in rows if int(r["neighbours"]) < AGREEING]
+    assert 0 < len(listed) < len(rows)  # the small set has issues on both sides of the rule
+    assert json.loads((audited / "audit" / "summary.json").read_text())["to_exclude"] == len(listed)
 
 
 def test_the_files_agree_with_the_summary(audited):

@@ -57,12 +57,15 @@ def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
     # thresholds: t0 = (0.9 + 0.8 + 0.3) / 3 = 0.667, t1 = (0.8 + 0.3) / 2 = 0.55, t2 = 0.6
     flagged = np.array([1, 0, 1, 0, 1, 0], bool)
     truth = np.array([0, 0, 0, 0, 1, 0], bool)
-    rules = {k: v.astype(int).tolist() for k, v in bench.exclusion_rules(labels, probs, flagged, truth).items()}
+    listed = np.array([1, 0, 0, 0, 1, 0], bool)  # audit.py's exclude.csv: image 2 had look-alikes under label 0
+    rules = {k: v.astype(int).tolist()
+             for k, v in bench.exclusion_rules(labels, probs, flagged, truth, listed).items()}
     assert rules == {"all": [1, 0, 1, 0, 1, 0],
                      "both": [0, 0, 0, 0, 0, 0],  # cleanlab's filter_by="both" flags none here either
                      "below-chance": [0, 0, 0, 0, 0, 0],  # a part of "both"
                      "confident-suggestion": [0, 0, 0, 0, 1, 0],  # only image 4's other class reaches 0.5 (0.6)
                      "not-own-class": [0, 0, 1, 0, 1, 0],  # image 0's 0.9 clears t0: confidently its own class
+                     "neighbours": [1, 0, 0, 0, 1, 0],  # as listed
                      "oracle": [0, 0, 0, 0, 1, 0]}
     assert list(rules) == list(bench.RULES)
 
@@ -76,7 +79,7 @@ def test_below_chance_is_cleanlabs_both_flags_whose_given_label_gets_less_than_a
     probs[np.arange(200), labels[:200]] += 2  # half the images confidently their label
     probs /= probs.sum(1, keepdims=True)
     truth = np.zeros(400, bool)
-    rules = bench.exclusion_rules(labels, probs, find_label_issues(labels, probs), truth)
+    rules = bench.exclusion_rules(labels, probs, find_label_issues(labels, probs), truth, truth)
     both = find_label_issues(labels, probs, filter_by="both")
     expected = both & (probs[np.arange(400), labels] < 0.2)
     assert 0 < expected.sum() < both.sum()  # the case separates the two sets

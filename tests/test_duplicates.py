@@ -118,3 +118,32 @@ def test_outlier_scores_by_hand():
     labels = np.array([0, 0, 1, 1, 0, 1, 0])
     scores = duplicates.outlier_scores(features, labels, known=np.arange(4))  # the class means from rows 0-3
     np.testing.assert_allclose(scores, [0, 0, 0, 0, 1, 0, 1 - np.sqrt(0.5)], atol=1e-6)
+
+
+def test_nearest_images_are_sklearns_cosine_neighbours_without_the_image_itself():
+    from sklearn.neighbors import NearestNeighbors
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(60, 8, generator=g)
+    pool = np.arange(10, 60)  # images 0-9 are outside the pool (a test split), 10-59 inside
+    queries = np.array([0, 3, 10, 25, 59])  # queries on both sides: one inside must not find itself
+    k = 6
+    search = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(features[pool].numpy())
+    distance, index = search.kneighbors(features[queries].numpy())
+    for block_bytes in (4 * 50, 4 * 50 * 2, 2**20):  # one query at a time, two, all at once
+        found, sims = duplicates.nearest(features, queries, pool, k, block_bytes=block_bytes)
+        for q, row, sim, ref, dist in zip(queries, found, sims, index, distance):
+            want = [p for p in pool[ref] if p != q][:k]
+            assert row.tolist() == want
+            np.testing.assert_allclose(sim, (1 - dist[[p != q for p in pool[ref]]])[:k], atol=1e-6)
+
+
+def test_same_label_neighbours_counted_by_hand():
+    from imgcls.audit import same_label_neighbours
+    # on a line of angles: each image's nearest are the ones at the closest angles
+    angles = np.array([0.0, 0.1, 0.2, 0.3, 1.5, 1.6, 3.0])
+    features = torch.tensor(np.stack([np.cos(angles), np.sin(angles)], 1), dtype=torch.float32)
+    labels = np.array([0, 0, 1, 0, 1, 1, 0])
+    # image 1's two nearest: 0 and 2 (labels 0, 1): one shares label 0; image 4's: 5 and 3 (1, 0): one;
+    # image 6 (label 0) sits nearest 5 and 4 (both 1): none; with the pool lacking image 0, image 1 finds 2 and 3
+    assert same_label_neighbours(features, labels, [1, 4, 6], np.arange(7), k=2).tolist() == [1, 1, 0]
+    assert same_label_neighbours(features, labels, [1], np.arange(1, 7), k=2).tolist() == [1]
