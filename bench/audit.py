@@ -100,9 +100,10 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     - not-own-class: only flags that are not confidently their given class (p_given below the class's
       confident-learning threshold t_given): a tail class swamped by flips into it has a low t, and its real
       images clear it while the flips do not;
-    - neighbours: audit.py's exclude.csv (`to_exclude`), every flag but those with at least 2 of their 20
-      nearest images under their own label: a flip sits among look-alikes of its true class, a real image of a
-      tail class swamped by flips among its own few (the rule audit.py ships, chosen on these flags);
+    - neighbours: audit.py's exclude.csv (`to_exclude`): the flags that their 20 nearest images do not back
+      (fewer than 2 under the given label, or fewer than half as many as under the suggested one): a flip sits
+      among look-alikes of its true class, a real image of a tail class swamped by flips among its own few (the
+      rule audit.py ships, chosen on these flags);
     - oracle: exactly the injected flips (what exclusion can recover at best; not available to a user)."""
     rows = np.arange(len(labels))
     others = probs.copy()

@@ -208,8 +208,8 @@ def write_audit_page(folder: str | Path, *, title: str, summary: dict, images: t
                   "everything.</p>"]
     parts_html += ["<h2>Label issues (most likely first)</h2>", gallery(
         (_thumb(images[r["position"]]), f"#{r['rank']} {r['path']}: given {r['given']}, suggested "
-         f"{r['suggested']} (p {r['p_suggested']:.2f}; p given {r['score']:.2f}; {r['neighbours']} look-alikes "
-         "under the given label)") for r in issues[:AUDIT_SHOWN])]
+         f"{r['suggested']} (p {r['p_suggested']:.2f}; p given {r['score']:.2f}; look-alikes under each "
+         f"{r['neighbours_given']} / {r['neighbours_suggested']})") for r in issues[:AUDIT_SHOWN])]
     parts_html.append("<h2>Duplicate groups (those across the test split first)</h2>")
     for g, d in sorted(enumerate(groups, 1), key=lambda x: not x[1]["crosses_test"])[:AUDIT_SHOWN]:
         caption = f"group {g}: {d['kind']}" + (", across the test split" if d["crosses_test"] else "")

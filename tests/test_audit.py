@@ -76,7 +76,7 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     # the search itself is checked against scikit-learn's in test_duplicates.py on well-separated features; the
     # tiny model here has nearly parallel features (cosines 0.99999), where float rounding orders the neighbours,
     # so this checks the wiring: the first member's features, the pool without the test split, the rule
-    from imgcls.audit import AGREEING, NEIGHBOURS, flip_features, same_label_neighbours
+    from imgcls.audit import NEIGHBOURS, flip_features, neighbour_votes, should_exclude
     data = load_dataset(None, size=(32, 32), log=lambda *a: None)
     split = load_split(str(audited / "split.json"), data.paths)
     labels = data.labels.numpy()
@@ -85,11 +85,13 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     pool = np.setdiff1d(np.arange(len(labels)), split["test"])
     rows = _rows(audited / "audit" / "label_issues.csv")
     flagged = np.array([data.paths.index(r["path"]) for r in rows])
-    counts = [int(r["neighbours"]) for r in rows]
-    assert counts == same_label_neighbours(features, labels, flagged, pool).tolist()
-    assert min(counts) >= 0 and max(counts) <= NEIGHBOURS
+    names = list(data.class_names)
+    asked = np.array([[names.index(r["given"]), names.index(r["suggested"])] for r in rows])
+    counts = np.array([[int(r["neighbours_given"]), int(r["neighbours_suggested"])] for r in rows])
+    assert (counts == neighbour_votes(features, labels, flagged, pool, asked)).all()
+    assert counts.min() >= 0 and counts.sum(1).max() <= NEIGHBOURS
     listed = _rows(audited / "audit" / "exclude.csv")
-    assert [r["path"] for r in listed] == [r["path"] for r in rows if int(r["neighbours"]) < AGREEING]
+    assert [r["path"] for r in listed] == [r["path"] for r, drop in zip(rows, should_exclude(*counts.T)) if drop]
     assert 0 < len(listed) < len(rows)  # the small set has issues on both sides of the rule
     assert json.loads((audited / "audit" / "summary.json").read_text())["to_exclude"] == len(listed)
 

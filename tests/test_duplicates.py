@@ -137,13 +137,17 @@ def test_nearest_images_are_sklearns_cosine_neighbours_without_the_image_itself(
             np.testing.assert_allclose(sim, (1 - dist[[p != q for p in pool[ref]]])[:k], atol=1e-6)
 
 
-def test_same_label_neighbours_counted_by_hand():
-    from imgcls.audit import same_label_neighbours
+def test_neighbour_votes_and_the_exclusion_rule_by_hand():
+    from imgcls.audit import neighbour_votes, should_exclude
     # on a line of angles: each image's nearest are the ones at the closest angles
     angles = np.array([0.0, 0.1, 0.2, 0.3, 1.5, 1.6, 3.0])
     features = torch.tensor(np.stack([np.cos(angles), np.sin(angles)], 1), dtype=torch.float32)
     labels = np.array([0, 0, 1, 0, 1, 1, 0])
-    # image 1's two nearest: 0 and 2 (labels 0, 1): one shares label 0; image 4's: 5 and 3 (1, 0): one;
-    # image 6 (label 0) sits nearest 5 and 4 (both 1): none; with the pool lacking image 0, image 1 finds 2 and 3
-    assert same_label_neighbours(features, labels, [1, 4, 6], np.arange(7), k=2).tolist() == [1, 1, 0]
-    assert same_label_neighbours(features, labels, [1], np.arange(1, 7), k=2).tolist() == [1]
+    # image 1's two nearest: 0 and 2 (labels 0, 1); image 4's: 5 and 3 (1, 0); image 6's: 5 and 4 (1, 1)
+    asked = np.array([[0, 1], [1, 0], [0, 1]])  # per query: its given label, then another
+    votes = neighbour_votes(features, labels, [1, 4, 6], np.arange(7), asked, k=2)
+    assert votes.tolist() == [[1, 1], [1, 1], [0, 2]]
+    # without image 0 in the pool, image 1 finds 2 and 3 (labels 1, 0)
+    assert neighbour_votes(features, labels, [1], np.arange(1, 7), np.array([[0, 1]]), k=2).tolist() == [[1, 1]]
+    # fewer than 2 under the given label, or fewer than half as many as under the suggested one
+    assert should_exclude([0, 1, 2, 2, 3, 5], [0, 0, 4, 5, 6, 11]).tolist() == [True, True, False, True, False, True]

@@ -1,8 +1,9 @@
 """Audit a run's data with its trained members: `imgcls audit --run runs/v5` (`python audit.py ...` in the checkout).
 
 Writes RUN/audit/: label_issues.csv (confident learning on the members' out-of-fold probabilities, each with
-how many of its 20 nearest images carry its label), exclude.csv (the label issues with fewer than 2 such
-look-alikes), duplicates.csv (exact and near-duplicate groups, and which cross the test split), outliers.csv,
+how many of its 20 nearest images carry its given and its suggested label), exclude.csv (the label issues their
+look-alikes do not back: fewer than 2 under the given label, or fewer than half as many as under the
+suggested one), duplicates.csv (exact and near-duplicate groups, and which cross the test split), outliers.csv,
 audit.html and summary.json. Nothing is trained. To train again without images, pass a CSV with a `path`
 column (exclude.csv, or label_issues.csv after a look) to train.py --exclude.
 """
