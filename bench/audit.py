@@ -281,18 +281,25 @@ def report(rows: list[dict], command: str, path: str) -> None:
     `--table-only`) still has its table."""
     lines = ["# The audit against injected label noise (`bench/audit.py`)", "", command, "",
              "| setting | seeds | flagged F1: imgcls | cleanlab | argmax baseline | identical to cleanlab | "
-             "imgcls --filter-by both | test macro-F1 clean / noisy / excluded | recovered |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "imgcls --filter-by both | imgcls exclude.csv | test macro-F1 clean / noisy | trained again without "
+             "every flag / exclude.csv | recovered: every flag / exclude.csv |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def rule_cell(sub, rule, key):  # a rule's values over the seeds that have them ('-': none)
+        got = [r["rules"][rule][key] for r in sub if rule in r.get("rules", {})]
+        got = [g[2] if key == "prf" else g for g in got if g is not None]
+        return spread(got) if got else "-"
+
     for name in dict.fromkeys(r["setting"] for r in rows):
         sub = [r for r in rows if r["setting"] == name]
         cell = lambda key, i=2: spread([r[key][i] for r in sub])  # noqa: E731
-        rec = [r["recovered"] for r in sub if r["recovered"] is not None]
-        excl = [r["excluded_f1"] for r in sub if r["excluded_f1"] is not None]
         both = [r["both"][2] for r in sub if "both" in r]  # rows of runs before the column: none
         lines.append(f"| {name} | {len(sub)} | {cell('ours')} | {cell('cleanlab')} | {cell('argmax')} | "
                      f"{sum(r['same_as_cleanlab'] for r in sub)}/{len(sub)} | {spread(both) if both else '-'} | "
-                     f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} / "
-                     f"{spread(excl) if excl else '-'} | {spread(rec) if rec else '-'} |")
+                     f"{rule_cell(sub, 'neighbours', 'prf')} | "
+                     f"{spread([r['clean_f1'] for r in sub])} / {spread([r['noisy_f1'] for r in sub])} | "
+                     f"{rule_cell(sub, 'all', 'excluded_f1')} / {rule_cell(sub, 'neighbours', 'excluded_f1')} | "
+                     f"{rule_cell(sub, 'all', 'recovered')} / {rule_cell(sub, 'neighbours', 'recovered')} |")
     grouped = [r for r in rows if "groups" in r]  # rows of runs before the column have none
     if grouped:
         lines += ["", "Where imgcls's flagged set falls, by the true class's group (training images: head >= 500, "
