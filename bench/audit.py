@@ -354,7 +354,7 @@ def main(argv=None) -> int:
                    "default: torch's own choice; with --jobs 2 on 2 cores, 1)")
     p.add_argument("--reuse-audit", action="store_true", help="take the runs' out-of-fold probabilities "
                    "from an audit already in them (one this checkout's audit.py made: not checked; one without "
-                   "exclude.csv leaves the neighbours rule empty) instead of auditing again")
+                   "exclude.csv has no neighbours rule, and --retrain neighbours refuses it) instead of auditing again")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")
