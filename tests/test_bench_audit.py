@@ -116,12 +116,12 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     bench = load_bench_script(monkeypatch, "audit")
     data = write_folder_dataset(tmp_path / "data", counts=(40, 30, 20), size=(20, 16))
     report = tmp_path / "audit.md"
+    tiny = ["--model", "tiny_efficientnet", "--pretrained", "none", "--img-size", "32", "--epochs", "1",
+            "--crt-steps", "5", "--workers", "1", "--device", "cpu", "--cache-dir", "none"]
     # two seeds at once (--jobs 2), each training on one thread: both rows land in rows.json and the table
     assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "1", "--jobs", "2",
                        "--threads", "1", "--rates", "0.15",
-                       "--kinds", "uniform", "--report", str(report), "--", "--model", "tiny_efficientnet",
-                       "--pretrained", "none", "--img-size", "32", "--epochs", "1", "--crt-steps", "5",
-                       "--workers", "1", "--device", "cpu", "--cache-dir", "none"]) == 0
+                       "--kinds", "uniform", "--report", str(report), "--", *tiny]) == 0
     rows = json.loads((tmp_path / "runs" / "rows.json").read_text())
     assert sorted(r["seed"] for r in rows) == [0, 1] and all(r["excluded_f1"] is not None for r in rows)
     row = next(r for r in rows if r["seed"] == 0)
@@ -144,3 +144,12 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     assert bench.main(["--out", str(tmp_path / "runs"), "--table-only", "--report", str(again)]) == 0
     table = [line for line in report.read_text().splitlines() if line.startswith("|")]
     assert [line for line in again.read_text().splitlines() if line.startswith("|")] == table
+    # a reused audit without exclude.csv (older than the look-alike rule) cannot stand for the "neighbours"
+    # rule: the bench stops and says to audit again, instead of training without an empty list
+    audit_dir = seed / "uniform-0.15" / "noisy" / "v5" / "audit"
+    (audit_dir / "exclude.csv").unlink()
+    with pytest.raises(SystemExit, match="has no exclude.csv.*leave out --reuse-audit"):
+        bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "--threads", "1",
+                    "--rates", "0.15", "--kinds", "uniform", "--reuse-audit", "--retrain", "neighbours",
+                    "--report", str(again), "--", *tiny])
+    assert not (seed / "uniform-0.15" / "excluded-neighbours").exists()
