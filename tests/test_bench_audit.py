@@ -102,6 +102,23 @@ def test_a_setting_measured_again_keeps_the_rules_trained_again_only_before(monk
     assert (row["excluded_f1"], row["recovered"]) == (0.6, 0.2)
 
 
+def test_recovery_pooled_over_seeds_is_the_mean_gain_over_the_mean_cost(monkeypatch):
+    bench = load_bench_script(monkeypatch, "audit")
+
+    def row(clean, noisy, again):
+        rules = {"neighbours": {"excluded_f1": again, "recovered": None if again is None
+                                else (again - noisy) / (clean - noisy)}}
+        return {"clean_f1": clean, "noisy_f1": noisy, "rules": rules}
+
+    # costs 0.10 and 0.02, gains 0.06 and -0.02: shares 0.6 and -1.0 per seed, pooled (0.02) / (0.06) = 1/3;
+    # the third seed was not trained again and counts in neither mean
+    rows = [row(0.80, 0.70, 0.76), row(0.75, 0.73, 0.71), row(0.70, 0.60, None)]
+    got = bench.pooled_recovery(rows, "neighbours")
+    assert got["seeds"] == 2 and got["cost"] == pytest.approx(0.06) and got["gain"] == pytest.approx(0.02)
+    assert got["share"] == pytest.approx(1 / 3) and got["per_seed"] == pytest.approx([0.6, -1.0])
+    assert bench.pooled_recovery(rows, "all") is None and bench.pooled_recovery(rows[2:], "neighbours") is None
+
+
 def test_a_later_run_adds_its_rows_and_replaces_only_the_settings_it_measured_again(monkeypatch):
     bench = load_bench_script(monkeypatch, "audit")
     previous = [{"seed": 0, "setting": "uniform-0.15", "v": 1}, {"seed": 0, "setting": "uniform-0.05", "v": 1},
