@@ -354,7 +354,7 @@ def report(rows: list[dict], command: str, path: str) -> None:
             if got is not None:
                 share = "-" if got["share"] is None else f"{got['share']:.3f}"
                 lines.append(f"| {name} | {rule} | {got['seeds']} | {got['cost']:.4f} | {got['gain']:+.4f} | "
-                             f"{share} | {', '.join(f'{x:.2f}' for x in got['per_seed'])} |")
+                             f"{share} | {', '.join('-' if x is None else f'{x:.2f}' for x in got['per_seed'])} |")
     publish(lines, path)
 
 
