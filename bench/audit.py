@@ -278,7 +278,7 @@ def torch_blank(like):
 
 def pooled_recovery(rows: list[dict], rule: str) -> dict | None:
     """The share of the noise's cost that training again without the rule's images recovered, pooled over the
-    rows (seeds) where the rule was trained again: the mean gain over the mean cost. A per-seed share divides by
+    rows (runs: seeds, or seeds x settings) where the rule was trained again: the mean gain over the mean cost. A per-seed share divides by
     one seed's cost, which at 5% noise is about one training's own spread, so it swings past 0 and 1; the pooled
     share weighs each seed by what its noise cost. None where no row trained the rule again."""
     done = [r for r in rows if r.get("rules", {}).get(rule, {}).get("excluded_f1") is not None]
@@ -286,7 +286,7 @@ def pooled_recovery(rows: list[dict], rule: str) -> dict | None:
         return None
     cost = float(np.mean([r["clean_f1"] - r["noisy_f1"] for r in done]))
     gain = float(np.mean([r["rules"][rule]["excluded_f1"] - r["noisy_f1"] for r in done]))
-    return {"seeds": len(done), "cost": cost, "gain": gain, "share": gain / cost if cost > 0 else None,
+    return {"runs": len(done), "cost": cost, "gain": gain, "share": gain / cost if cost > 0 else None,
             "per_seed": [r["rules"][rule]["recovered"] for r in done]}
 
 
@@ -346,14 +346,14 @@ def report(rows: list[dict], command: str, path: str) -> None:
             done = {r["setting"] for r in ruled if r["rules"].get(rule, {}).get("excluded_f1") is not None}
             if len(done) > 1:
                 pooled.append((" + ".join(sorted(done)), rule, pooled_recovery(ruled, rule)))
-        lines += ["", "Recovered, pooled over the seeds where the rule was trained again: the mean macro-F1 gained "
-                  "over the mean the noise cost (each seed's own share beside it).", "",
-                  "| setting | rule | seeds | mean cost | mean gain | recovered (pooled) | per seed |",
+        lines += ["", "Recovered, pooled over the runs where the rule was trained again: the mean macro-F1 gained "
+                  "over the mean the noise cost (each run's own share beside it).", "",
+                  "| setting | rule | runs | mean cost | mean gain | recovered (pooled) | per run |",
                   "|---|---|---:|---:|---:|---:|---|"]
         for name, rule, got in pooled:
             if got is not None:
                 share = "-" if got["share"] is None else f"{got['share']:.3f}"
-                lines.append(f"| {name} | {rule} | {got['seeds']} | {got['cost']:.4f} | {got['gain']:+.4f} | "
+                lines.append(f"| {name} | {rule} | {got['runs']} | {got['cost']:.4f} | {got['gain']:+.4f} | "
                              f"{share} | {', '.join('-' if x is None else f'{x:.2f}' for x in got['per_seed'])} |")
     publish(lines, path)
 
