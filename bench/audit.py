@@ -278,16 +278,18 @@ def torch_blank(like):
 
 def pooled_recovery(rows: list[dict], rule: str) -> dict | None:
     """The share of the noise's cost that training again without the rule's images recovered, pooled over the
-    rows (runs: seeds, or seeds x settings) where the rule was trained again: the mean gain over the mean cost. A per-seed share divides by
-    one seed's cost, which at 5% noise is about one training's own spread, so it swings past 0 and 1; the pooled
-    share weighs each seed by what its noise cost. None where no row trained the rule again."""
+    rows (runs: seeds, or seeds x settings) where the rule was trained again: the mean gain over the mean cost.
+    A run's own share divides by its cost, which at 5% noise is about one training's own spread, so it swings
+    past 0 and 1; the pooled share weighs each run by what its noise cost. None where no row trained the rule
+    again."""
     done = [r for r in rows if r.get("rules", {}).get(rule, {}).get("excluded_f1") is not None]
     if not done:
         return None
     cost = float(np.mean([r["clean_f1"] - r["noisy_f1"] for r in done]))
     gain = float(np.mean([r["rules"][rule]["excluded_f1"] - r["noisy_f1"] for r in done]))
-    return {"runs": len(done), "cost": cost, "gain": gain, "share": gain / cost if cost > 0 else None,
-            "per_seed": [r["rules"][rule]["recovered"] for r in done]}
+    return {"runs": len(done), "settings": sorted({r.get("setting") for r in done}, key=str), "cost": cost,
+            "gain": gain, "share": gain / cost if cost > 0 else None,
+            "per_run": [r["rules"][rule]["recovered"] for r in done]}
 
 
 def report(rows: list[dict], command: str, path: str) -> None:
@@ -343,9 +345,9 @@ def report(rows: list[dict], command: str, path: str) -> None:
         pooled = [(name, rule, pooled_recovery([r for r in ruled if r["setting"] == name], rule))
                   for name in dict.fromkeys(r["setting"] for r in ruled) for rule in RULES]
         for rule in RULES:  # across settings too, for a rule trained again on more than one
-            done = {r["setting"] for r in ruled if r["rules"].get(rule, {}).get("excluded_f1") is not None}
-            if len(done) > 1:
-                pooled.append((" + ".join(sorted(done)), rule, pooled_recovery(ruled, rule)))
+            across = pooled_recovery(ruled, rule)
+            if across is not None and len(across["settings"]) > 1:
+                pooled.append((" + ".join(across["settings"]), rule, across))
         lines += ["", "Recovered, pooled over the runs where the rule was trained again: the mean macro-F1 gained "
                   "over the mean the noise cost (each run's own share beside it).", "",
                   "| setting | rule | runs | mean cost | mean gain | recovered (pooled) | per run |",
@@ -354,7 +356,7 @@ def report(rows: list[dict], command: str, path: str) -> None:
             if got is not None:
                 share = "-" if got["share"] is None else f"{got['share']:.3f}"
                 lines.append(f"| {name} | {rule} | {got['runs']} | {got['cost']:.4f} | {got['gain']:+.4f} | "
-                             f"{share} | {', '.join('-' if x is None else f'{x:.2f}' for x in got['per_seed'])} |")
+                             f"{share} | {', '.join('-' if x is None else f'{x:.2f}' for x in got['per_run'])} |")
     publish(lines, path)
 
 
@@ -383,7 +385,8 @@ def main(argv=None) -> int:
                    "default: torch's own choice; with --jobs 2 on 2 cores, 1)")
     p.add_argument("--reuse-audit", action="store_true", help="take the runs' out-of-fold probabilities "
                    "from an audit already in them (one this checkout's audit.py made: not checked; one without "
-                   "exclude.csv has no neighbours rule, and --retrain neighbours refuses it) instead of auditing again")
+                   "exclude.csv has no neighbours rule, and --retrain neighbours refuses it) instead of auditing "
+                   "again")
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")

@@ -115,12 +115,13 @@ def test_recovery_pooled_over_seeds_is_the_mean_gain_over_the_mean_cost(monkeypa
     rows = [row(0.80, 0.70, 0.76), row(0.75, 0.73, 0.71), row(0.70, 0.60, None)]
     got = bench.pooled_recovery(rows, "neighbours")
     assert got["runs"] == 2 and got["cost"] == pytest.approx(0.06) and got["gain"] == pytest.approx(0.02)
-    assert got["share"] == pytest.approx(1 / 3) and got["per_seed"] == pytest.approx([0.6, -1.0])
+    assert got["share"] == pytest.approx(1 / 3) and got["per_run"] == pytest.approx([0.6, -1.0])
     assert bench.pooled_recovery(rows, "all") is None and bench.pooled_recovery(rows[2:], "neighbours") is None
     # a seed whose noise cost nothing has no share of its own (None), and a pool that cost nothing has none
     flat = [{"clean_f1": 0.70, "noisy_f1": 0.70, "rules": {"neighbours": {"excluded_f1": 0.71, "recovered": None}}}]
-    assert bench.pooled_recovery(flat, "neighbours") == {"runs": 1, "cost": 0.0, "gain": pytest.approx(0.01),
-                                                         "share": None, "per_seed": [None]}
+    assert bench.pooled_recovery(flat, "neighbours") == {"runs": 1, "settings": [None], "cost": 0.0,
+                                                         "gain": pytest.approx(0.01), "share": None,
+                                                         "per_run": [None]}
 
 
 def test_a_later_run_adds_its_rows_and_replaces_only_the_settings_it_measured_again(monkeypatch):
