@@ -41,6 +41,7 @@ from common import REPO, publish, run_logged, spread  # noqa: E402,F401  (first:
 
 
 from imgcls import confident, run  # noqa: E402
+from imgcls.audit import AGREEING, NEIGHBOURS, SHARE  # noqa: E402
 from imgcls.data import load_dataset  # noqa: E402
 from imgcls.data.splits import save_split  # noqa: E402
 from imgcls.metrics import GROUPS, classification_metrics  # noqa: E402
@@ -85,7 +86,7 @@ SUGGESTION = 0.5  # a suggested label the model gives at least even odds
 
 
 def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, truth: np.ndarray,
-                    to_exclude: np.ndarray) -> dict:
+                    to_exclude: np.ndarray, votes: np.ndarray | None = None) -> dict:
     """Candidate sets to train again without, each a part of the flagged set (masks over the images given).
     Why: excluding every flag drops the clean images of the tail classes that a model trained on noisy labels
     is unsure of, and a tail class cannot spare them (measured since: sparing them did not help, the oracle
@@ -104,18 +105,26 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
       (fewer than 2 under the given label, or fewer than half as many as under the suggested one): a flip sits
       among look-alikes of its true class, a real image of a tail class swamped by flips among its own few (the
       rule audit.py ships, chosen on these flags);
+    - neighbours-everywhere: the same look-alike rule with its second test (fewer than half as many under the
+      given label as under the suggested one) on every flag, not only where the confident joint says noise
+      concentrates on the pair (exclude.csv's rule of 50c8c42, kept to compare);
     - oracle: exactly the injected flips (what exclusion can recover at best; not available to a user)."""
     rows = np.arange(len(labels))
     others = probs.copy()
     others[rows, labels] = -1
     own = probs[rows, labels] < confident.thresholds(labels, probs)[labels] - confident.EPS
     both = confident.label_issues(labels, probs, filter_by="both")
+    everywhere = {}
+    if votes is not None:
+        given, suggested = np.asarray(votes).T
+        everywhere["neighbours-everywhere"] = flagged & ((given < AGREEING) | (given < SHARE * suggested))
     return {"all": flagged, "both": both, "below-chance": both & (probs[rows, labels] < 1 / probs.shape[1]),
             "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
-            "not-own-class": flagged & own, "neighbours": to_exclude.copy(), "oracle": truth.copy()}
+            "not-own-class": flagged & own, "neighbours": to_exclude.copy(), **everywhere, "oracle": truth.copy()}
 
 
-RULES = ("all", "both", "below-chance", "confident-suggestion", "not-own-class", "neighbours", "oracle")
+RULES = ("all", "both", "below-chance", "confident-suggestion", "not-own-class", "neighbours",
+         "neighbours-everywhere", "oracle")
 
 
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -144,6 +153,11 @@ def audit(run_dir: str, extra: list[str], log: str, threads: int | None = None, 
         with open(listing, newline="") as fh:
             listed = {r["path"] for r in csv.DictReader(fh)}
         out["to_exclude"] = np.isin(oof["paths"], list(listed))  # audit.py's exclude.csv, over the same images
+    with open(os.path.join(run_dir, run.AUDIT, run.LABEL_ISSUES), newline="") as fh:
+        votes = {r["path"]: (int(r["neighbours_given"]), int(r["neighbours_suggested"]))
+                 for r in csv.DictReader(fh) if "neighbours_given" in r}
+    if votes:  # the look-alike counts of each flag (an audit older than them has none)
+        out["votes"] = np.array([votes.get(q, (NEIGHBOURS, 0)) for q in oof["paths"]])
     return out
 
 
@@ -458,7 +472,8 @@ def main(argv=None) -> int:
                                 "groups": flags_by_group(mask, truth, labels[positions], counts),
                                 "excluded_f1": None, "recovered": None}
                          for rule, mask in exclusion_rules(oof_labels, probs, ours, truth,
-                                                           oof.get("to_exclude", np.zeros_like(truth))).items()}
+                                                           oof.get("to_exclude", np.zeros_like(truth)),
+                                                           oof.get("votes")).items()}
                 masks = {rule: v.pop("mask") for rule, v in rules.items()}
                 row = {"seed": seed, "setting": name, "flips": int(truth.sum()),
                        "ours": prf(ours, truth), "cleanlab": prf(reference, truth),

@@ -76,7 +76,7 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     # the search itself is checked against scikit-learn's in test_duplicates.py on well-separated features; the
     # tiny model here has nearly parallel features (cosines 0.99999), where float rounding orders the neighbours,
     # so this checks the wiring: the first member's features, the pool without the test split, the rule
-    from imgcls.audit import NEIGHBOURS, flip_features, neighbour_votes, should_exclude
+    from imgcls.audit import NEIGHBOURS, flip_features, neighbour_votes, pair_noise, should_exclude
     data = load_dataset(None, size=(32, 32), log=lambda *a: None)
     split = load_split(str(audited / "split.json"), data.paths)
     labels = data.labels.numpy()
@@ -90,8 +90,13 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     counts = np.array([[int(r["neighbours_given"]), int(r["neighbours_suggested"])] for r in rows])
     assert (counts == neighbour_votes(features, labels, flagged, pool, asked)).all()
     assert counts.min() >= 0 and counts.sum(1).max() <= NEIGHBOURS
+    # each issue's pair noise: the noise matrix of the out-of-fold probabilities at (given, suggested)
+    oof = np.load(audited / "audit" / "out_of_fold.npz")
+    noise = pair_noise(oof["labels"], oof["probs"])
+    np.testing.assert_allclose([float(r["pair_noise"]) for r in rows], noise[asked[:, 0], asked[:, 1]], atol=1e-6)
     listed = _rows(audited / "audit" / "exclude.csv")
-    assert [r["path"] for r in listed] == [r["path"] for r, drop in zip(rows, should_exclude(*counts.T)) if drop]
+    dropped = should_exclude(*counts.T, [float(r["pair_noise"]) for r in rows])
+    assert [r["path"] for r in listed] == [r["path"] for r, drop in zip(rows, dropped) if drop]
     assert 0 < len(listed) < len(rows)  # the small set has issues on both sides of the rule
     assert json.loads((audited / "audit" / "summary.json").read_text())["to_exclude"] == len(listed)
 

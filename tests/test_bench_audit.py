@@ -58,16 +58,23 @@ def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
     flagged = np.array([1, 0, 1, 0, 1, 0], bool)
     truth = np.array([0, 0, 0, 0, 1, 0], bool)
     listed = np.array([1, 0, 0, 0, 1, 0], bool)  # audit.py's exclude.csv: image 2 had look-alikes under label 0
+    # look-alikes (under the given label, under the suggested one) of each flag; unflagged images' do not count
+    votes = np.array([[0, 15], [20, 0], [3, 9], [20, 0], [5, 8], [20, 0]])
     rules = {k: v.astype(int).tolist()
-             for k, v in bench.exclusion_rules(labels, probs, flagged, truth, listed).items()}
+             for k, v in bench.exclusion_rules(labels, probs, flagged, truth, listed, votes).items()}
     assert rules == {"all": [1, 0, 1, 0, 1, 0],
                      "both": [0, 0, 0, 0, 0, 0],  # cleanlab's filter_by="both" flags none here either
                      "below-chance": [0, 0, 0, 0, 0, 0],  # a part of "both"
                      "confident-suggestion": [0, 0, 0, 0, 1, 0],  # only image 4's other class reaches 0.5 (0.6)
                      "not-own-class": [0, 0, 1, 0, 1, 0],  # image 0's 0.9 clears t0: confidently its own class
                      "neighbours": [1, 0, 0, 0, 1, 0],  # as listed
+                     # fewer than 2 under the given label (image 0), or fewer than half as many as under the
+                     # suggested one (image 2: 3 < 4.5); image 4's 5 is not under half of 8
+                     "neighbours-everywhere": [1, 0, 1, 0, 0, 0],
                      "oracle": [0, 0, 0, 0, 1, 0]}
     assert list(rules) == list(bench.RULES)
+    # an audit without look-alike counts has no such rule
+    assert "neighbours-everywhere" not in bench.exclusion_rules(labels, probs, flagged, truth, listed)
 
 
 def test_below_chance_is_cleanlabs_both_flags_whose_given_label_gets_less_than_a_guess(monkeypatch):

@@ -83,3 +83,14 @@ def test_the_flagged_set_is_more_precise_than_the_argmax_baseline():
         assert precision > max(least, 2 * flipped.mean())
     cl, arg = confident.label_issues(labels, probs), confident.argmax_disagrees(labels, probs)
     assert (cl & flipped).sum() / cl.sum() > (arg & flipped).sum() / arg.sum() + 0.05
+
+
+@pytest.mark.parametrize("n,k,noise,seed", CASES)
+def test_pair_noise_is_cleanlabs_noise_matrix(n, k, noise, seed):
+    # exclude.csv's gate: p(given | true) from the calibrated confident joint; cleanlab's estimate_latent clips
+    # the rates to [0, 0.9999) and renormalises each column, which leaves a joint's shares as they are
+    from cleanlab.count import estimate_latent
+    from imgcls.audit import pair_noise
+    labels, probs, _ = noisy_probs(n, k, noise, seed)
+    _, reference, _ = estimate_latent(compute_confident_joint(labels, probs), labels)
+    np.testing.assert_allclose(pair_noise(labels, probs), reference, atol=1e-12)

@@ -149,5 +149,12 @@ def test_neighbour_votes_and_the_exclusion_rule_by_hand():
     assert votes.tolist() == [[1, 1], [1, 1], [0, 2]]
     # without image 0 in the pool, image 1 finds 2 and 3 (labels 1, 0)
     assert neighbour_votes(features, labels, [1], np.arange(1, 7), np.array([[0, 1]]), k=2).tolist() == [[1, 1]]
-    # fewer than 2 under the given label, or fewer than half as many as under the suggested one
-    assert should_exclude([0, 1, 2, 2, 3, 5], [0, 0, 4, 5, 6, 11]).tolist() == [True, True, False, True, False, True]
+    # fewer than 2 under the given label, or, where the pair's estimated noise exceeds 0.03, fewer than half as
+    # many as under the suggested one
+    given, suggested = [0, 1, 2, 2, 3, 5, 2, 5], [0, 0, 4, 5, 6, 11, 5, 11]
+    concentrated = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.03, 0.0301]
+    assert should_exclude(given, suggested, concentrated).tolist() == [True, True, False, True, False, True, False,
+                                                                       True]
+    # where the pair's noise is low, only the first test: the real image of a class that looks like another
+    assert should_exclude(given, suggested, [0.01] * 8).tolist() == [True, True, False, False, False, False, False,
+                                                                     False]
