@@ -47,6 +47,7 @@ from imgcls.data.splits import save_split  # noqa: E402
 from imgcls.metrics import GROUPS, classification_metrics  # noqa: E402
 
 KINDS = ("uniform", "confused")
+STEADY = 5  # test images a class needs to count in the steady score (steady_f1)
 
 
 def write_manifest(path: str, paths: list[str], labels: list[str]) -> None:
@@ -172,6 +173,41 @@ def test_scores(run_dir: str, images, labels: np.ndarray, test: np.ndarray, clas
     return classification_metrics(labels[test], pred, class_names)
 
 
+def steady_f1(scores: dict, min_support: int = STEADY) -> float:
+    """Macro-F1 over the classes with at least min_support test images (classification_metrics's per_class):
+    the same score without the classes of 1-4 test images, where one image moves a class's F1 from 0 to 1 and
+    macro-F1 by 1/41 (0.024), about what 5% noise costs in all."""
+    f1 = [c["f1"] for c in scores["per_class"].values() if c["support"] >= min_support]
+    return float(np.mean(f1))
+
+
+def retrained_folder(folder: str, rule: str) -> str:
+    """Where a setting's retraining without a rule's images goes ("<rule>, same steps": --same-steps's)."""
+    name, same = rule.removesuffix(", same steps"), rule.endswith(", same steps")
+    return os.path.join(folder, "excluded" if name == "all" else f"excluded-{name}") + ("-same-steps" if same else "")
+
+
+def rescore(out: str, rows: list[dict], data) -> None:
+    """Fill the steady scores (steady_f1) of rows measured before they existed, from their runs' folders under
+    out: the clean and noisy runs and every retraining. Checks that each folder still gives the row's macro-F1."""
+    images, labels, names = data.images, data.labels.numpy(), list(data.class_names)
+    for r in rows:
+        base = os.path.join(out, f"s{r['seed']}")
+        test = np.asarray(json.load(open(os.path.join(base, "clean", "v5", run.SPLIT)))["test"], dtype=np.int64)
+        runs = [("clean", os.path.join(base, "clean"), r, "clean_f1", "clean_steady"),
+                ("noisy", os.path.join(base, r["setting"], "noisy"), r, "noisy_f1", "noisy_steady")]
+        runs += [(rule, retrained_folder(os.path.join(base, r["setting"]), rule), v, "excluded_f1", "excluded_steady")
+                 for rule, v in r.get("rules", {}).items() if v.get("excluded_f1") is not None]
+        for what, where, into, f1_key, steady_key in runs:
+            if into.get(steady_key) is not None:
+                continue
+            scores = test_scores(os.path.join(where, "v5"), images, labels, test, names)
+            if abs(scores["macro_f1"] - into[f1_key]) > 1e-9:
+                raise SystemExit(f"{where}: macro-F1 {scores['macro_f1']:.4f}, not the row's {into[f1_key]:.4f} "
+                                 f"({r['setting']}, seed {r['seed']}, {what}): not the run that was scored")
+            into[steady_key] = steady_f1(scores)
+
+
 def flags_by_group(flagged: np.ndarray, truth: np.ndarray, true_labels: np.ndarray, train_counts) -> dict:
     """Where the flagged set falls, by the group (head / medium / tail, imgcls.metrics.GROUPS) of each image's
     true class: flagged images, how many of them were injected flips, and how many of the group's clean images
@@ -198,7 +234,7 @@ def merged(previous: list[dict], rows: list[dict]) -> list[dict]:
         for name, rule in (new or {}).get("rules", {}).items():
             before = old.get("rules", {}).get(name, {})
             if rule.get("excluded_f1") is None and before.get("excluded_f1") is not None:
-                rule.update(excluded_f1=before["excluded_f1"], recovered=before["recovered"])
+                rule.update({k: before[k] for k in ("excluded_f1", "recovered", "excluded_steady") if k in before})
         if new and "all" in new.get("rules", {}):
             new.update(excluded_f1=new["rules"]["all"]["excluded_f1"], recovered=new["rules"]["all"]["recovered"])
     return [r for r in previous if (r["seed"], r["setting"]) not in again] + rows
@@ -290,20 +326,22 @@ def torch_blank(like):
     return like * 0 + 255
 
 
-def pooled_recovery(rows: list[dict], rule: str) -> dict | None:
+def pooled_recovery(rows: list[dict], rule: str, score: str = "f1") -> dict | None:
     """The share of the noise's cost that training again without the rule's images recovered, pooled over the
     rows (runs: seeds, or seeds x settings) where the rule was trained again: the mean gain over the mean cost.
     A run's own share divides by its cost, which at 5% noise is about one training's own spread, so it swings
-    past 0 and 1; the pooled share weighs each run by what its noise cost. None where no row trained the rule
-    again."""
-    done = [r for r in rows if r.get("rules", {}).get(rule, {}).get("excluded_f1") is not None]
+    past 0 and 1; the pooled share weighs each run by what its noise cost. score: "f1" (macro-F1) or "steady"
+    (steady_f1; the rows that have it). None where no row trained the rule again."""
+    clean, noisy, again = f"clean_{score}", f"noisy_{score}", f"excluded_{score}"
+    done = [r for r in rows if r.get("rules", {}).get(rule, {}).get(again) is not None and r.get(clean) is not None]
     if not done:
         return None
-    cost = float(np.mean([r["clean_f1"] - r["noisy_f1"] for r in done]))
-    gain = float(np.mean([r["rules"][rule]["excluded_f1"] - r["noisy_f1"] for r in done]))
+    costs = [r[clean] - r[noisy] for r in done]
+    gains = [r["rules"][rule][again] - r[noisy] for r in done]
+    cost, gain = float(np.mean(costs)), float(np.mean(gains))
     return {"runs": len(done), "settings": sorted({r.get("setting") for r in done}, key=str), "cost": cost,
             "gain": gain, "share": gain / cost if cost > 0 else None,
-            "per_run": [r["rules"][rule]["recovered"] for r in done]}
+            "per_run": [g / c if c > 0 else None for g, c in zip(gains, costs)]}
 
 
 def report(rows: list[dict], command: str, path: str) -> None:
@@ -363,14 +401,20 @@ def report(rows: list[dict], command: str, path: str) -> None:
             if across is not None and len(across["settings"]) > 1:
                 pooled.append((" + ".join(across["settings"]), rule, across))
         lines += ["", "Recovered, pooled over the runs where the rule was trained again: the mean macro-F1 gained "
-                  "over the mean the noise cost (each run's own share beside it).", "",
-                  "| setting | rule | runs | mean cost | mean gain | recovered (pooled) | per run |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+                  "over the mean the noise cost (each run's own share beside it); then the same with the steady "
+                  f"score (macro-F1 over the classes with at least {STEADY} test images), where the rows have it.",
+                  "", "| setting | rule | runs | mean cost | mean gain | recovered (pooled) | per run | steady: "
+                  "runs | mean cost | mean gain | recovered (pooled) |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        share = lambda got: "-" if got["share"] is None else f"{got['share']:.3f}"  # noqa: E731
         for name, rule, got in pooled:
             if got is not None:
-                share = "-" if got["share"] is None else f"{got['share']:.3f}"
+                sub = ruled if " + " in name else [r for r in ruled if r["setting"] == name]
+                steady = pooled_recovery(sub, rule, "steady")
+                cells = ("- | - | - | -" if steady is None else
+                         f"{steady['runs']} | {steady['cost']:.4f} | {steady['gain']:+.4f} | {share(steady)}")
                 lines.append(f"| {name} | {rule} | {got['runs']} | {got['cost']:.4f} | {got['gain']:+.4f} | "
-                             f"{share} | {', '.join('-' if x is None else f'{x:.2f}' for x in got['per_run'])} |")
+                             f"{share(got)} | {', '.join('-' if x is None else f'{x:.2f}' for x in got['per_run'])} | "
+                             f"{cells} |")
     publish(lines, path)
 
 
@@ -404,11 +448,22 @@ def main(argv=None) -> int:
     p.add_argument("train_flags", nargs="*", help="after --: flags for every train.py run (e.g. --epochs 1)")
     p.add_argument("--table-only", action="store_true", help="only write the table of the settings in --out's "
                    "rows.json (a bench stopped early)")
+    p.add_argument("--rescore", action="store_true", help="fill the steady scores (macro-F1 over the classes "
+                   f"with at least {STEADY} test images) of the rows in --out's rows.json measured before them, "
+                   "from the runs in --out (needs --data), then write the table")
     args = p.parse_args(argv)
     if args.table_only:
         report(json.load(open(os.path.join(args.out, "rows.json"))),
                f"The rows in {os.path.join(args.out, 'rows.json')}, measured by an earlier `bench/audit.py` run "
                "(`--table-only`).", args.report)
+        return 0
+    if args.rescore:
+        rows = json.load(open(os.path.join(args.out, "rows.json")))
+        rescore(args.out, rows, load_dataset(args.data, label_col=args.label_col, cache_dir="default",
+                                             log=lambda *a: None))
+        json.dump(rows, open(os.path.join(args.out, "rows.json"), "w"), indent=1)
+        report(rows, f"The rows in {os.path.join(args.out, 'rows.json')}, measured by an earlier `bench/audit.py` "
+               "run, their steady scores filled in (`--rescore`).", args.report)
         return 0
     from cleanlab.filter import find_label_issues  # the reference (a dev requirement)
     if args.look:
@@ -481,6 +536,7 @@ def main(argv=None) -> int:
                        "both": prf(both, truth), "both_same_as_cleanlab": same_both,
                        "groups": rules["all"]["groups"], "rules": rules,
                        "clean_f1": clean_test["macro_f1"], "noisy_f1": noisy_test["macro_f1"],
+                       "clean_steady": steady_f1(clean_test), "noisy_steady": steady_f1(noisy_test),
                        "excluded_f1": None, "recovered": None}
                 with lock:
                     rows.append(row)
@@ -493,18 +549,18 @@ def main(argv=None) -> int:
                             listing = os.path.join(folder, f"exclude-{rule}.csv")
                             write_manifest(listing, [paths[i] for i in excluded], [names[noisy[i]] for i in excluded])
                         kept = [paths[i] for i in np.setdiff1d(np.arange(n), excluded)]
-                        where = os.path.join(folder, "excluded" if rule == "all" else f"excluded-{rule}")
                         extra, key = ["--exclude", listing], rule
                         if args.same_steps:  # as many draws per epoch as the noisy run: fewer images, not fewer steps
-                            extra, key, where = [*extra, "--epoch-samples", str(steps)], f"{rule}, same steps", \
-                                where + "-same-steps"
+                            extra, key = [*extra, "--epoch-samples", str(steps)], f"{rule}, same steps"
                             rules[key] = dict(rules[rule])
+                        where = retrained_folder(folder, key)
                         os.makedirs(os.path.join(where, "v5"), exist_ok=True)
                         save_split(os.path.join(where, "v5", run.SPLIT), split_without(split, excluded, n), kept)
                         again = train(noisy_csv, where, seed, [*args.train_flags, *extra], log, args.threads)
-                        f1 = test_scores(again, clean.images, labels, test, names)["macro_f1"]
+                        scores = test_scores(again, clean.images, labels, test, names)
+                        f1 = scores["macro_f1"]
                         gained = (f1 - row["noisy_f1"]) / cost if cost > 0 else None
-                        rules[key].update(excluded_f1=f1, recovered=gained)
+                        rules[key].update(excluded_f1=f1, recovered=gained, excluded_steady=steady_f1(scores))
                         row.update(excluded_f1=rules["all"]["excluded_f1"], recovered=rules["all"]["recovered"])
                     with lock:
                         json.dump(merged(previous, rows), open(rows_path, "w"), indent=1)

@@ -131,6 +131,26 @@ def test_recovery_pooled_over_seeds_is_the_mean_gain_over_the_mean_cost(monkeypa
                                                          "per_run": [None]}
 
 
+def test_the_steady_score_is_macro_f1_over_the_classes_with_enough_test_images(monkeypatch):
+    from sklearn.metrics import f1_score
+    from imgcls.metrics import classification_metrics
+    bench = load_bench_script(monkeypatch, "audit")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6), [40, 12, 5, 4, 1, 2])  # classes 3-5 have fewer than 5 test images
+    pred = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, 6, len(y)))
+    scores = classification_metrics(y, pred, [f"c{i}" for i in range(6)])
+    want = f1_score(y, pred, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert bench.steady_f1(scores) == pytest.approx(want) and bench.STEADY == 5
+    assert bench.steady_f1(scores, min_support=1) == pytest.approx(f1_score(y, pred, average="macro"))
+    # pooled on the steady score: the rows' clean_steady / noisy_steady / excluded_steady, rows without skipped
+    rows = [{"clean_f1": 0.8, "noisy_f1": 0.7, "clean_steady": 0.9, "noisy_steady": 0.8,
+             "rules": {"r": {"excluded_f1": 0.75, "excluded_steady": 0.86}}},
+            {"clean_f1": 0.8, "noisy_f1": 0.7, "rules": {"r": {"excluded_f1": 0.72}}}]
+    got = bench.pooled_recovery(rows, "r", "steady")
+    assert got["runs"] == 1 and got["share"] == pytest.approx(0.6) and got["per_run"] == pytest.approx([0.6])
+    assert bench.pooled_recovery(rows, "r")["share"] == pytest.approx(0.35)
+
+
 def test_a_later_run_adds_its_rows_and_replaces_only_the_settings_it_measured_again(monkeypatch):
     bench = load_bench_script(monkeypatch, "audit")
     previous = [{"seed": 0, "setting": "uniform-0.15", "v": 1}, {"seed": 0, "setting": "uniform-0.05", "v": 1},
@@ -173,6 +193,26 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     assert bench.main(["--out", str(tmp_path / "runs"), "--table-only", "--report", str(again)]) == 0
     table = [line for line in report.read_text().splitlines() if line.startswith("|")]
     assert [line for line in again.read_text().splitlines() if line.startswith("|")] == table
+    # rows measured before the steady score: --rescore fills it in from the runs' folders, as measured
+    measured = json.loads((tmp_path / "runs" / "rows.json").read_text())
+    assert row["clean_steady"] is not None and row["rules"]["all"]["excluded_steady"] is not None
+    for r in measured:
+        r.pop("clean_steady"), r.pop("noisy_steady"), r["rules"]["all"].pop("excluded_steady")
+    (tmp_path / "runs" / "rows.json").write_text(json.dumps(measured))
+    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore",
+                       "--report", str(again)]) == 0
+    rescored = json.loads((tmp_path / "runs" / "rows.json").read_text())
+    for r in rescored:
+        was = next(x for x in rows if x["seed"] == r["seed"])
+        assert r["clean_steady"] == pytest.approx(was["clean_steady"], abs=1e-12)
+        assert r["rules"]["all"]["excluded_steady"] == pytest.approx(was["rules"]["all"]["excluded_steady"], abs=1e-12)
+    # a folder that no longer gives the row's macro-F1 is not the run that was scored: refused
+    rescored[0]["clean_f1"] += 0.01
+    rescored[0].pop("clean_steady")
+    (tmp_path / "runs" / "rows.json").write_text(json.dumps(rescored))
+    with pytest.raises(SystemExit, match="not the run that was scored"):
+        bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore", "--report", str(again)])
+    (tmp_path / "runs" / "rows.json").write_text(json.dumps(rows))  # as measured, for what follows
     # a reused audit without exclude.csv (older than the look-alike rule) cannot stand for the "neighbours"
     # rule: the bench stops and says to audit again, instead of training without an empty list
     audit_dir = seed / "uniform-0.15" / "noisy" / "v5" / "audit"
