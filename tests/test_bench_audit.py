@@ -199,8 +199,14 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     for r in measured:
         r.pop("clean_steady"), r.pop("noisy_steady"), r["rules"]["all"].pop("excluded_steady")
     (tmp_path / "runs" / "rows.json").write_text(json.dumps(measured))
-    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore",
-                       "--report", str(again)]) == 0
+    # only the seed asked for first; then the rest (what was filled stays)
+    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore", "--seeds", "1",
+                       "--rates", "0.15", "--kinds", "uniform", "--report", str(again)]) == 0
+    part = {r["seed"]: r for r in json.loads((tmp_path / "runs" / "rows.json").read_text())}
+    assert "clean_steady" in part[1] and "excluded_steady" in part[1]["rules"]["all"]
+    assert "clean_steady" not in part[0]
+    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore", "--rates", "0.15",
+                       "--kinds", "uniform", "--report", str(again)]) == 0
     rescored = json.loads((tmp_path / "runs" / "rows.json").read_text())
     for r in rescored:
         was = next(x for x in rows if x["seed"] == r["seed"])
@@ -211,7 +217,8 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     rescored[0].pop("clean_steady")
     (tmp_path / "runs" / "rows.json").write_text(json.dumps(rescored))
     with pytest.raises(SystemExit, match="not the run that was scored"):
-        bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore", "--report", str(again)])
+        bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore", "--rates", "0.15",
+                    "--kinds", "uniform", "--report", str(again)])
     (tmp_path / "runs" / "rows.json").write_text(json.dumps(rows))  # as measured, for what follows
     # a reused audit without exclude.csv (older than the look-alike rule) cannot stand for the "neighbours"
     # rule: the bench stops and says to audit again, instead of training without an empty list
