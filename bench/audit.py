@@ -194,6 +194,7 @@ def rescore(out: str, rows: list[dict], data, rules, wanted=lambda row: True, sa
     folder still gives the row's macro-F1. Each score is saved as it lands (save), so a stopped rescore goes on
     where it stopped: one run's test predictions take about a minute on 2 cores."""
     images, labels, names = data.images, data.labels.numpy(), list(data.class_names)
+    known = {}  # folder -> steady score: a seed's clean run stands in every row of that seed
     for r in filter(wanted, rows):
         base = os.path.join(out, f"s{r['seed']}")
         test = np.asarray(json.load(open(os.path.join(base, "clean", "v5", run.SPLIT)))["test"], dtype=np.int64)
@@ -203,12 +204,16 @@ def rescore(out: str, rows: list[dict], data, rules, wanted=lambda row: True, sa
                  for rule, v in r.get("rules", {}).items() if rule in rules and v.get("excluded_f1") is not None]
         for what, where, into, f1_key, steady_key in runs:
             if into.get(steady_key) is not None:
+                known[where] = into[steady_key]
+                continue
+            if where in known:
+                into[steady_key] = known[where]
                 continue
             scores = test_scores(os.path.join(where, "v5"), images, labels, test, names)
             if abs(scores["macro_f1"] - into[f1_key]) > 1e-9:
                 raise SystemExit(f"{where}: macro-F1 {scores['macro_f1']:.4f}, not the row's {into[f1_key]:.4f} "
                                  f"({r['setting']}, seed {r['seed']}, {what}): not the run that was scored")
-            into[steady_key] = steady_f1(scores)
+            into[steady_key] = known[where] = steady_f1(scores)
             save(rows)
             log(f"rescored {r['setting']} seed {r['seed']} {what}: macro-F1 {into[f1_key]:.4f}, steady "
                 f"{into[steady_key]:.4f}")
