@@ -103,9 +103,10 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
       confident-learning threshold t_given): a tail class swamped by flips into it has a low t, and its real
       images clear it while the flips do not;
     - neighbours: audit.py's exclude.csv (`to_exclude`): the flags that their 20 nearest images do not back
-      (fewer than 2 under the given label, or fewer than half as many as under the suggested one): a flip sits
-      among look-alikes of its true class, a real image of a tail class swamped by flips among its own few (the
-      rule audit.py ships, chosen on these flags);
+      (fewer than 2 under the given label, or, where the confident joint says noise concentrates on the pair of
+      labels, fewer than half as many as under the suggested one): a flip sits among look-alikes of its true
+      class, a real image of a tail class swamped by flips among its own few (the rule audit.py ships, chosen on
+      these flags);
     - neighbours-everywhere: the same look-alike rule with its second test (fewer than half as many under the
       given label as under the suggested one) on every flag, not only where the confident joint says noise
       concentrates on the pair (exclude.csv's rule of 50c8c42, kept to compare);
@@ -415,7 +416,8 @@ def report(rows: list[dict], command: str, path: str) -> None:
                   "over the mean the noise cost (each run's own share beside it); then the same with the steady "
                   f"score (macro-F1 over the classes with at least {STEADY} test images), where the rows have it.",
                   "", "| setting | rule | runs | mean cost | mean gain | recovered (pooled) | per run | steady: "
-                  "runs | mean cost | mean gain | recovered (pooled) |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+                  "runs | mean cost | mean gain | recovered (pooled) |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         share = lambda got: "-" if got["share"] is None else f"{got['share']:.3f}"  # noqa: E731
         for name, rule, got in pooled:
             if got is not None:
