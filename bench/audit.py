@@ -421,8 +421,7 @@ def report(rows: list[dict], command: str, path: str) -> None:
         share = lambda got: "-" if got["share"] is None else f"{got['share']:.3f}"  # noqa: E731
         for name, rule, got in pooled:
             if got is not None:
-                sub = ruled if " + " in name else [r for r in ruled if r["setting"] == name]
-                steady = pooled_recovery(sub, rule, "steady")
+                steady = pooled_recovery([r for r in ruled if r["setting"] in got["settings"]], rule, "steady")
                 cells = ("- | - | - | -" if steady is None else
                          f"{steady['runs']} | {steady['cost']:.4f} | {steady['gain']:+.4f} | {share(steady)}")
                 lines.append(f"| {name} | {rule} | {got['runs']} | {got['cost']:.4f} | {got['gain']:+.4f} | "
