@@ -110,6 +110,9 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
     - neighbours-everywhere: the same look-alike rule with its second test (fewer than half as many under the
       given label as under the suggested one) on every flag, not only where the confident joint says noise
       concentrates on the pair (exclude.csv's rule of 50c8c42, kept to compare);
+    - relabel: neighbours' images, those in audit.py's relabel.csv trained under their suggested label instead of
+      dropped (`train.py --exclude audit/exclude.csv --relabel audit/relabel.csv`): the mask is every image
+      changed; dropping a flip also takes an image from its true class, and relabelling gives it back;
     - oracle: exactly the injected flips (what exclusion can recover at best; not available to a user)."""
     rows = np.arange(len(labels))
     others = probs.copy()
@@ -122,11 +125,22 @@ def exclusion_rules(labels: np.ndarray, probs: np.ndarray, flagged: np.ndarray, 
         everywhere["neighbours-everywhere"] = flagged & ((given < AGREEING) | (given < SHARE * suggested))
     return {"all": flagged, "both": both, "below-chance": both & (probs[rows, labels] < 1 / probs.shape[1]),
             "confident-suggestion": flagged & (others.max(1) >= SUGGESTION),
-            "not-own-class": flagged & own, "neighbours": to_exclude.copy(), **everywhere, "oracle": truth.copy()}
+            "not-own-class": flagged & own, "neighbours": to_exclude.copy(), **everywhere,
+            "relabel": to_exclude.copy(), "oracle": truth.copy()}
 
 
 RULES = ("all", "both", "below-chance", "confident-suggestion", "not-own-class", "neighbours",
-         "neighbours-everywhere", "oracle")
+         "neighbours-everywhere", "relabel", "oracle")
+
+
+def relabel_positions(paths: list[str], relabel: dict) -> dict:
+    """position -> new label name of the images a relabel.csv lists (path -> label), over the bench's paths."""
+    return {i: relabel[q] for i, q in enumerate(paths) if q in relabel}
+
+
+def relabel_counts(moved: dict, labels: np.ndarray, names: list[str]) -> dict:
+    """How many images the relabel list moves, and how many of them to their clean (true) label."""
+    return {"relabelled": len(moved), "restored": sum(names[labels[i]] == to for i, to in moved.items())}
 
 
 def prf(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -155,6 +169,10 @@ def audit(run_dir: str, extra: list[str], log: str, threads: int | None = None, 
         with open(listing, newline="") as fh:
             listed = {r["path"] for r in csv.DictReader(fh)}
         out["to_exclude"] = np.isin(oof["paths"], list(listed))  # audit.py's exclude.csv, over the same images
+    moved = os.path.join(run_dir, run.AUDIT, run.RELABEL)
+    if os.path.exists(moved):  # path -> the label relabel.csv gives it (an audit older than the file: none)
+        with open(moved, newline="") as fh:
+            out["relabel"] = {r["path"]: r["label"] for r in csv.DictReader(fh)}
     with open(os.path.join(run_dir, run.AUDIT, run.LABEL_ISSUES), newline="") as fh:
         votes = {r["path"]: (int(r["neighbours_given"]), int(r["neighbours_suggested"]))
                  for r in csv.DictReader(fh) if "neighbours_given" in r}
@@ -404,7 +422,9 @@ def report(rows: list[dict], command: str, path: str) -> None:
                 g = v["groups"][tail]
                 f1 = "-" if v["excluded_f1"] is None else f"{v['excluded_f1']:.4f}"
                 rec = "-" if v["recovered"] is None else f"{v['recovered']:.3f}"
-                lines.append(f"| {r['setting']} | {r['seed']} | {rule} | {v['flagged']} | {v['prf'][2]:.3f} | "
+                dropped = (f"{v['flagged'] - v['relabelled']} (+{v['relabelled']} relabelled, {v['restored']} to "
+                           "the true label)" if v.get("relabelled") else v["flagged"])
+                lines.append(f"| {r['setting']} | {r['seed']} | {rule} | {dropped} | {v['prf'][2]:.3f} | "
                              f"{g['clean_flagged']} of {g['clean']} | {f1} | {rec} |")
         pooled = [(name, rule, pooled_recovery([r for r in ruled if r["setting"] == name], rule))
                   for name in dict.fromkeys(r["setting"] for r in ruled) for rule in RULES]
@@ -526,9 +546,11 @@ def main(argv=None) -> int:
                 noisy_run = train(noisy_csv, os.path.join(folder, "noisy"), seed, args.train_flags, log, args.threads)
                 oof = audit(noisy_run, args.audit_flags.split(), log, args.threads, args.reuse_audit)
                 positions, oof_labels, probs = oof["positions"], oof["labels"], oof["probs"]
-                if "neighbours" in args.retrain and "to_exclude" not in oof:
-                    raise SystemExit(f"{noisy_run}: its audit has no {run.EXCLUDE} (older than the rule); "
-                                     "audit again (leave out --reuse-audit)")
+                for rule, key, file in (("neighbours", "to_exclude", run.EXCLUDE),
+                                        ("relabel", "relabel", run.RELABEL)):
+                    if rule in args.retrain and key not in oof:
+                        raise SystemExit(f"{noisy_run}: its audit has no {file} (older than the rule); "
+                                         "audit again (leave out --reuse-audit)")
                 truth = np.isin(positions, flipped)
                 ours = confident.label_issues(oof_labels, probs)
                 both = confident.label_issues(oof_labels, probs, filter_by="both")  # audit.py --filter-by both
@@ -546,6 +568,8 @@ def main(argv=None) -> int:
                                                            oof.get("to_exclude", np.zeros_like(truth)),
                                                            oof.get("votes")).items()}
                 masks = {rule: v.pop("mask") for rule, v in rules.items()}
+                moved = relabel_positions(paths, oof.get("relabel", {}))
+                rules["relabel"].update(relabel_counts(moved, labels, names))
                 row = {"seed": seed, "setting": name, "flips": int(truth.sum()),
                        "ours": prf(ours, truth), "cleanlab": prf(reference, truth),
                        "argmax": prf(baseline, truth), "same_as_cleanlab": bool((ours == reference).all()),
@@ -561,11 +585,16 @@ def main(argv=None) -> int:
                     if rule is not None:  # train again without this rule's images, on the same test split
                         excluded = np.asarray(positions[masks[rule]], dtype=np.int64)
                         listing = os.path.join(noisy_run, run.AUDIT, run.LABEL_ISSUES)  # the user's path for "all"
-                        if rule != "all":
+                        extra = []
+                        if rule == "relabel":  # the user's two files; the relabelled images stay in the split
+                            listing = os.path.join(noisy_run, run.AUDIT, run.EXCLUDE)
+                            extra = ["--relabel", os.path.join(noisy_run, run.AUDIT, run.RELABEL)]
+                            excluded = np.setdiff1d(excluded, list(moved))
+                        elif rule != "all":
                             listing = os.path.join(folder, f"exclude-{rule}.csv")
                             write_manifest(listing, [paths[i] for i in excluded], [names[noisy[i]] for i in excluded])
                         kept = [paths[i] for i in np.setdiff1d(np.arange(n), excluded)]
-                        extra, key = ["--exclude", listing], rule
+                        extra, key = ["--exclude", listing, *extra], rule
                         if args.same_steps:  # as many draws per epoch as the noisy run: fewer images, not fewer steps
                             extra, key = [*extra, "--epoch-samples", str(steps)], f"{rule}, same steps"
                             rules[key] = dict(rules[rule])

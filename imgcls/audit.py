@@ -8,6 +8,8 @@
   many its suggested label.
 - exclude.csv: the label issues that their look-alikes do not back (should_exclude), what train.py --exclude
   should drop.
+- relabel.csv: those of exclude.csv whose suggested label both the members and the look-alikes back
+  (should_relabel), with it as `label`: train.py --relabel trains them under it instead of dropping them.
 - duplicates.csv: groups of exact copies (the same bytes) and of near-duplicates (cosine similarity of the
   first member's flip-invariant pooled features at or above --threshold), with the split of each image; a
   group with images on both sides of the test split leaks and makes the test score optimistic.
@@ -34,8 +36,8 @@ from . import confident, duplicates
 from .decoupling import extract_features, final_linear
 from .inference import use_channels_last
 from .fsio import atomic_write
-from .run import (AUDIT, AUDIT_SUMMARY, DUPLICATES, EXCLUDE, LABEL_ISSUES, OUT_OF_FOLD, OUTLIERS, SPLIT, Member,
-                  build_model, run_data)
+from .run import (AUDIT, AUDIT_SUMMARY, DUPLICATES, EXCLUDE, LABEL_ISSUES, OUT_OF_FOLD, OUTLIERS, RELABEL, SPLIT,
+                  Member, build_model, run_data)
 from .data.splits import load_split
 
 # Images per forward pass: Lite0 at 80x60 on 2 CPU cores extracts 549 img/s at 64 (channels_last) against
@@ -56,6 +58,13 @@ TOP_OUTLIERS = 100
 # among 0.01-0.08 by the mean F1 over every setting's flags (0.08, best at 15%, misses the pairs of 5% confused
 # noise, whose estimated rates are about 0.05).
 NEIGHBOURS, AGREEING, SHARE, PAIR_NOISE = 20, 2, 0.5, 0.03
+# An image exclude.csv lists is relabelled rather than dropped when the members give its suggested label at least
+# even odds (RELABEL_P) and at least half its look-alikes carry it (RELABEL_VOTES): two witnesses. Dropping a flip
+# also takes an image from its true class; relabelling gives it back. Chosen on the noise benchmark's out-of-fold
+# flags (docs/audit.md): of the candidates (either test alone, both, higher thresholds) it gave the most labels
+# restored net of labels made wrong at 5% noise, and put the fewest wrong labels into classes under 500 images;
+# a small class is rarely the suggestion of half of 20 look-alikes, so its images are dropped, not moved.
+RELABEL_P, RELABEL_VOTES = 0.5, 10
 
 
 @dataclass
@@ -171,6 +180,13 @@ def should_exclude(given_votes, suggested_votes, pair_rate) -> np.ndarray:
     return (given_votes < AGREEING) | (concentrated & (given_votes < SHARE * suggested_votes))
 
 
+def should_relabel(p_suggested, suggested_votes) -> np.ndarray:
+    """Which listed issues to train under their suggested label: p >= RELABEL_P and >= RELABEL_VOTES look-alikes
+    under the suggested label."""
+    return ((np.asarray(p_suggested, dtype=float) >= RELABEL_P)
+            & (np.asarray(suggested_votes) >= RELABEL_VOTES))
+
+
 def label_issue_rows(ev: Evidence, labels: np.ndarray, paths, class_names,
                      filter_by: str = "prune_by_noise_rate") -> list[dict]:
     sub_labels, sub_probs = labels[ev.covered], ev.probs[ev.covered]
@@ -271,6 +287,10 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
                                                                    "pair_noise")))
     to_exclude = [r for r, drop in zip(issues, dropped) if drop]
     atomic_write(folder / EXCLUDE, _csv(to_exclude, issue_columns))
+    moved = should_relabel(*([r[c] for r in to_exclude] for c in ("p_suggested", "neighbours_suggested")))
+    to_relabel = [dict(r, label=r["suggested"]) for r, move in zip(to_exclude, moved) if move]
+    atomic_write(folder / RELABEL, _csv(to_relabel, ["path", "label", "given", "p_suggested",
+                                                     "neighbours_suggested"]))
     atomic_write(folder / DUPLICATES, _csv(dup_rows, ["group", "kind", "path", "split", "label", "similarity",
                                                       "crosses_test"]))
     atomic_write(folder / OUTLIERS, _csv(out_rows, ["rank", "path", "label", "split", "score"]))
@@ -284,6 +304,9 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
                                   f"images (outside the test split) under the given label, or, where more than "
                                   f"{PAIR_NOISE} of the suggested class's images are estimated to carry the "
                                   f"given label, fewer than {SHARE} times as many as under the suggested label",
+               "to_relabel": len(to_relabel),
+               "to_relabel_rule": f"the images in {EXCLUDE} whose suggested label has p >= {RELABEL_P} and at "
+                                  f"least {RELABEL_VOTES} of their {NEIGHBOURS} nearest images under it",
                "duplicate_groups": {"exact": sum(d["kind"] == "exact" for d in groups),
                                     "near": sum(d["kind"] == "near" for d in groups)},
                "groups_crossing_test": len(crossing),
@@ -294,6 +317,7 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
                      groups=groups, outliers=[(int(i), float(scores[i])) for i in far], paths=paths,
                      labels=[names[c] for c in labels], parts=parts)
     log(f"audit: {len(issues)} label issue(s) ({len(to_exclude)} that their look-alikes do not back: "
-        f"{EXCLUDE}, for train.py --exclude), {len(groups)} duplicate group(s) ({len(crossing)} across the "
+        f"{EXCLUDE}, for train.py --exclude; {len(to_relabel)} of them with a suggested label backed twice: "
+        f"{RELABEL}, for --relabel), {len(groups)} duplicate group(s) ({len(crossing)} across the "
         f"test split), {len(out_rows)} outliers listed: {folder}")
     return folder

@@ -153,6 +153,9 @@ class Config:
     exclude: str | None = _opt(None, "a CSV with a `path` column (e.g. a run's audit/label_issues.csv, after a "
                                "look): those images are left out of this run (listed in skipped.json); none = "
                                "keep all", parse_optional_str)
+    relabel: str | None = _opt(None, "a CSV with `path` and `label` columns (e.g. a run's audit/relabel.csv): "
+                               "those images train under the label given; a path --exclude lists too is kept, "
+                               "relabelled; none = the data's labels", parse_optional_str)
     storage_size: tuple | None = _opt(None, "HxW images are decoded to once; none = the data's own size",
                                       parse_size)
     cache_dir: str | None = _opt("default", "decode cache folder; default = $XDG_CACHE_HOME/imgcls, else "

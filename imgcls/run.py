@@ -46,6 +46,7 @@ INT8_DIR = "export-int8"
 # audit.py's folder in the run: label issues, duplicate groups, outliers, the page, the counts
 AUDIT, LABEL_ISSUES, DUPLICATES, OUTLIERS = "audit", "label_issues.csv", "duplicates.csv", "outliers.csv"
 AUDIT_PAGE, AUDIT_SUMMARY, OUT_OF_FOLD, EXCLUDE = "audit.html", "summary.json", "out_of_fold.npz", "exclude.csv"
+RELABEL = "relabel.csv"
 # train.py's leak line at the end of training, kept so that a finished run trained again does not recompute it
 LEAK_CHECK = "leak_check.json"
 # export.py --format safetensors (the Hugging Face Hub layout, hub.py): weights, their config, the model card
@@ -73,9 +74,11 @@ def fold_models(root: str | Path) -> list[Path]:
 
 
 def reads_inputs_inside(cfg: Config, folder: Path, inputs: dict | None = None) -> list[tuple[str, str]]:
-    """(flag, path) of each input this run reads (--init-from, --teacher, --exclude, and `inputs`, e.g. --config)
+    """(flag, path) of each input this run reads (--init-from, --teacher, --exclude, --relabel, and `inputs`, e.g.
+    --config)
     that lies inside `folder` or holds it: what deleting `folder` would destroy before the run could read it."""
-    reads = {"--init-from": cfg.init_from, "--teacher": cfg.teacher, "--exclude": cfg.exclude, **(inputs or {})}
+    reads = {"--init-from": cfg.init_from, "--teacher": cfg.teacher, "--exclude": cfg.exclude,
+             "--relabel": cfg.relabel, **(inputs or {})}
     target = Path(folder).resolve()
     found = []
     for name, path in reads.items():
@@ -265,7 +268,8 @@ def run_data(members, part: str = "test", *, data: str | None = None, label_col:
     storage = tuple(size or members[0].record.preprocessing.storage_size)
     dataset = load_dataset(data or cfg.data, label_col=label_col or cfg.label_col, size=storage,
                            cache_dir=cache_dir or cfg.cache_dir, workers=workers or cfg.workers, log=log,
-                           exclude=None if data else cfg.exclude)  # the run's own data: as it trained
+                           exclude=None if data else cfg.exclude,  # the run's own data: as it trained
+                           relabel=None if data else cfg.relabel)
     everything = np.arange(len(dataset.paths), dtype=np.int64)
     if data or part == "all":
         return dataset, everything

@@ -74,7 +74,8 @@ def prepare_data(cfg: Config, log=print, keep_split: bool = True):
     if not decodes:
         dist.barrier()
     dataset = load_dataset(cfg.data, label_col=cfg.label_col, size=cfg.storage_size, cache_dir=cfg.cache_dir,
-                           workers=cfg.workers, log=log, cache_mode=cfg.cache_mode, exclude=cfg.exclude)
+                           workers=cfg.workers, log=log, cache_mode=cfg.cache_mode, exclude=cfg.exclude,
+                           relabel=cfg.relabel)
     if decodes:
         dist.barrier()
     labels = dataset.labels.numpy()

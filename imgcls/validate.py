@@ -17,7 +17,7 @@ import torch
 
 from .contrast import CONTRAST
 from .errors import UserError
-from .data import read_path_list
+from .data import read_path_list, read_relabel_list
 from .data.samplers import SAMPLERS
 from .limits import DECISION_TAU_RANGE, MAX_BATCH, MAX_SEED, MAX_SIDE
 from .models import create_model, freeze_leading, input_multiple, pretrained_cfg
@@ -200,6 +200,8 @@ def check_config(cfg) -> None:
                         "validation does not have; use --scheduler onecycle or cosine")
     if cfg.exclude:  # unreadable or missing: refused now, before --restart deletes anything
         read_path_list(cfg.exclude)
+    if cfg.relabel:
+        read_relabel_list(cfg.relabel)
     pretrained_cfg(cfg.model)  # an unknown --model (a typo) is refused here, before any data is read
     if cfg.freeze_features:  # the block count is the architecture's: built on the meta device, without weights
         preset = VERSIONS.get(cfg.version, {}).get("freeze_features")

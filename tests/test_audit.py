@@ -99,6 +99,12 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     assert [r["path"] for r in listed] == [r["path"] for r, drop in zip(rows, dropped) if drop]
     assert 0 < len(listed) < len(rows)  # the small set has issues on both sides of the rule
     assert json.loads((audited / "audit" / "summary.json").read_text())["to_exclude"] == len(listed)
+    # relabel.csv: the listed issues whose suggested label the members and the look-alikes back, under it
+    from imgcls.audit import should_relabel
+    moved = _rows(audited / "audit" / "relabel.csv")
+    backed = should_relabel([float(r["p_suggested"]) for r in listed], [int(r["neighbours_suggested"]) for r in listed])
+    assert [(r["path"], r["label"]) for r in moved] == [(r["path"], r["suggested"]) for r, m in zip(listed, backed) if m]
+    assert json.loads((audited / "audit" / "summary.json").read_text())["to_relabel"] == len(moved)
 
 
 def test_the_files_agree_with_the_summary(audited):

@@ -71,6 +71,7 @@ def test_the_exclusion_rules_on_a_hand_made_case(monkeypatch):
                      # fewer than 2 under the given label (image 0), or fewer than half as many as under the
                      # suggested one (image 2: 3 < 4.5); image 4's 5 is not under half of 8
                      "neighbours-everywhere": [1, 0, 1, 0, 0, 0],
+                     "relabel": [1, 0, 0, 0, 1, 0],  # the images it changes: exclude.csv's (relabel.csv a part)
                      "oracle": [0, 0, 0, 0, 1, 0]}
     assert list(rules) == list(bench.RULES)
     # an audit without look-alike counts has no such rule
@@ -220,6 +221,19 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
         bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--rescore", "--rates", "0.15",
                     "--kinds", "uniform", "--report", str(again)])
     (tmp_path / "runs" / "rows.json").write_text(json.dumps(rows))  # as measured, for what follows
+    # the relabel rule: the audit's two files, as a user passes them; the relabelled images stay in the split
+    audit_dir = seed / "uniform-0.15" / "noisy" / "v5" / "audit"
+    moved = (audit_dir / "relabel.csv").read_text().splitlines()[1:]
+    dropped = (audit_dir / "exclude.csv").read_text().splitlines()[1:]
+    assert bench.main(["--data", str(data), "--out", str(tmp_path / "runs"), "--seeds", "0", "--threads", "1",
+                       "--rates", "0.15", "--kinds", "uniform", "--reuse-audit", "--retrain", "relabel",
+                       "--report", str(again), "--", *tiny]) == 0
+    relabelled = json.loads((seed / "uniform-0.15" / "excluded-relabel" / "v5" / "split.json").read_text())
+    assert relabelled["num_items"] == clean["num_items"] - (len(dropped) - len(moved))
+    got = next(r for r in json.loads((tmp_path / "runs" / "rows.json").read_text()) if r["seed"] == 0)
+    assert got["rules"]["relabel"]["relabelled"] == len(moved) and got["rules"]["relabel"]["excluded_f1"] is not None
+    assert got["rules"]["all"]["excluded_f1"] == row["rules"]["all"]["excluded_f1"]  # trained before: kept
+    assert f"--relabel {audit_dir / 'relabel.csv'}: {len(moved)} image(s) relabelled" in (seed / "bench.log").read_text()
     # a reused audit without exclude.csv (older than the look-alike rule) cannot stand for the "neighbours"
     # rule: the bench stops and says to audit again, instead of training without an empty list
     audit_dir = seed / "uniform-0.15" / "noisy" / "v5" / "audit"
