@@ -82,8 +82,10 @@ def _fit(cfg: Config, fold: int, log, data) -> dict:
     say = log if dist.is_main() else (lambda *a, **k: None)
     rdir = run_dir(cfg, fold)
     check_restart(cfg, fold)  # never deletes what --init-from or --teacher reads
-    if cfg.restart and dist.is_main() and rdir.exists():
-        shutil.rmtree(rdir)
+    if cfg.restart:  # the data first (a restarted run needs it anyway): an error in it, e.g. a --relabel label
+        data = data if data is not None else prepare_data(cfg, say)  # no class has, stops before the delete
+        if dist.is_main() and rdir.exists():
+            shutil.rmtree(rdir)
     if not cfg.refit:
         saved = open_run(cfg, rdir, say)
         if saved is not None and is_finished(rdir):

@@ -117,3 +117,10 @@ def test_train_relabel_end_to_end_and_refused_before_restart(tmp_path, capsys):
     inside.write_text(open(file).read())
     code, _, err = cli(train_script, *flags, "--restart", "--relabel", inside, capsys=capsys)
     assert_one_line_error(code, err, "--restart would delete", f"--relabel {inside}")
+    # a label no class has is found when the data is read: still before --restart deletes the run
+    from helpers import snapshot
+    before = snapshot(tmp_path / "runs")
+    wrong = _write(tmp_path / "wrong.csv", ["path", "label"], [[data.paths[0], "Shoes"]])
+    code, _, err = cli(train_script, *flags, "--restart", "--relabel", wrong, capsys=capsys)
+    assert_one_line_error(code, err, f"--relabel {wrong}: row 2 gives the label 'Shoes'")
+    assert snapshot(tmp_path / "runs") == before
