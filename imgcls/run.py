@@ -75,8 +75,8 @@ def fold_models(root: str | Path) -> list[Path]:
 
 def reads_inputs_inside(cfg: Config, folder: Path, inputs: dict | None = None) -> list[tuple[str, str]]:
     """(flag, path) of each input this run reads (--init-from, --teacher, --exclude, --relabel, and `inputs`, e.g.
-    --config)
-    that lies inside `folder` or holds it: what deleting `folder` would destroy before the run could read it."""
+    --config) that lies inside `folder` or holds it: what deleting `folder` would destroy before the run could
+    read it."""
     reads = {"--init-from": cfg.init_from, "--teacher": cfg.teacher, "--exclude": cfg.exclude,
              "--relabel": cfg.relabel, **(inputs or {})}
     target = Path(folder).resolve()

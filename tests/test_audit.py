@@ -102,8 +102,10 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     # relabel.csv: the listed issues whose suggested label the members and the look-alikes back, under it
     from imgcls.audit import should_relabel
     moved = _rows(audited / "audit" / "relabel.csv")
-    backed = should_relabel([float(r["p_suggested"]) for r in listed], [int(r["neighbours_suggested"]) for r in listed])
-    assert [(r["path"], r["label"]) for r in moved] == [(r["path"], r["suggested"]) for r, m in zip(listed, backed) if m]
+    backed = should_relabel([float(r["p_suggested"]) for r in listed],
+                            [int(r["neighbours_suggested"]) for r in listed])
+    assert [(r["path"], r["label"]) for r in moved] == [(r["path"], r["suggested"])
+                                                        for r, m in zip(listed, backed) if m]
     assert json.loads((audited / "audit" / "summary.json").read_text())["to_relabel"] == len(moved)
 
 

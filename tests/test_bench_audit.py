@@ -233,7 +233,8 @@ def test_the_benchmark_runs_end_to_end_on_a_small_set(monkeypatch, tmp_path):
     got = next(r for r in json.loads((tmp_path / "runs" / "rows.json").read_text()) if r["seed"] == 0)
     assert got["rules"]["relabel"]["relabelled"] == len(moved) and got["rules"]["relabel"]["excluded_f1"] is not None
     assert got["rules"]["all"]["excluded_f1"] == row["rules"]["all"]["excluded_f1"]  # trained before: kept
-    assert f"--relabel {audit_dir / 'relabel.csv'}: {len(moved)} image(s) relabelled" in (seed / "bench.log").read_text()
+    said = (seed / "bench.log").read_text()
+    assert f"--relabel {audit_dir / 'relabel.csv'}: {len(moved)} image(s) relabelled" in said
     # a reused audit without exclude.csv (older than the look-alike rule) cannot stand for the "neighbours"
     # rule: the bench stops and says to audit again, instead of training without an empty list
     audit_dir = seed / "uniform-0.15" / "noisy" / "v5" / "audit"
