@@ -201,7 +201,8 @@ def write_audit_page(folder: str | Path, *, title: str, summary: dict, images: t
                   "</head><body>", f"<h1>{_e(title)}</h1>",
                   f"<p>{summary['images']} images. <b id='issues'>{summary['label_issues']}</b> label issue(s) by "
                   f"confident learning on {_e(summary['out_of_fold'])}; <b id='exclude'>{summary['to_exclude']}</b> "
-                  f"of them in exclude.csv ({_e(summary['to_exclude_rule'])}), <b id='relabel'>"
+                  f"images in exclude.csv, <b id='strays'>{summary['strays']}</b> of them strays "
+                  f"({_e(summary['to_exclude_rule'])}), <b id='relabel'>"
                   f"{summary['to_relabel']}</b> of those in relabel.csv ({_e(summary['to_relabel_rule'])}). "
                   f"<b id='groups'>{dup['exact']}</b> "
                   f"exact and <b>{dup['near']}</b> near-duplicate group(s) (cosine >= {summary['threshold']}), "

@@ -96,9 +96,23 @@ def test_each_issue_counts_its_look_alikes_under_its_label_and_exclude_lists_tho
     np.testing.assert_allclose([float(r["pair_noise"]) for r in rows], noise[asked[:, 0], asked[:, 1]], atol=1e-6)
     listed = _rows(audited / "audit" / "exclude.csv")
     dropped = should_exclude(*counts.T, [float(r["pair_noise"]) for r in rows])
-    assert [r["path"] for r in listed] == [r["path"] for r, drop in zip(rows, dropped) if drop]
-    assert 0 < len(listed) < len(rows)  # the small set has issues on both sides of the rule
-    assert json.loads((audited / "audit" / "summary.json").read_text())["to_exclude"] == len(listed)
+    issues = [r for r in listed if r["found_by"] == "label issue"]
+    assert [r["path"] for r in issues] == [r["path"] for r, drop in zip(rows, dropped) if drop]
+    assert 0 < len(issues) < len(rows)  # the small set has issues on both sides of the rule
+    # then the strays: every other image with an out-of-fold probability whose look-alikes pass the stray rule
+    from imgcls import duplicates
+    from imgcls.audit import look_alike_counts, should_add_stray
+    queries = np.setdiff1d(oof["positions"], flagged)
+    found, _ = duplicates.nearest(features, queries, pool, NEIGHBOURS)
+    votes = look_alike_counts(labels, found, len(names))
+    given = votes[np.arange(len(queries)), labels[queries]]
+    votes[np.arange(len(queries)), labels[queries]] = -1
+    strays = should_add_stray(given, votes.max(1), noise[labels[queries], votes.argmax(1)])
+    assert sorted(r["path"] for r in listed if r["found_by"] == "stray") == sorted(data.paths[q] for q in
+                                                                                   queries[strays])
+    assert len(listed) == len(issues) + strays.sum()
+    summary = json.loads((audited / "audit" / "summary.json").read_text())
+    assert (summary["to_exclude"], summary["strays"]) == (len(listed), strays.sum())
     # relabel.csv: the listed issues whose suggested label the members and the look-alikes back, under it
     from imgcls.audit import should_relabel
     moved = _rows(audited / "audit" / "relabel.csv")
@@ -231,3 +245,33 @@ def test_a_bad_exclude_file_is_refused_before_restart_deletes_anything(finished_
     code, _, err = cli(train_script, *flags, "--exclude", inside, capsys=capsys)
     assert_one_line_error(code, err, "--restart would delete", f"--exclude {inside}")
     assert snapshot(run) == before
+
+
+def test_strays_on_the_small_set_with_a_looser_rule(audited, tmp_path, monkeypatch):
+    # the small set has no stray under the shipped rule (above); with every pair counted as noisy and one
+    # look-alike under another label enough, the audit's strays must be exactly the images outside the label
+    # issues with such a look-alike, fewest under their own label first, after the label issues
+    import imgcls.audit as audit_module
+    monkeypatch.setattr(audit_module, "STRAY_GIVEN", audit_module.NEIGHBOURS)
+    monkeypatch.setattr(audit_module, "STRAY_OTHER", 1)
+    monkeypatch.setattr(audit_module, "PAIR_NOISE", -1.0)
+    run = tmp_path / "v5"
+    shutil.copytree(audited, run)
+    assert audit_script.main(["--run", str(run), "--device", "cpu"]) == 0
+    data = load_dataset(None, size=(32, 32), log=lambda *a: None)
+    labels = data.labels.numpy()
+    split = load_split(str(run / "split.json"), data.paths)
+    features = audit_module.flip_features(imgcls.load(run, device="cpu").members[0], data.images,
+                                          torch.device("cpu"))
+    oof = np.load(run / "audit" / "out_of_fold.npz")
+    flagged = [data.paths.index(r["path"]) for r in _rows(run / "audit" / "label_issues.csv")]
+    queries = np.setdiff1d(oof["positions"], flagged)
+    pool = np.setdiff1d(np.arange(len(labels)), split["test"])
+    found, _ = audit_module.duplicates.nearest(features, queries, pool, audit_module.NEIGHBOURS)
+    want = {data.paths[q]: int((labels[row] == labels[q]).sum()) for q, row in zip(queries, found)
+            if (labels[row] != labels[q]).any()}
+    listed = _rows(run / "audit" / "exclude.csv")
+    strays = [r for r in listed if r["found_by"] == "stray"]
+    assert strays and listed[-len(strays):] == strays
+    assert {r["path"]: int(r["neighbours_given"]) for r in strays} == want
+    assert [int(r["neighbours_given"]) for r in strays] == sorted(want.values())

@@ -158,3 +158,61 @@ def test_neighbour_votes_and_the_exclusion_rule_by_hand():
     # where the pair's noise is low, only the first test: the real image of a class that looks like another
     assert should_exclude(given, suggested, [0.01] * 8).tolist() == [True, True, False, False, False, False, False,
                                                                      False]
+
+
+def test_the_stray_rule_by_hand():
+    from imgcls.audit import PAIR_NOISE, STRAY_GIVEN, STRAY_OTHER, look_alike_counts, should_add_stray, strays_among
+    assert (STRAY_GIVEN, STRAY_OTHER, PAIR_NOISE) == (4, 14, 0.03)  # the values the cases below sit around
+    labels = np.array([0] * 40 + [1] * 40 + [2] * 40)
+    zeros, ones, twos = np.arange(40), np.arange(40, 80), np.arange(80, 120)
+    found = np.stack([np.r_[ones[:14], zeros[1:5], twos[:2]],    # 4 under its label 0, 14 under 1: a stray
+                      np.r_[ones[:14], zeros[1:6], twos[:1]],    # 5 under its label: kept
+                      np.r_[ones[:13], zeros[1:2], twos[:6]],    # 13 under 1, 6 under 2: no label has 14
+                      np.r_[zeros[:15], twos[1:5], ones[:1]],    # label 2: 4 under it, 15 under 0, but pair 2-0 clean
+                      np.r_[twos[:14], zeros[:6]]])              # label 1: none under it, 14 under 2: a stray
+    queries = np.array([0, 5, 6, 81, 41])
+    counts = look_alike_counts(labels, found, 3)
+    assert counts.tolist() == [[4, 14, 2], [5, 14, 1], [1, 13, 6], [15, 1, 4], [6, 0, 14]]
+    noise = np.full((3, 3), 0.05)
+    noise[2, 0] = 0.03  # not above PAIR_NOISE: noise does not concentrate on "given 2, truly 0"
+    assert should_add_stray([4, 5, 1, 4, 0], [14, 14, 13, 15, 14], [0.05, 0.05, 0.05, 0.03, 0.05]).tolist() == \
+        [True, False, False, False, True]
+    probs = np.tile(np.array([[0.6, 0.3, 0.1]], dtype=np.float32), (120, 1))
+    rows = strays_among(queries, found, labels, probs, noise, [f"p{i}" for i in range(120)], ["a", "b", "c"])
+    # fewest look-alikes under the given label first
+    assert [(r["path"], r["given"], r["suggested"], r["neighbours_given"], r["neighbours_suggested"]) for r in rows] \
+        == [("p41", "b", "c", 0, 14), ("p0", "a", "b", 4, 14)]
+    assert [(r["score"], r["p_suggested"], r["pair_noise"], r["rank"]) for r in rows] == \
+        [(pytest.approx(0.3), pytest.approx(0.1), 0.05, ""), (pytest.approx(0.6), pytest.approx(0.3), 0.05, "")]
+
+
+def test_strays_are_found_among_sklearns_cosine_neighbours_outside_the_label_issues():
+    from collections import Counter
+    from sklearn.neighbors import NearestNeighbors
+    from imgcls.audit import NEIGHBOURS, Evidence, pair_noise, should_add_stray, stray_rows
+    g = np.random.default_rng(3)
+    # three well-separated clusters of 40; four images of cluster 0 carry label 1 (the members learnt two of them:
+    # high probability of label 1), one flagged already, and a test split that the look-alikes must not include
+    centres = np.eye(8)[:3] * 5
+    truth = np.repeat([0, 1, 2], 40)
+    features = torch.tensor(centres[truth] + g.normal(size=(120, 8)), dtype=torch.float32)
+    labels = truth.copy()
+    labels[[3, 9, 17, 30]] = 1
+    probs = np.eye(3, dtype=np.float32)[labels] * 0.8 + 0.2 / 3
+    probs[[9, 30]] = probs[0]  # two of them the members see as cluster 0's: noise concentrates on "1, truly 0"
+    test = np.array([1, 2, 50, 100])
+    covered = np.setdiff1d(np.arange(120), test)
+    ev = Evidence(probs, covered, features, test, "constructed")
+    rows = stray_rows(ev, labels, [f"p{i}" for i in range(120)], ["a", "b", "c"], flagged=[9])
+    pool = np.setdiff1d(np.arange(120), test)
+    search = NearestNeighbors(n_neighbors=NEIGHBOURS + 1, metric="cosine", algorithm="brute")
+    _, index = search.fit(features[pool].numpy()).kneighbors(features.numpy())
+    noise = pair_noise(labels[covered], probs[covered])
+    want = []
+    for q in np.setdiff1d(covered, [9]):
+        votes = Counter(labels[[p for p in pool[index[q]] if p != q][:NEIGHBOURS]].tolist())
+        other = max((c for c in range(3) if c != labels[q]), key=lambda c: (votes[c], -c))
+        if should_add_stray(votes[labels[q]], votes[other], noise[labels[q], other]):
+            want.append(f"p{q}")
+    assert sorted(r["path"] for r in rows) == sorted(want)
+    assert {"p3", "p17", "p30"} <= set(want) and "p9" not in want  # the flipped ones, the flagged one left out
