@@ -3,12 +3,13 @@
 Writes RUN/audit/: label_issues.csv (confident learning on the members' out-of-fold probabilities, each with
 how many of its 20 nearest images carry its given and its suggested label), exclude.csv (the label issues their
 look-alikes do not back: fewer than 2 under the given label, or, where noise concentrates on the pair of labels,
-fewer than half as many as under the suggested one), relabel.csv (those of exclude.csv whose suggested label
-has p >= 0.5 and 10 of the 20 nearest images), duplicates.csv (exact and near-duplicate groups, and which cross
-the test split), outliers.csv, audit.html and summary.json. Nothing is trained. To train again without images,
-pass a CSV with a `path` column (exclude.csv, or label_issues.csv after a look) to train.py --exclude; to train
-images under another label instead, a CSV with `path` and `label` columns (relabel.csv) to train.py --relabel (it
-wins over --exclude).
+fewer than half as many as under the suggested one; then the strays, images not flagged that have at most 4
+of 20 under their label and 14 under one other where noise concentrates on that pair: `found_by` says which),
+relabel.csv (those of exclude.csv whose suggested label has p >= 0.5 and 10 of the 20 nearest images),
+duplicates.csv (exact and near-duplicate groups, and which cross the test split), outliers.csv, audit.html and
+summary.json. Nothing is trained. To train again without images, pass a CSV with a `path` column (exclude.csv,
+or label_issues.csv after a look) to train.py --exclude; to train images under another label instead, a CSV with
+`path` and `label` columns (relabel.csv) to train.py --relabel (it wins over --exclude).
 """
 
 from __future__ import annotations
