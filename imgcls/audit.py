@@ -6,8 +6,9 @@
   holdout run has them for its validation images only (summary.json says which). Each issue also counts its
   look-alikes: how many of its NEIGHBOURS nearest images (the features below) carry its given label, and how
   many its suggested label.
-- exclude.csv: the label issues that their look-alikes do not back (should_exclude), what train.py --exclude
-  should drop.
+- exclude.csv: the label issues that their look-alikes do not back (should_exclude), then the strays: images
+  not flagged whose look-alikes carry another label where noise concentrates on that pair (should_add_stray);
+  what train.py --exclude should drop.
 - relabel.csv: those of exclude.csv whose suggested label both the members and the look-alikes back
   (should_relabel), with it as `label`: train.py --relabel trains them under it instead of dropping them.
 - duplicates.csv: groups of exact copies (the same bytes) and of near-duplicates (cosine similarity of the
@@ -72,9 +73,9 @@ RELABEL_P, RELABEL_VOTES = 0.5, 10
 # NEIGHBOURS look-alikes carry its label, at least STRAY_OTHER carry one other label, and the confident joint
 # estimates that more than PAIR_NOISE of that label's images carry its label. Why: where noise concentrates on a
 # pair of classes the members learn it (15% of a class's images under its most confused class's label teach them
-# that such images belong there too), so they give the wrong label a high probability and confident learning misses
-# about a quarter of the flips; their look-alikes still carry the true label. Chosen on the noise benchmark's
-# out-of-fold flags, not on a test split (docs/audit.md).
+# that such images belong there too), so they give the wrong label a high probability and confident learning
+# misses about 30% of the flips (confused 15% noise); their look-alikes still carry the true label. Chosen on the
+# noise benchmark's out-of-fold flags, not on a test split (docs/audit.md).
 STRAY_GIVEN, STRAY_OTHER = 4, 14
 
 
@@ -378,7 +379,7 @@ def audit(members: list[Member], *, threshold: float = THRESHOLD, top_outliers: 
     atomic_write(folder / AUDIT_SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_audit_page(folder, title=f"audit of {root}", summary=summary, images=dataset.images, issues=issues,
                      groups=groups, outliers=[(int(i), float(scores[i])) for i in far], paths=paths,
-                     labels=[names[c] for c in labels], parts=parts)
+                     labels=[names[c] for c in labels], parts=parts, strays=strays)
     log(f"audit: {len(issues)} label issue(s) ({len(to_exclude) - len(strays)} that their look-alikes do not "
         f"back, and {len(strays)} stray(s) among the rest: {EXCLUDE}, for train.py --exclude; "
         f"{len(to_relabel)} of them with a suggested label backed twice: "

@@ -193,7 +193,8 @@ AUDIT_SHOWN = 48  # label issues, duplicate groups and outliers shown in audit.h
 
 
 def write_audit_page(folder: str | Path, *, title: str, summary: dict, images: torch.Tensor, issues: list[dict],
-                     groups: list[dict], outliers: list[tuple[int, float]], paths, labels, parts) -> Path:
+                     groups: list[dict], outliers: list[tuple[int, float]], paths, labels, parts,
+                     strays: list[dict] = ()) -> Path:
     """folder/audit.html: the audit's counts and galleries (the first AUDIT_SHOWN of each finding)."""
     dup = summary["duplicate_groups"]
     parts_html = [f"<!doctype html><html><head><meta charset='utf-8'>{_CSP}<title>{_e(title)}</title>{_STYLE}"
@@ -213,6 +214,11 @@ def write_audit_page(folder: str | Path, *, title: str, summary: dict, images: t
         (_thumb(images[r["position"]]), f"#{r['rank']} {r['path']}: given {r['given']}, suggested "
          f"{r['suggested']} (p {r['p_suggested']:.2f}; p given {r['score']:.2f}; look-alikes under each "
          f"{r['neighbours_given']} / {r['neighbours_suggested']})") for r in issues[:AUDIT_SHOWN])]
+    if strays:
+        parts_html += ["<h2>Strays (not label issues; their look-alikes carry another label)</h2>", gallery(
+            (_thumb(images[r["position"]]), f"{r['path']}: given {r['given']}, look-alikes {r['suggested']} "
+             f"(under each {r['neighbours_given']} / {r['neighbours_suggested']}; p given {r['score']:.2f})")
+            for r in strays[:AUDIT_SHOWN])]
     parts_html.append("<h2>Duplicate groups (those across the test split first)</h2>")
     for g, d in sorted(enumerate(groups, 1), key=lambda x: not x[1]["crosses_test"])[:AUDIT_SHOWN]:
         caption = f"group {g}: {d['kind']}" + (", across the test split" if d["crosses_test"] else "")

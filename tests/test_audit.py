@@ -275,3 +275,7 @@ def test_strays_on_the_small_set_with_a_looser_rule(audited, tmp_path, monkeypat
     assert strays and listed[-len(strays):] == strays
     assert {r["path"]: int(r["neighbours_given"]) for r in strays} == want
     assert [int(r["neighbours_given"]) for r in strays] == sorted(want.values())
+    page = (run / "audit" / "audit.html").read_text()  # counted, and shown in their own gallery
+    assert f"<b id='strays'>{len(strays)}</b>" in page and "<h2>Strays" in page
+    shown = page[page.index("<h2>Strays"):page.index("<h2>Duplicate groups")]
+    assert all(r["path"] in shown for r in strays[:48])
